@@ -1,0 +1,60 @@
+"""What a caller asks of one generation: length, randomness, stops and constraints."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SamplingParams:
+    """Sampling settings for one request.
+
+    Greedy (``temperature=0``) is the default: SQL answers should be repeatable.
+    ``choices`` constrains the output to be exactly one of the given strings
+    (labels, yes/no); generation then stops as soon as a choice is complete.
+    """
+
+    max_tokens: int = 16
+    temperature: float = 0.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    choices: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        self.stop = list(self.stop or [])
+        self.stop_token_ids = list(self.stop_token_ids or [])
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad setting."""
+        if not isinstance(self.max_tokens, int) or isinstance(self.max_tokens, bool) or self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
+        if not isinstance(self.temperature, (int, float)) or not (0.0 <= self.temperature <= 100.0):
+            raise ValueError(f"temperature must be a number in [0, 100], got {self.temperature!r}")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be a non-negative integer (0 disables it), got {self.top_k!r}")
+        if not isinstance(self.top_p, (int, float)) or not (0.0 < self.top_p <= 1.0):
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.seed is not None and not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer or None, got {self.seed!r}")
+        if any(not isinstance(s, str) or s == "" for s in self.stop):
+            raise ValueError("stop must be a list of non-empty strings")
+        if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
+            raise ValueError("stop_token_ids must be non-negative integers")
+        if self.choices is not None:
+            if not isinstance(self.choices, (list, tuple)) or not self.choices:
+                raise ValueError("choices must be a non-empty list of strings")
+            if any(not isinstance(c, str) or c == "" for c in self.choices):
+                raise ValueError("choices must be non-empty strings")
+            if len(set(self.choices)) != len(self.choices):
+                raise ValueError(f"choices contain duplicates: {list(self.choices)!r}")
+            self.choices = list(self.choices)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
