@@ -1,0 +1,50 @@
+"""Choice-constrained decoding: the output is exactly one of a list of strings.
+
+The choices are tokenized and put in a trie; at each step only the children of the
+current node may be sampled. A node that ends a choice and has no children finishes
+the request; one that ends a choice and also continues (``yes`` vs ``yes!``) allows
+EOS as the way to stop there.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class _Node:
+    __slots__ = ("children", "terminal")
+
+    def __init__(self):
+        self.children: dict[int, _Node] = {}
+        self.terminal = False
+
+
+class ChoiceTrie:
+    def __init__(self, choices: list[str], tokenizer):
+        self.root = _Node()
+        self.max_len = 0
+        for choice in choices:
+            ids = tokenizer.encode(choice, add_special_tokens=False)
+            if not ids:
+                raise ValueError(f"choice {choice!r} tokenizes to nothing")
+            node = self.root
+            for t in ids:
+                node = node.children.setdefault(t, _Node())
+            node.terminal = True
+            self.max_len = max(self.max_len, len(ids))
+        self.eos_ids = list(tokenizer.eos_token_ids)
+
+    def allowed(self, node: _Node) -> list[int]:
+        ids = list(node.children)
+        if node.terminal:
+            ids.extend(self.eos_ids)
+        return ids
+
+    def advance(self, node: _Node, token: int) -> _Node | None:
+        """The next node, or None when ``token`` is EOS ending a complete choice."""
+        return node.children.get(token)
+
+    def mask_row(self, logits_row: torch.Tensor, node: _Node) -> None:
+        keep = torch.tensor(self.allowed(node), device=logits_row.device)
+        kept = logits_row[keep].clone()
+        logits_row.fill_(float("-inf"))
+        logits_row[keep] = kept

@@ -1,0 +1,251 @@
+"""LLMEngine: load a checkpoint, admit requests, step the scheduler, return finished outputs."""
+from __future__ import annotations
+
+import itertools
+import re
+import time
+
+import torch
+
+from .config import ModelConfig
+from .constraints import ChoiceTrie
+from .kv import KVCacheManager, PagedKVStorage, large_page_elems, specs_for_model
+from .loader import load_model
+from .runner import ModelRunner
+from .sampler import sample
+from .sampling_params import SamplingParams
+from .scheduler import Scheduler
+from .sequence import RequestOutput, Sequence
+from .tokenizer import Tokenizer
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def parse_bytes(value: int | str) -> int:
+    """``536870912``, ``"512MB"``, ``"1.5GiB"`` -> bytes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"cannot read a memory size from {value!r} (try 536870912, '512MB' or '2GiB')")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+class LLMEngine:
+    """The embedded inference engine.
+
+    ``kv_cache_memory`` is the KV budget in bytes (or ``"512MB"``); by default it holds
+    ``max_num_seqs`` requests of full context, capped at 1 GiB on CPU and 40% of free
+    memory on CUDA.
+    """
+
+    def __init__(self, model: str, device: str = "cpu", dtype=None, kv_cache_memory: int | str | None = None,
+                 enable_prefix_caching: bool = True, block_size: int = 16, max_num_seqs: int = 128,
+                 max_num_batched_tokens: int = 1024, max_model_len: int | None = None, seed: int = 0):
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device='cuda' was asked for but torch sees no CUDA device")
+        self.device = torch.device(device)
+        self.model_path = str(model)
+        self.config = ModelConfig.from_dir(model)
+        self.tokenizer = Tokenizer.from_dir(model)
+        self.model = load_model(model, dtype=dtype, device=device)
+        self.model_name = self.model_path.rstrip("/").split("/")[-1]
+        self.max_model_len = min(max_model_len or self.config.max_position_embeddings,
+                                 self.config.max_position_embeddings)
+        self.dtype = next(self.model.parameters()).dtype
+
+        specs = specs_for_model(self.config, block_size, self.dtype)
+        page_bytes = large_page_elems(specs) * self.dtype.itemsize
+        probe = KVCacheManager(specs, 0)
+        one_request = probe.large_pages_for_one_request(self.max_model_len)
+        budget = (parse_bytes(kv_cache_memory) if kv_cache_memory is not None
+                  else self._default_budget(one_request * page_bytes, max_num_seqs))
+        num_pages = budget // page_bytes
+        if num_pages < one_request:
+            raise ValueError(
+                f"kv_cache_memory={budget} bytes holds {num_pages} KV pages of {page_bytes} bytes, but one "
+                f"request of max_model_len={self.max_model_len} tokens needs {one_request} pages "
+                f"({one_request * page_bytes} bytes): raise kv_cache_memory or lower max_model_len")
+        self.kv = KVCacheManager(specs, num_pages, enable_prefix_caching)
+        self.storage = PagedKVStorage(specs, num_pages, large_page_elems(specs), self.device)
+        self.scheduler = Scheduler(self.kv, max_num_seqs, max(max_num_batched_tokens, 1))
+        self.runner = ModelRunner(self.model, self.kv, self.storage, self.device)
+        self._rng = torch.Generator().manual_seed(seed)
+        self._ids = itertools.count()
+        self._seqs: dict[str, Sequence] = {}
+        self._tries: dict[str, ChoiceTrie] = {}
+        self._eos = set(self.tokenizer.eos_token_ids)
+        self._generated_tokens = 0
+        self._finished = 0
+        self._step_seconds = 0.0
+
+    def _default_budget(self, bytes_per_request: int, max_num_seqs: int) -> int:
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            cap = int(free * 0.4)
+        else:
+            cap = 2**30
+        return max(bytes_per_request, min(bytes_per_request * max_num_seqs, cap))
+
+    # ---- requests ------------------------------------------------------------------------
+    def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
+                    request_id: str | None = None) -> str:
+        """Queue one request; raises ``ValueError`` (and queues nothing) for bad input."""
+        params = params or SamplingParams()
+        params.validate()
+        if isinstance(prompt, str):
+            if not prompt:
+                raise ValueError("empty prompt")
+            ids = self.tokenizer.encode(prompt)
+        else:
+            ids = list(prompt)
+            if not ids:
+                raise ValueError("empty prompt")
+            if any(not isinstance(t, int) or not 0 <= t < self.config.vocab_size for t in ids):
+                raise ValueError(f"prompt token ids must be integers in [0, {self.config.vocab_size})")
+        if len(ids) >= self.max_model_len:
+            raise ValueError(f"prompt is {len(ids)} tokens; the model's context is {self.max_model_len} "
+                             "tokens, prompt and at least one generated token included")
+        request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
+        if request_id in self._seqs:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        seq = Sequence(request_id, ids, params, next(self._ids))
+        if params.choices:
+            trie = ChoiceTrie(params.choices, self.tokenizer)
+            self._tries[request_id] = trie
+            seq.constraint_node = trie.root
+        if params.temperature > 0:
+            seed = params.seed if params.seed is not None else int(torch.randint(2**62, (1,), generator=self._rng))
+            seq.generator = torch.Generator().manual_seed(seed)
+        self._seqs[request_id] = seq
+        self.scheduler.add(seq)
+        return request_id
+
+    def abort_request(self, request_id: str) -> None:
+        seq = self._seqs.pop(request_id, None)
+        if seq is not None:
+            self.scheduler.finish(seq)
+            self._tries.pop(request_id, None)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_work()
+
+    # ---- stepping ------------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """Run one scheduler step; return the requests that finished in it."""
+        t0 = time.perf_counter()
+        batch, failed = self.scheduler.schedule()
+        done: list[Sequence] = []
+        for seq in failed:
+            seq.finish_reason = "error"
+            seq.error = "the request needs more KV cache than the whole budget holds"
+            done.append(seq)
+        if batch:
+            sample_seqs, logits = self.runner.run(batch)
+            for seq, n in zip(batch.seqs, batch.num_new_tokens):
+                seq.num_computed += n
+            for seq, token in zip(sample_seqs, sample(logits, sample_seqs, self._tries)):
+                self._append(seq, token)
+            for seq in batch.seqs:
+                self.scheduler.after_step(seq)
+                if seq.finish_reason is not None:
+                    done.append(seq)
+        outputs = []
+        for seq in done:
+            self.scheduler.finish(seq)
+            self._seqs.pop(seq.request_id, None)
+            self._tries.pop(seq.request_id, None)
+            self._finished += 1
+            outputs.append(self._output(seq))
+        self._step_seconds += time.perf_counter() - t0
+        return outputs
+
+    def _append(self, seq: Sequence, token: int) -> None:
+        seq.token_ids.append(token)
+        self._generated_tokens += 1
+        p = seq.params
+        trie = self._tries.get(seq.request_id)
+        if trie is not None:
+            node = trie.advance(seq.constraint_node, token)
+            if node is None or (node.terminal and not node.children):
+                seq.finish_reason = "stop"  # EOS after a complete choice, or a choice that cannot go on
+            seq.constraint_node = node
+        elif (token in self._eos and not p.ignore_eos) or token in p.stop_token_ids:
+            seq.finish_reason = "stop"
+        elif p.stop:
+            text = self.tokenizer.decode(seq.output_token_ids)
+            hits = [i for i in (text.find(s) for s in p.stop) if i >= 0]
+            if hits:
+                seq.stop_text_len = min(hits)
+                seq.finish_reason = "stop"
+        if seq.finish_reason is None:
+            if trie is None and seq.num_output_tokens >= p.max_tokens:
+                seq.finish_reason = "length"
+            elif len(seq.token_ids) >= self.max_model_len:
+                seq.finish_reason = "length"
+
+    def _output(self, seq: Sequence) -> RequestOutput:
+        text = ""
+        if seq.finish_reason != "error":
+            text = self.tokenizer.decode(seq.output_token_ids)
+            if seq.stop_text_len is not None:
+                text = text[:seq.stop_text_len]
+        return RequestOutput(seq.request_id, seq.token_ids[:seq.prompt_len], seq.output_token_ids, text,
+                             seq.finish_reason, seq.num_cached_tokens, seq.error)
+
+    # ---- batch API -------------------------------------------------------------------------------
+    def generate(self, prompts, params: SamplingParams | list[SamplingParams] | None = None,
+                 use_tqdm: bool = False) -> list[RequestOutput]:
+        """Generate for ``prompts`` (strings or token-id lists) in order; a bad prompt gives an error output."""
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        params_list = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
+        if len(params_list) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(params_list)} sampling params")
+        results: list[RequestOutput | None] = [None] * len(prompts)
+        index: dict[str, int] = {}
+        for i, (prompt, p) in enumerate(zip(prompts, params_list)):
+            try:
+                index[self.add_request(prompt, p)] = i
+            except ValueError as e:
+                results[i] = RequestOutput(f"rejected-{i}", [], [], "", "error", 0, str(e))
+        bar = None
+        if use_tqdm:
+            from tqdm import tqdm
+            bar = tqdm(total=len(index), desc="generate", unit="req")
+        while index:
+            for out in self.step():
+                i = index.pop(out.request_id, None)
+                if i is not None:
+                    results[i] = out
+                    if bar:
+                        bar.update(1)
+        if bar:
+            bar.close()
+        return results
+
+    # ---- reporting -------------------------------------------------------------------------------
+    def stats(self) -> dict:
+        usage = self.kv.usage()
+        s = self.scheduler
+        return {
+            "prompt_tokens": s.prompt_tokens,
+            "cached_prompt_tokens": s.cached_prompt_tokens,
+            "prefix_hit_rate": s.cached_prompt_tokens / s.prompt_tokens if s.prompt_tokens else 0.0,
+            "generated_tokens": self._generated_tokens,
+            "num_requests_finished": self._finished,
+            "preemptions": s.num_preemptions,
+            "waiting": len(s.waiting),
+            "running": len(s.running),
+            "kv_pages_total": usage["large_pages_total"],
+            "kv_pages_used": usage["large_pages_active"],  # held by requests now
+            "kv_pages_cached": usage["large_pages_used"] - usage["large_pages_active"],  # only prefix cache
+            "peak_kv_pages": usage["large_pages_peak"],
+            "kv_page_bytes": usage["large_page_bytes"],
+            "kv_bytes_by_type": {name: t["used_bytes"] + t["cached_bytes"] for name, t in usage["types"].items()},
+            "kv_types": usage["types"],
+            "step_seconds": self._step_seconds,
+        }
+
+    def reset_prefix_cache(self) -> None:
+        self.kv.reset_prefix_cache()

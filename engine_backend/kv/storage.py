@@ -1,0 +1,27 @@
+"""The physical KV cache: one flat buffer of large pages, viewed per layer type.
+
+Every type views the same memory as its own array of small pages shaped
+``[pages, layers_in_type, 2 (K/V), block_size, kv_heads, head_dim]``; small page ``p`` of a
+type lies inside large page ``p // ratio``, so the allocators' bookkeeping is the layout.
+"""
+from __future__ import annotations
+
+import torch
+
+from .spec import KVSpec
+
+
+class PagedKVStorage:
+    def __init__(self, specs: list[KVSpec], num_large_pages: int, large_page_elems: int, device):
+        dtype = specs[0].dtype
+        # Zeroed, not empty: padded reads of unwritten slots must stay finite under masking.
+        self.buffer = torch.zeros(num_large_pages * large_page_elems, dtype=dtype, device=device)
+        self.layer_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for spec in specs:
+            pages = self.buffer.view(-1, len(spec.layers), 2, spec.block_size, spec.num_kv_heads, spec.head_dim)
+            for i, layer in enumerate(spec.layers):
+                self.layer_kv[layer] = (pages[:, i, 0], pages[:, i, 1])
+
+    @property
+    def nbytes(self) -> int:
+        return self.buffer.numel() * self.buffer.element_size()

@@ -1,0 +1,55 @@
+"""Run one scheduled batch through the model: flatten tokens, attend over pages, return logits.
+
+Requests are laid out decoders first, then prefill chunks; logits are computed only at
+the last position of requests that are ready to sample. The batch may carry several
+new tokens for a request that has already started (a prefill chunk today, a draft to
+verify with speculative decoding later): attention and positions handle any count.
+"""
+from __future__ import annotations
+
+import torch
+
+from .attention import PagedAttention, build_step_metadata
+from .kv import KVCacheManager, PagedKVStorage
+from .scheduler import ScheduledBatch
+from .sequence import Sequence
+
+
+class ModelRunner:
+    def __init__(self, model, kv: KVCacheManager, storage: PagedKVStorage, device):
+        self.model = model
+        self.kv = kv
+        self.device = torch.device(device)
+        layer_spec = {layer: s for s in kv.specs for layer in s.layers}
+        self.attention = PagedAttention(storage, layer_spec)
+
+    @torch.inference_mode()
+    def run(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor]:
+        """Compute the batch; return the requests that sample now and their logits (float32, CPU)."""
+        pairs = list(zip(batch.seqs, batch.num_new_tokens))
+        decodes = [(s, n) for s, n in pairs if n == 1]
+        prefills = [(s, n) for s, n in pairs if n != 1]
+        ordered = decodes + prefills
+        starts = [s.num_computed for s, _ in ordered]
+        counts = [n for _, n in ordered]
+        input_ids, positions, sample_rows, sample_seqs = [], [], [], []
+        for (seq, n), start in zip(ordered, starts):
+            input_ids.extend(seq.token_ids[start:start + n])
+            positions.extend(range(start, start + n))
+            if start + n == len(seq.token_ids):
+                sample_rows.append(len(input_ids) - 1)
+                sample_seqs.append(seq)
+        meta = {
+            s.name: build_step_metadata(s, [seq.block_tables[s.name] for seq, _ in ordered], starts, counts,
+                                        len(decodes), self.device)
+            for s in self.kv.specs
+        }
+        self.attention.begin_step(meta, len(decodes))
+        ids = torch.tensor(input_ids, dtype=torch.long).to(self.device, non_blocking=True)
+        pos = torch.tensor(positions, dtype=torch.long).to(self.device, non_blocking=True)
+        hidden = self.model(ids, pos, self.attention)
+        if not sample_rows:
+            return [], torch.empty(0)
+        rows = torch.tensor(sample_rows, dtype=torch.long).to(self.device, non_blocking=True)
+        logits = self.model.compute_logits(hidden[rows]).float().cpu()
+        return sample_seqs, logits

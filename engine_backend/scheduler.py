@@ -1,0 +1,150 @@
+"""Continuous batching with chunked prefill, admission in submission order, and preemption.
+
+Each step spends a token budget: running requests first (one decode token, or the next
+prefill chunk), then waiting requests in the order they were submitted, so the order
+the optimiser chose reaches the prefix cache. A waiting request whose next uncached
+block is being computed right now by a running request waits one step and then hits
+the cache instead of computing the same prefix twice.
+
+When pages run out, the most recently admitted running request is preempted through a
+``PreemptionPolicy``; recompute is the default (Pie's swapping plugs in here).
+"""
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+from .kv import KVCacheManager
+from .sequence import Sequence, SequenceStatus
+
+
+@dataclass
+class ScheduledBatch:
+    seqs: list[Sequence] = field(default_factory=list)
+    num_new_tokens: list[int] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.seqs)
+
+
+class RecomputePreemption:
+    """Drop the victim's pages; it re-enters at the head of the queue and recomputes."""
+
+    def preempt(self, seq: Sequence, kv: KVCacheManager) -> None:
+        kv.free(seq)
+
+
+class Scheduler:
+    def __init__(self, kv: KVCacheManager, max_num_seqs: int, max_num_batched_tokens: int,
+                 preemption=None):
+        self.kv = kv
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.preemption = preemption or RecomputePreemption()
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+        self.prompt_tokens = 0
+        self.cached_prompt_tokens = 0
+        self._pending = Counter()  # block keys being computed by running prefills
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # ---- one step ----------------------------------------------------------------------
+    def schedule(self) -> tuple[ScheduledBatch, list[Sequence]]:
+        """The batch for this step, and requests that can never fit (finished with an error)."""
+        batch, failed = ScheduledBatch(), []
+        budget = self.max_num_batched_tokens
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            n = min(seq.num_uncomputed, budget)
+            while not self.kv.allocate(seq, n):
+                if len(self.running) - 1 > i:  # preempt the newest other request
+                    self._preempt(self.running.pop())
+                else:
+                    break
+            else:
+                batch.seqs.append(seq)
+                batch.num_new_tokens.append(n)
+                budget -= n
+                i += 1
+                continue
+            # not even alone does this request fit
+            if i == 0 and not batch.seqs:
+                self.running.pop(i)
+                self._unpend(seq)
+                self.kv.free(seq)
+                failed.append(seq)
+            else:
+                self._preempt(self.running.pop(i))
+            # the requests after i (if any) were preempted above
+        if len(batch.seqs) == len(self.running):
+            self._admit(batch, budget)
+        return batch, failed
+
+    def _admit(self, batch: ScheduledBatch, budget: int) -> None:
+        B = self.kv.block_size
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            hit = self.kv.match_prefix(seq)
+            next_block = hit // B
+            keys = seq.block_keys(B, len(seq.token_ids) // B)
+            if next_block < len(keys) and self._pending[keys[next_block]] and self.running:
+                self.kv.free(seq)  # wait for the running request to publish that block
+                break
+            n = min(seq.num_uncomputed, budget)
+            if not self.kv.allocate(seq, n):
+                self.kv.free(seq)
+                break
+            self.waiting.popleft()
+            if not seq.admitted:
+                seq.admitted = True
+                seq.num_cached_tokens = hit
+                self.prompt_tokens += seq.prompt_len
+                self.cached_prompt_tokens += min(hit, seq.prompt_len)
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            for key in keys[next_block:]:
+                self._pending[key] += 1
+            seq.pending_keys = keys[next_block:]
+            batch.seqs.append(seq)
+            batch.num_new_tokens.append(n)
+            budget -= n
+
+    def _preempt(self, seq: Sequence) -> None:
+        self._unpend(seq)
+        self.preemption.preempt(seq, self.kv)
+        seq.status = SequenceStatus.WAITING
+        self.waiting.appendleft(seq)
+        self.num_preemptions += 1
+
+    def _unpend(self, seq: Sequence) -> None:
+        for key in seq.pending_keys:
+            self._pending[key] -= 1
+            if not self._pending[key]:
+                del self._pending[key]
+        seq.pending_keys = []
+
+    # ---- after the step ----------------------------------------------------------------------
+    def after_step(self, seq: Sequence) -> None:
+        """Publish blocks the step completed; stop marking them pending once the prompt is in."""
+        self.kv.commit(seq)
+        if seq.pending_keys and seq.num_computed >= seq.prompt_len:
+            self._unpend(seq)
+
+    def finish(self, seq: Sequence) -> None:
+        if seq in self.running:
+            self.running.remove(seq)
+        else:
+            try:
+                self.waiting.remove(seq)
+            except ValueError:
+                pass
+        self._unpend(seq)
+        self.kv.free(seq)
+        seq.status = SequenceStatus.FINISHED

@@ -1,0 +1,71 @@
+"""One request as the scheduler sees it: tokens, progress, pages and sampling state."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from .sampling_params import SamplingParams
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    text: str
+    finish_reason: str  # "stop" | "length" | "error" | "abort"
+    num_cached_tokens: int = 0
+    error: str | None = None
+
+
+class Sequence:
+    def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, arrival: int):
+        self.request_id = request_id
+        self.token_ids: list[int] = list(prompt_token_ids)
+        self.prompt_len = len(prompt_token_ids)
+        self.params = params
+        self.arrival = arrival
+        self.status = SequenceStatus.WAITING
+        self.num_computed = 0  # tokens whose K/V are in the cache
+        self.block_tables: dict[str, list[int]] = {}  # layer type -> small pages per block
+        self.released_upto: dict[str, int] = {}  # sliding types: blocks already dropped
+        self.num_registered_blocks = 0  # blocks published to the prefix cache
+        self._block_keys: list = []
+        self.pending_keys: list = []  # block keys this request is computing (see Scheduler)
+        self.num_cached_tokens = 0  # prefix-cache hit at first admission
+        self.admitted = False
+        self.finish_reason: str | None = None
+        self.error: str | None = None
+        self.stop_text_len: int | None = None  # where a stop string cut the text
+        self.generator = None  # torch.Generator for seeded sampling
+        self.constraint_node = None  # position in the choice trie
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.prompt_len:]
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.prompt_len
+
+    @property
+    def num_uncomputed(self) -> int:
+        return len(self.token_ids) - self.num_computed
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status == SequenceStatus.FINISHED
+
+    def block_keys(self, block_size: int, num_blocks: int) -> list:
+        """Chained keys of the first ``num_blocks`` full blocks: a block's key names its whole prefix."""
+        keys = self._block_keys
+        for b in range(len(keys), num_blocks):
+            parent = hash(keys[b - 1]) if b else None
+            keys.append((parent, tuple(self.token_ids[b * block_size:(b + 1) * block_size])))
+        return keys[:num_blocks] if num_blocks < len(keys) else keys
