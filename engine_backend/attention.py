@@ -21,7 +21,8 @@ class TypeStepMeta:
     slot_off: torch.Tensor  # [N] offset inside that page
     decode_pages: torch.Tensor | None  # [S_d, max_blocks] pages each decoding request reads
     decode_mask: torch.Tensor | None  # [S_d, 1, 1, max_blocks * block_size]
-    prefills: list[tuple[int, int, torch.Tensor, torch.Tensor]]  # (token start, end, pages, mask [1,1,n,T])
+    # (token start, end, pages or None when the chunk starts the sequence, mask [1,1,n,T])
+    prefills: list[tuple[int, int, torch.Tensor | None, torch.Tensor]]
 
 
 def build_step_metadata(spec: KVSpec, tables: list[list[int]], starts: list[int], counts: list[int],
@@ -52,15 +53,17 @@ def build_step_metadata(spec: KVSpec, tables: list[list[int]], starts: list[int]
     prefills = []
     offset = num_decode
     for table, start, n in zip(tables[num_decode:], starts[num_decode:], counts[num_decode:]):
-        lo, hi = spec.first_needed_block(start), (start + n - 1) // B
-        pages = torch.tensor(table[lo:hi + 1], dtype=torch.long)
         q_pos = torch.arange(start, start + n).unsqueeze(1)
-        kv_pos = lo * B + torch.arange((hi - lo + 1) * B).unsqueeze(0)
+        if start == 0:  # nothing cached before the chunk: attend to its own fresh K/V, no gather
+            pages, kv_pos = None, q_pos.T
+        else:
+            lo, hi = spec.first_needed_block(start), (start + n - 1) // B
+            pages = torch.tensor(table[lo:hi + 1], dtype=torch.long).to(device, non_blocking=True)
+            kv_pos = lo * B + torch.arange((hi - lo + 1) * B).unsqueeze(0)
         mask = kv_pos <= q_pos
         if window is not None:
             mask &= kv_pos > q_pos - window
-        prefills.append((offset, offset + n, pages.to(device, non_blocking=True),
-                         mask[None, None].to(device, non_blocking=True)))
+        prefills.append((offset, offset + n, pages, mask[None, None].to(device, non_blocking=True)))
         offset += n
     return TypeStepMeta(
         torch.tensor(slot_page, dtype=torch.long).to(device, non_blocking=True),
@@ -112,8 +115,11 @@ class PagedAttention:
             o = _attend(q[:nd].unsqueeze(2), kg, vg, m.decode_mask, scale, softcap)
             out[:nd] = o.squeeze(2)
         for start, end, pages, mask in m.prefills:
-            kg = k_cache[pages].flatten(0, 1).transpose(0, 1).unsqueeze(0)  # [1, Hkv, T, D]
-            vg = v_cache[pages].flatten(0, 1).transpose(0, 1).unsqueeze(0)
+            if pages is None:
+                kg, vg = k[start:end], v[start:end]
+            else:
+                kg, vg = k_cache[pages].flatten(0, 1), v_cache[pages].flatten(0, 1)
+            kg, vg = kg.transpose(0, 1).unsqueeze(0), vg.transpose(0, 1).unsqueeze(0)  # [1, Hkv, T, D]
             o = _attend(q[start:end].transpose(0, 1).unsqueeze(0), kg, vg, mask, scale, softcap)
             out[start:end] = o[0].transpose(0, 1)
         return out

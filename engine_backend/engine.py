@@ -7,10 +7,9 @@ import time
 
 import torch
 
-from .config import ModelConfig
 from .constraints import ChoiceTrie
 from .kv import KVCacheManager, PagedKVStorage, large_page_elems, specs_for_model
-from .loader import load_model
+from .loader import load_model, read_config
 from .runner import ModelRunner
 from .sampler import sample
 from .sampling_params import SamplingParams
@@ -46,9 +45,9 @@ class LLMEngine:
             raise ValueError("device='cuda' was asked for but torch sees no CUDA device")
         self.device = torch.device(device)
         self.model_path = str(model)
-        self.config = ModelConfig.from_dir(model)
-        self.tokenizer = Tokenizer.from_dir(model)
+        self.config = read_config(model)  # clear errors for a malformed directory
         self.model = load_model(model, dtype=dtype, device=device)
+        self.tokenizer = Tokenizer.from_dir(model)
         self.model_name = self.model_path.rstrip("/").split("/")[-1]
         self.max_model_len = min(max_model_len or self.config.max_position_embeddings,
                                  self.config.max_position_embeddings)
@@ -131,6 +130,7 @@ class LLMEngine:
         return self.scheduler.has_work()
 
     # ---- stepping ------------------------------------------------------------------------------
+    @torch.inference_mode()
     def step(self) -> list[RequestOutput]:
         """Run one scheduler step; return the requests that finished in it."""
         t0 = time.perf_counter()

@@ -11,6 +11,8 @@ import torch
 
 def sample(logits: torch.Tensor, seqs: list, tries: dict) -> list[int]:
     """``logits``: [len(seqs), vocab] float32. ``tries`` maps request id -> ChoiceTrie."""
+    if not seqs:
+        return []
     for i, seq in enumerate(seqs):
         trie = tries.get(seq.request_id)
         if trie is not None:
