@@ -1,0 +1,391 @@
+"""Share one ``LLMEngine`` between many threads and asyncio loops.
+
+``LLMEngine`` is not thread-safe, so a single background thread owns it: callers only
+put commands on a queue (add a batch, abort, read stats, stop) and wait on a handle.
+The thread drains the queue between ``step()`` calls, so a batch is admitted whole and
+in order (the prefix cache sees the optimiser's order), and it blocks on the queue
+while there is no work, so an idle engine costs nothing.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import threading
+import traceback
+from collections.abc import Sequence
+from typing import Any, Callable
+
+from engine_backend.sampling_params import SamplingParams
+
+log = logging.getLogger(__name__)
+
+Prompt = str | list[int]
+
+
+class EngineError(RuntimeError):
+    """The engine failed while running a request (not the request's own fault)."""
+
+
+class EngineClosedError(EngineError):
+    """The async engine was shut down (or died) before the request finished."""
+
+
+def _output(request_id: str, finish_reason: str, error: str | None = None, prompt_ids: Sequence[int] = ()):
+    """A ``RequestOutput`` for a request that never produced tokens (rejected or aborted)."""
+    from engine_backend import RequestOutput  # lazy: the package pulls in torch
+
+    return RequestOutput(request_id=request_id, prompt_token_ids=list(prompt_ids), token_ids=[], text="",
+                         finish_reason=finish_reason, num_cached_tokens=0, error=error)
+
+
+def _resolve(fut: asyncio.Future, value: Any) -> None:
+    """Runs on the caller's loop: deliver unless the caller gave up meanwhile."""
+    if not fut.done():
+        fut.set_result(value)
+
+
+class BatchHandle:
+    """The pending results of one submitted batch, awaitable from any thread or loop.
+
+    ``result()`` blocks a thread; ``await handle.wait()`` suspends a coroutine. Either
+    returns the outputs in submission order, or raises ``EngineError`` if the engine
+    failed. Cancelling a waiting coroutine aborts the batch's requests.
+    """
+
+    def __init__(self, owner: "AsyncLLMEngine", request_ids: list[str]):
+        self._owner = owner
+        self.request_ids = request_ids
+        self._lock = threading.Lock()
+        self._outputs: list[Any] = [None] * len(request_ids)
+        self._left = len(request_ids)
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+        self._loop_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
+        if not request_ids:
+            self._done.set()
+
+    # --- called by the engine thread -------------------------------------------------
+    def _set(self, index: int, output: Any) -> None:
+        with self._lock:
+            if self._done.is_set() or self._outputs[index] is not None:
+                return
+            self._outputs[index] = output
+            self._left -= 1
+            if self._left:
+                return
+        self._finish()
+
+    def _fail(self, error: BaseException) -> None:
+        with self._lock:
+            if self._done.is_set():
+                return
+            self._error = error
+        self._finish()
+
+    def _finish(self) -> None:
+        self._done.set()
+        with self._lock:
+            waiters, self._loop_waiters = self._loop_waiters, []
+        for loop, fut in waiters:
+            try:
+                loop.call_soon_threadsafe(_resolve, fut, None)
+            except RuntimeError:  # that caller's loop is closed: nobody left to tell
+                pass
+
+    # --- called by callers -------------------------------------------------------------
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def _outcome(self) -> list[Any]:
+        if self._error is not None:
+            raise self._error
+        return list(self._outputs)
+
+    def result(self, timeout: float | None = None) -> list[Any]:
+        """Block until every request finished; ``TimeoutError`` after ``timeout`` seconds."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"batch of {len(self.request_ids)} requests not finished after {timeout} s")
+        return self._outcome()
+
+    async def wait(self) -> list[Any]:
+        """Await the outputs on the running loop; cancellation aborts the batch."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        with self._lock:
+            if not self._done.is_set():
+                self._loop_waiters.append((loop, fut))
+                pending = True
+            else:
+                pending = False
+        if pending:
+            try:
+                await fut
+            except asyncio.CancelledError:
+                self.abort()
+                raise
+        return self._outcome()
+
+    def abort(self) -> None:
+        """Free the batch's unfinished requests; their outputs become ``finish_reason="abort"``."""
+        if not self._done.is_set():
+            for rid in self.request_ids:
+                self._owner.abort(rid)
+
+
+class AsyncLLMEngine:
+    """Owns an ``LLMEngine`` on a background thread and serves callers on any thread or loop.
+
+    >>> aengine = AsyncLLMEngine.from_model("models/tiny")        # doctest: +SKIP
+    >>> outs = aengine.submit(["a", "b"], SamplingParams()).result()  # doctest: +SKIP
+    >>> out = await aengine.generate("a", SamplingParams())           # doctest: +SKIP
+    """
+
+    def __init__(self, engine: Any, *, name: str = "llm-engine"):
+        self.engine = engine
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._pending: dict[str, tuple[BatchHandle, int]] = {}  # touched by the engine thread only
+        self._ids = itertools.count()
+        self._id_lock = threading.Lock()
+        self._gate = threading.Lock()  # orders "closed/dead" against queue puts: nothing is queued after stop
+        self._closed = False
+        self._dead: BaseException | None = None
+        self._counters = {"requests_submitted": 0, "requests_rejected": 0, "requests_aborted": 0,
+                          "engine_errors": 0}
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def from_model(cls, model: str, **engine_kwargs: Any) -> "AsyncLLMEngine":
+        from engine_backend.engine import LLMEngine
+
+        return cls(LLMEngine(model=model, **engine_kwargs))
+
+    # --- read-only facts about the model (fixed after construction, safe from any thread) ---
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    @property
+    def model_name(self) -> str:
+        return self.engine.model_name
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread.is_alive() and not self._closed and self._dead is None
+
+    # --- submitting ----------------------------------------------------------------------
+    def _new_id(self) -> str:
+        with self._id_lock:
+            return f"async-{next(self._ids)}"  # apart from the engine's own "req-N" ids
+
+    def _check_open(self) -> None:
+        if self._dead is not None:
+            raise EngineClosedError(f"the engine thread died: {self._dead!r}") from self._dead
+        if self._closed:
+            raise EngineClosedError("the async engine is shut down")
+
+    def _put(self, cmd: tuple) -> None:
+        with self._gate:
+            self._check_open()
+            self._commands.put(cmd)
+
+    def submit(self, prompts: Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams]) -> BatchHandle:
+        """Queue an ordered batch (thread-safe, returns at once).
+
+        A prompt the engine rejects (empty, over the context, ...) yields an output with
+        ``finish_reason="error"`` and ``.error``; the others run normally.
+        """
+        self._check_open()
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]  # one prompt given bare, as LLMEngine.generate allows
+        prompts = list(prompts)
+        params_list = list(params) if isinstance(params, (list, tuple)) else [params] * len(prompts)
+        if len(params_list) != len(prompts):
+            raise ValueError(f"got {len(prompts)} prompts but {len(params_list)} sampling params")
+        handle = BatchHandle(self, [self._new_id() for _ in prompts])
+        if prompts:
+            self._put(("add", handle, prompts, params_list))
+        return handle
+
+    async def generate_batch(self, prompts: Sequence[Prompt],
+                             params: SamplingParams | Sequence[SamplingParams]) -> list[Any]:
+        return await self.submit(prompts, params).wait()
+
+    async def generate(self, prompt: Prompt, params: SamplingParams) -> Any:
+        """One request; a prompt the engine rejects raises ``ValueError`` with its reason."""
+        (out,) = await self.submit([prompt], params).wait()
+        if out.finish_reason == "error":
+            raise ValueError(out.error)
+        return out
+
+    def generate_sync(self, prompts: Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams],
+                      timeout: float | None = None) -> list[Any]:
+        """Blocking batch API for plain threads."""
+        return self.submit(prompts, params).result(timeout)
+
+    def abort(self, request_id: str) -> None:
+        """Free a request's pages; a caller still waiting gets ``finish_reason="abort"``."""
+        try:
+            self._put(("abort", request_id))
+        except EngineClosedError:  # shutting down fails every request anyway
+            pass
+
+    # --- stats and shutdown ----------------------------------------------------------------
+    def call(self, fn: Callable[[Any], Any], timeout: float | None = 30.0) -> Any:
+        """Run ``fn(engine)`` on the engine thread between steps and return its result."""
+        if threading.current_thread() is self._thread:
+            return fn(self.engine)
+        box: dict[str, Any] = {}
+        done = threading.Event()
+        self._put(("call", fn, box, done))
+        if not done.wait(timeout):
+            raise TimeoutError(f"engine thread did not answer within {timeout} s")
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    def stats(self, timeout: float | None = 30.0) -> dict:
+        """The engine's ``stats()`` (read on its own thread) plus this wrapper's counters."""
+        stats = dict(self.call(lambda eng: eng.stats(), timeout))
+        stats.update(self._counters)
+        return stats
+
+    async def stats_async(self) -> dict:
+        return await asyncio.get_running_loop().run_in_executor(None, self.stats)
+
+    def shutdown(self, timeout: float | None = 30.0) -> None:
+        """Stop the thread; requests still pending fail with ``EngineClosedError``."""
+        with self._gate:
+            if self._closed:
+                return
+            self._closed = True
+            if self._dead is None:
+                self._commands.put(("stop",))
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    close = shutdown
+
+    def __enter__(self) -> "AsyncLLMEngine":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
+
+    # --- the engine thread --------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while True:
+                # Block only when idle; while requests run, take whatever arrived and step.
+                busy = self.engine.has_unfinished_requests()
+                if not busy and self._pending:  # the engine lost requests: never leave callers hanging
+                    self._fail_all(EngineError("the engine dropped requests without finishing them"), abort=False)
+                try:
+                    cmd = self._commands.get() if not busy else self._commands.get_nowait()
+                except queue.Empty:
+                    cmd = None
+                while cmd is not None:
+                    if cmd[0] == "stop":
+                        self._fail_all(EngineClosedError("the async engine was shut down"), abort=True)
+                        return
+                    self._handle(cmd)
+                    try:
+                        cmd = self._commands.get_nowait()
+                    except queue.Empty:
+                        cmd = None
+                if self.engine.has_unfinished_requests():
+                    self._step()
+        except BaseException as exc:  # a bug in this loop: report it to everyone, never hang them
+            with self._gate:
+                self._dead = exc
+            log.error("engine thread died:\n%s", traceback.format_exc())
+            self._fail_all(EngineClosedError(f"the engine thread died: {exc!r}"), abort=False)
+            self._drain_after_death()
+
+    def _handle(self, cmd: tuple) -> None:
+        kind = cmd[0]
+        if kind == "add":
+            _, handle, prompts, params_list = cmd
+            for i, (rid, prompt, params) in enumerate(zip(handle.request_ids, prompts, params_list)):
+                self._counters["requests_submitted"] += 1
+                try:
+                    self.engine.add_request(prompt, params, request_id=rid)
+                except (ValueError, TypeError) as exc:  # the request's own fault: tell just this one
+                    self._counters["requests_rejected"] += 1
+                    handle._set(i, _output(rid, "error", str(exc)))
+                except Exception as exc:  # the engine's fault: fail the batch, keep serving others
+                    self._counters["engine_errors"] += 1
+                    log.error("add_request failed:\n%s", traceback.format_exc())
+                    for j in range(i):
+                        self._abort_pending(handle.request_ids[j])
+                    err = EngineError(f"engine failed to add a request: {exc!r}")
+                    err.__cause__ = exc
+                    handle._fail(err)
+                    return
+                else:
+                    self._pending[rid] = (handle, i)
+        elif kind == "abort":
+            self._abort_pending(cmd[1])
+        elif kind == "call":
+            _, fn, box, done = cmd
+            try:
+                box["value"] = fn(self.engine)
+            except Exception as exc:  # the caller sees it; the engine goes on
+                box["error"] = exc
+            done.set()
+
+    def _abort_pending(self, rid: str) -> None:
+        entry = self._pending.pop(rid, None)
+        if entry is None:  # finished, rejected or aborted already
+            return
+        try:
+            self.engine.abort_request(rid)
+        except Exception:  # the caller stopped waiting anyway; keep the loop alive
+            log.error("abort of %s failed:\n%s", rid, traceback.format_exc())
+        self._counters["requests_aborted"] += 1
+        entry[0]._set(entry[1], _output(rid, "abort"))
+
+    def _step(self) -> None:
+        try:
+            outputs = self.engine.step()
+        except Exception as exc:
+            # Tell every waiting caller why, free what we can, and keep serving new requests.
+            self._counters["engine_errors"] += 1
+            log.error("engine step failed:\n%s", traceback.format_exc())
+            err = EngineError(f"engine step failed: {exc!r}")
+            err.__cause__ = exc
+            self._fail_all(err, abort=True)
+            return
+        for out in outputs:
+            entry = self._pending.pop(out.request_id, None)
+            if entry is not None:
+                entry[0]._set(entry[1], out)
+
+    def _fail_all(self, error: BaseException, abort: bool) -> None:
+        pending, self._pending = self._pending, {}
+        for rid, (handle, _) in pending.items():
+            if abort:
+                try:
+                    self.engine.abort_request(rid)
+                except Exception:  # already failing: the callers hear about the first error
+                    log.debug("abort of %s failed", rid, exc_info=True)
+            handle._fail(error)
+
+    def _drain_after_death(self) -> None:
+        """Fail batches queued before callers noticed the thread died."""
+        while True:
+            try:
+                cmd = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if cmd[0] == "add":
+                cmd[1]._fail(EngineClosedError(f"the engine thread died: {self._dead!r}"))
+            elif cmd[0] == "call":
+                cmd[2]["error"] = EngineClosedError(f"the engine thread died: {self._dead!r}")
+                cmd[3].set()

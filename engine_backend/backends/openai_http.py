@@ -1,0 +1,219 @@
+"""Any OpenAI-compatible ``/v1/completions`` server: ours, vLLM, or a hosted API.
+
+Requests go out as ordered batches (one ``prompt`` list per call) so that a prefix
+cache on the server sees the optimiser's order. Transient failures (connection errors,
+429, 5xx) are retried with exponential backoff and jitter; a batch the server rejects
+with a 400 is split until the offending prompts are isolated, so one bad row never
+costs the others.
+"""
+from __future__ import annotations
+
+import os
+import random
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+
+from engine_backend.backends.base import Backend, BackendError, GenerationRequest, GenerationResult, _Totals
+from engine_backend.sampling_params import SamplingParams
+
+
+class _Rejected(Exception):
+    """The server refused this batch as a bad request (HTTP 400/413/422)."""
+
+
+def _error_message(resp: httpx.Response) -> str:
+    try:
+        err = resp.json().get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+        if isinstance(err, str):
+            return err
+    except Exception:  # not JSON: fall back to the raw text
+        pass
+    return resp.text[:300] or resp.reason_phrase
+
+
+def _normalise_base_url(base_url: str) -> str:
+    url = base_url.rstrip("/")
+    if httpx.URL(url).path in ("", "/"):
+        url += "/v1"  # a bare "http://host:port" means the standard prefix
+    return url
+
+
+class OpenAIBackend(Backend):
+    """``OpenAIBackend("http://127.0.0.1:8000", api_key=..., model=None)``.
+
+    ``api_key`` defaults to ``$LLM_SQL_API_KEY``; ``model`` defaults to the first model the
+    server lists. ``max_concurrency`` > 1 keeps several batches in flight (faster on a
+    busy server, at the price of a slightly looser arrival order).
+    """
+
+    name = "openai"
+
+    def __init__(self, base_url: str, api_key: str | None = None, model: str | None = None,
+                 batch_size: int = 128, max_retries: int = 5, timeout: float = 600.0, *,
+                 backoff: float = 0.5, max_backoff: float = 30.0, max_concurrency: int = 1,
+                 extra_body: dict[str, Any] | None = None):
+        if batch_size < 1 or max_retries < 0 or max_concurrency < 1:
+            raise ValueError("batch_size and max_concurrency must be >= 1, max_retries >= 0")
+        self.base_url = _normalise_base_url(base_url)
+        self.model = model
+        self.batch_size, self.max_retries = batch_size, max_retries
+        self.backoff, self.max_backoff = backoff, max_backoff
+        self.max_concurrency = max_concurrency
+        self.extra_body = dict(extra_body or {})
+        api_key = api_key if api_key is not None else os.environ.get("LLM_SQL_API_KEY")
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(headers=headers, timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)))
+        self._totals = _Totals()
+        self._retries = 0
+        self._lock = threading.Lock()
+
+    # --- HTTP with retries -------------------------------------------------------------------
+    def _delay(self, attempt: int, retry_after: str | None) -> float:
+        base = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
+        delay = base / 2 + random.uniform(0, base / 2)  # jitter: many clients must not retry in lockstep
+        try:
+            delay = max(delay, min(float(retry_after), self.max_backoff)) if retry_after else delay
+        except ValueError:  # an HTTP-date Retry-After: our own backoff will do
+            pass
+        return delay
+
+    def _request(self, method: str, path: str, body: dict | None = None) -> Any:
+        url = self.base_url + path
+        last, retry_after = "no attempt made", None
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                with self._lock:
+                    self._retries += 1
+                time.sleep(self._delay(attempt, retry_after))
+            retry_after = None
+            try:
+                resp = self._client.request(method, url, json=body)
+            except httpx.TransportError as exc:  # refused, reset, timed out: worth another try
+                last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                continue
+            status = resp.status_code
+            if status == 429 or status >= 500:
+                last, retry_after = f"HTTP {status}: {_error_message(resp)}", resp.headers.get("retry-after")
+                continue
+            if status in (401, 403):
+                raise BackendError(f"{url} refused the API key (HTTP {status}): {_error_message(resp)}")
+            if status in (400, 413, 422):
+                raise _Rejected(_error_message(resp))
+            if status >= 300:
+                raise BackendError(f"{url} answered HTTP {status}: {_error_message(resp)}")
+            try:
+                return resp.json()
+            except ValueError:
+                raise BackendError(f"{url} answered with something that is not JSON: {resp.text[:200]!r}") from None
+        raise BackendError(f"OpenAI-compatible server at {url} failed after {self.max_retries + 1} attempts: {last}")
+
+    def _model(self) -> str:
+        if self.model is None:
+            try:
+                data = self._request("GET", "/models").get("data") or []
+            except _Rejected as exc:
+                raise BackendError(f"{self.base_url}/models: {exc}") from None
+            if not data:
+                raise BackendError(f"{self.base_url}/models lists no model: pass model=...")
+            self.model = data[0]["id"]
+        return self.model
+
+    # --- batches ---------------------------------------------------------------------------------
+    def _payload(self, prompts: list, p: SamplingParams) -> dict:
+        body: dict[str, Any] = {"model": self._model(), "prompt": prompts, "max_tokens": p.max_tokens,
+                                "temperature": p.temperature, "top_p": p.top_p, "n": 1}
+        if p.seed is not None:
+            body["seed"] = p.seed
+        if p.stop:
+            body["stop"] = list(p.stop)
+        # Extensions are sent only when used: strict servers reject unknown fields.
+        if p.top_k:
+            body["top_k"] = p.top_k
+        if p.stop_token_ids:
+            body["stop_token_ids"] = list(p.stop_token_ids)
+        if p.ignore_eos:
+            body["ignore_eos"] = True
+        if p.choices:
+            body["choices"] = list(p.choices)  # our server's name
+            body["guided_choice"] = list(p.choices)  # vLLM's name before 0.12
+            body["structured_outputs"] = {"choice": list(p.choices)}  # vLLM's name since 0.10.2
+        body.update(self.extra_body)
+        return body
+
+    @staticmethod
+    def _result(choice: dict, usage: dict | None) -> GenerationResult:
+        usage = choice.get("usage") or usage or {}
+        token_ids = list(choice.get("token_ids") or [])
+        prompt_tokens = usage.get("prompt_tokens") or len(choice.get("prompt_token_ids") or [])
+        if choice.get("finish_reason") == "error" or choice.get("error"):
+            return GenerationResult.failed(str(choice.get("error") or "request failed"), prompt_tokens)
+        details = usage.get("prompt_tokens_details") or {}
+        return GenerationResult(
+            text=choice.get("text", ""), token_ids=token_ids, finish_reason=choice.get("finish_reason") or "stop",
+            error=None, prompt_tokens=prompt_tokens,
+            cached_prompt_tokens=usage.get("cached_tokens", details.get("cached_tokens")) or 0,
+            completion_tokens=usage.get("completion_tokens") or len(token_ids))
+
+    def _run(self, items: list[GenerationRequest]) -> list[GenerationResult]:
+        try:
+            data = self._request("POST", "/completions", self._payload([r.prompt for r in items], items[0].params))
+        except _Rejected as exc:
+            if len(items) == 1:
+                return [GenerationResult.failed(str(exc))]
+            mid = len(items) // 2  # isolate the bad prompts, keep the good ones
+            return self._run(items[:mid]) + self._run(items[mid:])
+        choices = sorted(data.get("choices") or [], key=lambda c: c.get("index", 0))
+        if len(choices) != len(items):
+            raise BackendError(f"{self.base_url}/completions returned {len(choices)} choices "
+                               f"for {len(items)} prompts")
+        usage = data.get("usage") if len(items) == 1 else None  # totals are per-choice only for one prompt
+        return [self._result(c, usage) for c in choices]
+
+    def _batches(self, requests: list[GenerationRequest]) -> list[list[GenerationRequest]]:
+        """Consecutive runs with the same params and prompt kind, at most ``batch_size`` long."""
+        batches: list[list[GenerationRequest]] = []
+        for r in requests:
+            last = batches[-1] if batches else None
+            if (last and len(last) < self.batch_size and last[0].params == r.params
+                    and isinstance(last[0].prompt, str) == isinstance(r.prompt, str)):
+                last.append(r)
+            else:
+                batches.append([r])
+        return batches
+
+    def generate(self, requests: list[GenerationRequest], progress: bool = False) -> list[GenerationResult]:
+        from tqdm import tqdm
+
+        start = time.perf_counter()
+        results: list[GenerationResult] = []
+        if requests:
+            self._model()  # once, before any worker thread needs it
+        batches = self._batches(list(requests))
+        with tqdm(total=len(requests), disable=not progress, file=sys.stderr, unit="req") as bar:
+            if self.max_concurrency == 1 or len(batches) == 1:
+                for batch in batches:
+                    results.extend(self._run(batch))
+                    bar.update(len(batch))
+            else:
+                with ThreadPoolExecutor(self.max_concurrency) as pool:
+                    for batch, future in [(b, pool.submit(self._run, b)) for b in batches]:
+                        results.extend(future.result())
+                        bar.update(len(batch))
+        with self._lock:
+            self._totals.add(results, time.perf_counter() - start)
+        return results
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {**self._totals.as_dict(), "retries": self._retries, "base_url": self.base_url,
+                    "model": self.model}
+
+    def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,528 @@
+"""OpenAI-compatible HTTP server over one shared ``AsyncLLMEngine``.
+
+Every Python worker of a query (Spark executors, DuckDB threads) talks to one server so
+they share one engine and one prefix cache. It binds loopback by default and demands a
+bearer token on everything but ``/health``. A list ``prompt`` is one ordered batch: the
+engine admits it in that order, which is what lets the optimiser's row order pay off.
+
+Errors: a bad field, or a single prompt the engine rejects, is a 400 in OpenAI's error
+shape; inside a list, a prompt that fails on its own gets ``finish_reason: "error"`` and
+an ``error`` string while the others complete. A client that disconnects has its
+requests aborted, so their KV pages are freed at once.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import re
+import secrets
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from engine_backend.async_engine import AsyncLLMEngine, EngineClosedError, EngineError
+from engine_backend.sampling_params import SamplingParams
+
+OPEN_PATHS = frozenset({"/health"})
+_KNOWN_PATHS = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics"})
+
+
+# --- errors ------------------------------------------------------------------------------
+class APIError(Exception):
+    """An error answered in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def response(self) -> JSONResponse:
+        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+        return JSONResponse(body, status_code=self.status, headers=headers)
+
+
+def _validation_error(exc: RequestValidationError) -> APIError:
+    """Pydantic's errors as one short 400 (FastAPI's default is a 422 with a JSON dump).
+
+    One line per top-level field: a union type (``stop``: str or list) fails once per
+    alternative, and the first is enough to say what is wrong.
+    """
+    parts, fields = [], []
+    for err in exc.errors():
+        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+        field = loc[0] if loc else "body"
+        if field in fields:
+            continue
+        fields.append(field)
+        if field == "body":
+            parts.append(f"the body must be a JSON object: {err.get('msg', 'invalid')}")
+            continue
+        got = f" (got {type(err['input']).__name__})" if "input" in err else ""
+        parts.append(f"{field}: {err.get('msg', 'invalid')}{got}")
+    return APIError(400, "invalid request: " + "; ".join(parts[:5]), param=fields[0] if fields else None)
+
+
+# --- request bodies ------------------------------------------------------------------------
+class _SamplingFields(BaseModel):
+    # strict: "16" is not a max_tokens; extra fields OpenAI clients add (user, ...) are ignored.
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool | None = None
+    n: int | None = None
+    best_of: int | None = None
+    stream: bool | None = None
+    logprobs: Any = None
+    choices: list[str] | None = None  # our extension: the output is exactly one of these
+    guided_choice: list[str] | None = None  # vLLM's name for the same thing (before 0.12)
+    structured_outputs: dict[str, Any] | None = None  # vLLM's newer spelling: {"choice": [...]}
+
+
+class CompletionRequest(_SamplingFields):
+    prompt: Any = None  # checked by hand for a clearer message than a 4-way union error
+    echo: bool | None = None
+    suffix: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatRequest(_SamplingFields):
+    messages: list[ChatMessage]
+    max_completion_tokens: int | None = None
+
+
+def _reject_unsupported(req: _SamplingFields) -> None:
+    if req.stream:
+        raise APIError(400, "stream=true is not supported by this server", param="stream")
+    if req.n not in (None, 1):
+        raise APIError(400, f"only n=1 is supported, got n={req.n}", param="n")
+    if req.best_of not in (None, 1):
+        raise APIError(400, f"only best_of=1 is supported, got best_of={req.best_of}", param="best_of")
+    if req.logprobs not in (None, False, 0):
+        raise APIError(400, "logprobs are not supported by this server", param="logprobs")
+    if getattr(req, "echo", None):
+        raise APIError(400, "echo=true is not supported by this server", param="echo")
+    if getattr(req, "suffix", None):
+        raise APIError(400, "suffix is not supported by this server", param="suffix")
+
+
+def _sampling_params(req: _SamplingFields, max_tokens: int | None) -> SamplingParams:
+    """Map the OpenAI fields onto ``SamplingParams``; any invalid value is a 400 naming it."""
+    _reject_unsupported(req)
+    choices = req.choices
+    others = [("guided_choice", req.guided_choice)]
+    if req.structured_outputs is not None:
+        so = req.structured_outputs
+        if set(so) - {"choice"} or not isinstance(so.get("choice"), list):
+            raise APIError(400, "structured_outputs supports only {\"choice\": [...]}", param="structured_outputs")
+        others.append(("structured_outputs.choice", so["choice"]))
+    for name, value in others:
+        if value is None:
+            continue
+        if choices is not None and list(choices) != list(value):
+            raise APIError(400, f"choices and {name} differ: give one of them", param="choices")
+        choices = value
+    kwargs: dict[str, Any] = {
+        "stop": [req.stop] if isinstance(req.stop, str) else list(req.stop or []),
+        "stop_token_ids": list(req.stop_token_ids or []),
+        "ignore_eos": bool(req.ignore_eos),
+        "choices": choices,
+        "seed": req.seed,
+    }
+    if max_tokens is not None:
+        kwargs["max_tokens"] = max_tokens
+    if req.temperature is not None:  # unset means greedy: SQL answers should be repeatable
+        kwargs["temperature"] = float(req.temperature)
+    if req.top_p is not None:
+        kwargs["top_p"] = float(req.top_p)
+    if req.top_k is not None:
+        kwargs["top_k"] = 0 if req.top_k == -1 else req.top_k  # vLLM spells "off" as -1
+    try:
+        return SamplingParams(**kwargs)
+    except ValueError as exc:
+        raise APIError(400, str(exc)) from None
+
+
+def _prompts(prompt: Any) -> tuple[list[str | list[int]], bool]:
+    """The batch in order, and whether the body gave a single prompt (errors are then a 400)."""
+    def is_ids(x: Any) -> bool:
+        return isinstance(x, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
+
+    if isinstance(prompt, str):
+        batch, single = [prompt], True
+    elif isinstance(prompt, list) and prompt and is_ids(prompt):
+        batch, single = [prompt], True
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        batch, single = list(prompt), False
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, list) and is_ids(p) for p in prompt):
+        batch, single = [list(p) for p in prompt], False
+    elif prompt is None or prompt == []:
+        raise APIError(400, "prompt is required and must not be empty", param="prompt")
+    else:
+        raise APIError(400, "prompt must be a string, a list of strings, a list of token ids, "
+                            "or a list of token-id lists", param="prompt")
+    if single and not batch[0]:
+        raise APIError(400, "prompt must not be empty", param="prompt")
+    return batch, single
+
+
+def _message_text(content: str | list[dict[str, Any]] | None) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    texts = []
+    for part in content:
+        if part.get("type") != "text" or not isinstance(part.get("text"), str):
+            raise APIError(400, "only text content parts are supported", param="messages")
+        texts.append(part["text"])
+    return "".join(texts)
+
+
+# --- responses -------------------------------------------------------------------------------
+def _usage(outputs: list[Any]) -> dict:
+    prompt = sum(len(o.prompt_token_ids) for o in outputs)
+    completion = sum(len(o.token_ids) for o in outputs)
+    cached = sum(o.num_cached_tokens or 0 for o in outputs)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
+
+
+def _completion_choice(index: int, out: Any) -> dict:
+    choice = {"index": index, "text": out.text, "logprobs": None, "finish_reason": out.finish_reason,
+              # extensions: exact tokens and per-choice usage, so a client can account per row
+              "token_ids": list(out.token_ids), "usage": _usage([out])}
+    if out.finish_reason == "error":
+        choice["text"] = ""
+        choice["error"] = out.error or "request failed"
+    return choice
+
+
+# --- auth and request counting (pure ASGI: runs before the body is read) ---------------------
+class _AuthAndCount:
+    def __init__(self, app: Any, api_key: str, counts: Counter):
+        self.app, self.key, self.counts = app, api_key.encode(), counts
+
+    def _authorized(self, scope: dict) -> bool:
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key)
+        return False
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        status = {"code": 500}
+
+        async def counting_send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            if path in OPEN_PATHS or self._authorized(scope):
+                await self.app(scope, receive, counting_send)
+            else:
+                msg = "missing or invalid API key: send 'Authorization: Bearer <key>'"
+                await APIError(401, msg, type="authentication_error", code="invalid_api_key").response()(
+                    scope, receive, counting_send)
+        finally:
+            label = path if path in _KNOWN_PATHS else "other"
+            self.counts[(label, str(status["code"]))] += 1
+
+
+
+# --- Prometheus text ---------------------------------------------------------------------------
+_METRICS = [  # (stats key, metric name, type, help)
+    ("prompt_tokens", "llm_sql_prompt_tokens_total", "counter", "Prompt tokens of finished requests."),
+    ("cached_prompt_tokens", "llm_sql_cached_prompt_tokens_total", "counter",
+     "Prompt tokens served from the prefix cache."),
+    ("generated_tokens", "llm_sql_generated_tokens_total", "counter", "Tokens generated."),
+    ("num_requests_finished", "llm_sql_requests_finished_total", "counter", "Requests the engine finished."),
+    ("requests_submitted", "llm_sql_requests_submitted_total", "counter", "Requests submitted to the engine."),
+    ("requests_rejected", "llm_sql_requests_rejected_total", "counter", "Requests rejected as invalid."),
+    ("requests_aborted", "llm_sql_requests_aborted_total", "counter",
+     "Requests aborted (client disconnects included)."),
+    ("engine_errors", "llm_sql_engine_errors_total", "counter", "Engine failures reported to callers."),
+    ("preemptions", "llm_sql_preemptions_total", "counter", "Requests preempted for KV space."),
+    ("waiting", "llm_sql_requests_waiting", "gauge", "Requests queued in the scheduler."),
+    ("running", "llm_sql_requests_running", "gauge", "Requests running in the scheduler."),
+    ("kv_pages_total", "llm_sql_kv_pages_total", "gauge", "KV-cache pages in the pool."),
+    ("kv_pages_used", "llm_sql_kv_pages_used", "gauge", "KV-cache pages held by requests."),
+    ("peak_kv_pages", "llm_sql_kv_pages_peak", "gauge", "Most KV-cache pages held at once."),
+]
+
+
+def _metric_name(key: str) -> str:
+    return "llm_sql_" + re.sub(r"[^a-zA-Z0-9_]", "_", key)
+
+
+def _label(value: Any) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, float):
+        if value != value:
+            return "NaN"
+        if value in (float("inf"), float("-inf")):
+            return "+Inf" if value > 0 else "-Inf"
+        return repr(value)
+    return str(int(value))
+
+
+def render_metrics(stats: dict, http_counts: Counter) -> str:
+    """Engine stats and HTTP counts in the Prometheus text exposition format (0.0.4)."""
+    lines: list[str] = []
+
+    emitted: set[str] = set()
+
+    def family(name: str, kind: str, help_: str, samples: list[tuple[str, Any]]) -> None:
+        if name in emitted:  # an engine stat whose name clashes with one of ours
+            return
+        emitted.add(name)
+        lines.extend([f"# HELP {name} {help_}", f"# TYPE {name} {kind}"])
+        lines.extend(f"{name}{labels} {_number(v)}" for labels, v in samples)
+
+    known = set()
+    for key, name, kind, help_ in _METRICS:
+        known.add(key)
+        if isinstance(stats.get(key), (int, float)):
+            family(name, kind, help_, [("", stats[key])])
+    by_type = stats.get("kv_bytes_by_type") or {}
+    known.add("kv_bytes_by_type")
+    family("llm_sql_kv_cache_bytes", "gauge", "KV-cache bytes per layer type.",
+           [(f'{{layer_type="{_label(t)}"}}', b) for t, b in sorted(by_type.items())])
+    # Whatever else the engine reports (swap, speculation, ...) is exposed as gauges as it comes.
+    for key in sorted(stats):
+        value = stats[key]
+        if key in known or isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)):
+            family(_metric_name(key), "gauge", f"Engine stat {key}.", [("", value)])
+        elif isinstance(value, dict) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                       for v in value.values()):
+            family(_metric_name(key), "gauge", f"Engine stat {key}.",
+                   [(f'{{key="{_label(k)}"}}', v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))])
+    family("llm_sql_http_requests_total", "counter", "HTTP requests by path and status code.",
+           [(f'{{path="{_label(p)}",code="{_label(c)}"}}', n) for (p, c), n in sorted(http_counts.items())])
+    return "\n".join(lines) + "\n"
+
+
+# --- running a batch while watching the client ---------------------------------------------------
+async def _client_gone(request: Request) -> None:
+    """Returns when the client disconnects (the body is read already, so receive() only waits)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _run_batch(engine: AsyncLLMEngine, request: Request, prompts: list, params: SamplingParams) -> list:
+    try:
+        handle = engine.submit(prompts, params)
+    except EngineClosedError as exc:
+        raise APIError(503, str(exc), type="server_error") from None
+    work = asyncio.ensure_future(handle.wait())
+    watch = asyncio.ensure_future(_client_gone(request))
+    try:
+        done, _ = await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not work.done():  # client gone, or this handler cancelled: free the pages now
+            handle.abort()
+            work.cancel()
+    if work not in done:
+        raise APIError(499, "client closed the request", type="client_closed_request")
+    try:
+        return work.result()
+    except EngineClosedError as exc:
+        raise APIError(503, str(exc), type="server_error") from None
+    except EngineError as exc:
+        raise APIError(500, str(exc), type="server_error") from None
+
+
+# --- the app ----------------------------------------------------------------------------------------
+def create_app(engine: AsyncLLMEngine, api_key: str, model_name: str) -> FastAPI:
+    """The OpenAI-compatible app; the caller owns ``engine`` and shuts it down."""
+    if not api_key:
+        raise ValueError("api_key must be a non-empty string")
+    app = FastAPI(title="llm-sql engine", docs_url=None, redoc_url=None, openapi_url=None)
+    counts: Counter = Counter()
+    app.add_middleware(_AuthAndCount, api_key=api_key, counts=counts)
+    created = int(time.time())
+
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _validation_error(exc).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return APIError(exc.status_code, str(exc.detail), type=kind).response()
+
+    def check_model(name: str | None) -> None:
+        if name not in (None, "", model_name):
+            raise APIError(404, f"model {name!r} does not exist; this server serves {model_name!r}",
+                           param="model", code="model_not_found")
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        if not engine.is_running:
+            return JSONResponse({"status": "engine stopped"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
+                                            "owned_by": "llm-sql", "max_model_len": engine.max_model_len}]}
+
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        try:
+            stats = await engine.stats_async()
+        except EngineClosedError:
+            stats = {}
+        return PlainTextResponse(render_metrics(stats, counts), media_type="text/plain; version=0.0.4")
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request) -> dict:
+        check_model(body.model)
+        params = _sampling_params(body, body.max_tokens)
+        prompts, single = _prompts(body.prompt)
+        outs = await _run_batch(engine, request, prompts, params)
+        if single and outs[0].finish_reason == "error":
+            raise APIError(400, outs[0].error or "invalid prompt", param="prompt")
+        return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+                "model": model_name, "choices": [_completion_choice(i, o) for i, o in enumerate(outs)],
+                "usage": _usage(outs)}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatRequest, request: Request) -> dict:
+        check_model(body.model)
+        if not body.messages:
+            raise APIError(400, "messages must not be empty", param="messages")
+        max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+        params = _sampling_params(body, max_tokens)
+        messages = [{"role": m.role, "content": _message_text(m.content)} for m in body.messages]
+        try:
+            prompt = engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        except Exception as exc:  # a template that rejects the roles, or none at all
+            raise APIError(400, f"cannot apply the chat template: {exc}", param="messages") from None
+        (out,) = await _run_batch(engine, request, [prompt], params)
+        if out.finish_reason == "error":
+            raise APIError(400, out.error or "invalid request", param="messages")
+        usage = _usage([out])
+        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+                "model": model_name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text},
+                             "logprobs": None, "finish_reason": out.finish_reason,
+                             "token_ids": list(out.token_ids)}],
+                "usage": usage}
+
+    return app
+
+
+# --- running it ------------------------------------------------------------------------------------
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ServerThread:
+    """Run an ASGI app with uvicorn on a background thread (tests, on-demand local servers).
+
+    ``port=0`` picks a free port; the socket is bound before the thread starts, so
+    ``url`` is valid at once and there is no race for the port.
+    """
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
+        import socket
+
+        import uvicorn
+
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._sock = socket.socket(family, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, port))
+        self.host, self.port = host, self._sock.getsockname()[1]
+        # A short graceful period: stop() must not wait on a client that never reads.
+        config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5)
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]},
+                                        name="llm-sql-http", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> "ServerThread":
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the HTTP server on {self.url} did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout)
+        self._sock.close()
+
+    def __enter__(self) -> "ServerThread":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          *, log_level: str = "warning", **engine_kwargs: Any) -> None:
+    """Load the model and serve it until interrupted (blocking)."""
+    import uvicorn
+
+    if api_key is None:
+        api_key = secrets.token_urlsafe(32)
+        print(f"llm-sql: generated API key (send 'Authorization: Bearer <key>'): {api_key}",
+              file=sys.stderr, flush=True)
+    if not _is_loopback(host):
+        print(f"llm-sql: warning: listening on {host}, reachable beyond this machine", file=sys.stderr)
+    engine = AsyncLLMEngine.from_model(model_dir, **engine_kwargs)
+    try:
+        app = create_app(engine, api_key, engine.model_name)
+        print(f"llm-sql: serving {engine.model_name!r} on http://{host}:{port}/v1", file=sys.stderr, flush=True)
+        uvicorn.run(app, host=host, port=port, log_level=log_level)
+    finally:
+        engine.shutdown()
