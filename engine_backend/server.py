@@ -432,7 +432,8 @@ def create_app(engine: AsyncLLMEngine, api_key: str, model_name: str) -> FastAPI
         params = _sampling_params(body, max_tokens)
         messages = [{"role": m.role, "content": _message_text(m.content)} for m in body.messages]
         try:
-            prompt = engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+            # token ids, not text: the template already writes BOS, encoding its text would add another
+            prompt = engine.tokenizer.encode_chat(messages, add_generation_prompt=True)
         except Exception as exc:  # a template that rejects the roles, or none at all
             raise APIError(400, f"cannot apply the chat template: {exc}", param="messages") from None
         (out,) = await _run_batch(engine, request, [prompt], params)
