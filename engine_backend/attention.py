@@ -1,9 +1,11 @@
 """Paged attention in plain torch (CPU and CUDA): write the step's K/V into pages, gather, attend.
 
 Per step and per layer type, ``build_step_metadata`` turns block tables into index and
-mask tensors once; every layer of that type reuses them. Decoding requests (one query
-token each) share one padded SDPA call; each prefill chunk gets its own call, so no
-chunk is padded to the longest one.
+mask tensors once; every layer of that type reuses them. Requests are attended in
+groups, one SDPA call per group: all decoding requests (one query each) form one group,
+and prefill chunks are grouped while padding them to a common shape wastes little
+(the optimiser's batches are many similar chunks behind a shared cached prefix). A chunk
+that starts its sequence and sits alone attends to its fresh K/V with no gather at all.
 """
 from __future__ import annotations
 
@@ -14,62 +16,93 @@ import torch.nn.functional as F
 
 from .kv import KVSpec, PagedKVStorage
 
+MAX_PADDING_WASTE = 1.3  # a group's padded attention cost may exceed its real cost by this factor
+
+
+@dataclass
+class AttnGroup:
+    num_seqs: int
+    q_len: int  # queries per sequence after padding
+    token_slice: tuple[int, int] | None  # contiguous tokens, each sequence exactly q_len of them
+    q_rows: torch.Tensor | None  # else: [num_seqs * q_len] token index of every padded query slot
+    out_src: torch.Tensor | None  # padded slots that are real queries...
+    out_dst: torch.Tensor | None  # ...and the tokens they answer for
+    pages: torch.Tensor | None  # [num_seqs, blocks] pages to read, or None: attend to fresh K/V
+    mask: torch.Tensor  # [num_seqs, 1, q_len, kv_len] bool
+
 
 @dataclass
 class TypeStepMeta:
     slot_page: torch.Tensor  # [N] page of each new token
     slot_off: torch.Tensor  # [N] offset inside that page
-    decode_pages: torch.Tensor | None  # [S_d, max_blocks] pages each decoding request reads
-    decode_mask: torch.Tensor | None  # [S_d, 1, 1, max_blocks * block_size]
-    # (token start, end, pages or None when the chunk starts the sequence, mask [1,1,n,T])
-    prefills: list[tuple[int, int, torch.Tensor | None, torch.Tensor]]
+    groups: list[AttnGroup]
+
+
+def plan_groups(starts: list[int], counts: list[int], num_decode: int) -> list[list[int]]:
+    """Split requests (decoders first) into groups that share one padded attention call."""
+    groups = [list(range(num_decode))] if num_decode else []
+    order = sorted(range(num_decode, len(counts)), key=lambda i: -counts[i])
+    current: list[int] = []
+    for i in order:
+        trial = current + [i]
+        L = max(counts[j] for j in trial)
+        T = max(starts[j] + counts[j] for j in trial)
+        real = sum(counts[j] * (starts[j] + counts[j]) for j in trial)
+        if current and len(trial) * L * T > MAX_PADDING_WASTE * real:
+            groups.append(current)
+            trial = [i]
+        current = trial
+    if current:
+        groups.append(current)
+    return groups
 
 
 def build_step_metadata(spec: KVSpec, tables: list[list[int]], starts: list[int], counts: list[int],
-                        num_decode: int, device) -> TypeStepMeta:
-    """``tables``/``starts``/``counts``: per request in token order, decoders first."""
+                        groups: list[list[int]], device) -> TypeStepMeta:
+    """``tables``/``starts``/``counts``: per request in token order; ``groups`` from ``plan_groups``."""
     B = spec.block_size
-    window = spec.window
-    slot_page, slot_off = [], []
+    slot_page, slot_off, offsets = [], [], []
     for table, start, n in zip(tables, starts, counts):
+        offsets.append(len(slot_page))
         for pos in range(start, start + n):
             slot_page.append(table[pos // B])
             slot_off.append(pos % B)
 
-    decode_pages = decode_mask = None
-    if num_decode:
-        firsts = [spec.first_needed_block(s) for s in starts[:num_decode]]
-        rows = [table[lo:s // B + 1] for table, lo, s in zip(tables, firsts, starts)]
-        width = max(len(r) for r in rows)
-        decode_pages = torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.long)
-        q_pos = torch.tensor(starts[:num_decode]).unsqueeze(1)
-        kv_pos = torch.tensor(firsts).unsqueeze(1) * B + torch.arange(width * B).unsqueeze(0)
-        mask = kv_pos <= q_pos
-        if window is not None:
-            mask &= kv_pos > q_pos - window
-        decode_pages = decode_pages.to(device, non_blocking=True)
-        decode_mask = mask[:, None, None, :].to(device, non_blocking=True)
+    def to(t):
+        return t.to(device, non_blocking=True)
 
-    prefills = []
-    offset = num_decode
-    for table, start, n in zip(tables[num_decode:], starts[num_decode:], counts[num_decode:]):
-        q_pos = torch.arange(start, start + n).unsqueeze(1)
-        if start == 0:  # nothing cached before the chunk: attend to its own fresh K/V, no gather
-            pages, kv_pos = None, q_pos.T
+    out = []
+    for members in groups:
+        S = len(members)
+        L = max(counts[i] for i in members)
+        q_pos = torch.tensor([[starts[i] + j for j in range(L)] for i in members])  # [S, L]
+        valid_q = torch.tensor([[j < counts[i] for j in range(L)] for i in members])
+        contiguous = all(counts[i] == L for i in members) and all(
+            offsets[b] == offsets[a] + L for a, b in zip(members, members[1:]))
+        if contiguous:
+            token_slice, q_rows, out_src, out_dst = (offsets[members[0]], offsets[members[0]] + S * L), None, None, None
         else:
-            lo, hi = spec.first_needed_block(start), (start + n - 1) // B
-            pages = torch.tensor(table[lo:hi + 1], dtype=torch.long).to(device, non_blocking=True)
-            kv_pos = lo * B + torch.arange((hi - lo + 1) * B).unsqueeze(0)
-        mask = kv_pos <= q_pos
-        if window is not None:
-            mask &= kv_pos > q_pos - window
-        prefills.append((offset, offset + n, pages, mask[None, None].to(device, non_blocking=True)))
-        offset += n
-    return TypeStepMeta(
-        torch.tensor(slot_page, dtype=torch.long).to(device, non_blocking=True),
-        torch.tensor(slot_off, dtype=torch.long).to(device, non_blocking=True),
-        decode_pages, decode_mask, prefills,
-    )
+            token_slice = None
+            rows = torch.tensor([[offsets[i] + min(j, counts[i] - 1) for j in range(L)] for i in members]).flatten()
+            keep = valid_q.flatten()
+            q_rows, out_src, out_dst = to(rows), to(keep.nonzero().flatten()), to(rows[keep])
+        if S == 1 and starts[members[0]] == 0:  # nothing cached before this chunk: no gather
+            pages, kv_pos = None, q_pos[:, None, :]  # [1, 1, L]
+        else:
+            firsts = [spec.first_needed_block(starts[i]) for i in members]
+            lasts = [(starts[i] + counts[i] - 1) // B for i in members]
+            width = max(hi - lo + 1 for lo, hi in zip(firsts, lasts))
+            pages = to(torch.tensor([tables[i][lo:hi + 1] + [0] * (width - (hi - lo + 1))
+                                     for i, lo, hi in zip(members, firsts, lasts)], dtype=torch.long))
+            kv_pos = (torch.tensor(firsts)[:, None] * B + torch.arange(width * B)[None, :])[:, None, :]  # [S,1,T]
+        q = q_pos[:, :, None]  # [S, L, 1]
+        mask = kv_pos <= q
+        if spec.window is not None:
+            mask &= kv_pos > q - spec.window
+        mask |= ~valid_q[:, :, None] & (kv_pos == kv_pos[..., :1])  # padded queries see one key: no NaN rows
+        out.append(AttnGroup(S, L, token_slice, q_rows, out_src, out_dst, pages, to(mask[:, None])))
+    return TypeStepMeta(to(torch.tensor(slot_page, dtype=torch.long)), to(torch.tensor(slot_off, dtype=torch.long)),
+                        out)
 
 
 def _attend(q, k, v, mask, scale, softcap):
@@ -95,11 +128,9 @@ class PagedAttention:
         self.storage = storage
         self.layer_spec = layer_spec
         self.meta: dict[str, TypeStepMeta] = {}
-        self.num_decode = 0
 
-    def begin_step(self, meta: dict[str, TypeStepMeta], num_decode: int) -> None:
+    def begin_step(self, meta: dict[str, TypeStepMeta]) -> None:
         self.meta = meta
-        self.num_decode = num_decode
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                  scale: float, softcap: float | None) -> torch.Tensor:
@@ -107,19 +138,30 @@ class PagedAttention:
         k_cache, v_cache = self.storage.layer_kv[layer]
         k_cache[m.slot_page, m.slot_off] = k.to(k_cache.dtype)
         v_cache[m.slot_page, m.slot_off] = v.to(v_cache.dtype)
+        if len(m.groups) == 1 and m.groups[0].token_slice == (0, q.shape[0]):
+            return self._group(m.groups[0], layer, q, k, v, scale, softcap).reshape(q.shape)
         out = torch.empty_like(q)
-        nd = self.num_decode
-        if nd:
-            kg = k_cache[m.decode_pages].flatten(1, 2).transpose(1, 2)  # [S, Hkv, T, D]
-            vg = v_cache[m.decode_pages].flatten(1, 2).transpose(1, 2)
-            o = _attend(q[:nd].unsqueeze(2), kg, vg, m.decode_mask, scale, softcap)
-            out[:nd] = o.squeeze(2)
-        for start, end, pages, mask in m.prefills:
-            if pages is None:
-                kg, vg = k[start:end], v[start:end]
+        for g in m.groups:
+            o = self._group(g, layer, q, k, v, scale, softcap)
+            if g.token_slice is not None:
+                out[g.token_slice[0]:g.token_slice[1]] = o
             else:
-                kg, vg = k_cache[pages].flatten(0, 1), v_cache[pages].flatten(0, 1)
-            kg, vg = kg.transpose(0, 1).unsqueeze(0), vg.transpose(0, 1).unsqueeze(0)  # [1, Hkv, T, D]
-            o = _attend(q[start:end].transpose(0, 1).unsqueeze(0), kg, vg, mask, scale, softcap)
-            out[start:end] = o[0].transpose(0, 1)
+                out[g.out_dst] = o[g.out_src]
         return out
+
+    def _group(self, g: AttnGroup, layer, q, k, v, scale, softcap) -> torch.Tensor:
+        """Attention for one group; returns [num_seqs * q_len, Hq, D]."""
+        S, L = g.num_seqs, g.q_len
+        if g.token_slice is not None:
+            a, b = g.token_slice
+            qg = q[a:b].view(S, L, *q.shape[1:])
+        else:
+            qg = q[g.q_rows].view(S, L, *q.shape[1:])
+        if g.pages is None:
+            a, b = g.token_slice
+            kg, vg = k[a:b].unsqueeze(0), v[a:b].unsqueeze(0)
+        else:
+            k_cache, v_cache = self.storage.layer_kv[layer]
+            kg, vg = k_cache[g.pages].flatten(1, 2), v_cache[g.pages].flatten(1, 2)  # [S, T, Hkv, D], no copy
+        o = _attend(qg.transpose(1, 2), kg.transpose(1, 2), vg.transpose(1, 2), g.mask, scale, softcap)
+        return o.transpose(1, 2).reshape(S * L, *q.shape[1:])

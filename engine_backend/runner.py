@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .attention import PagedAttention, build_step_metadata
+from .attention import PagedAttention, build_step_metadata, plan_groups
 from .kv import KVCacheManager, PagedKVStorage
 from .scheduler import ScheduledBatch
 from .sequence import Sequence
@@ -39,12 +39,13 @@ class ModelRunner:
             if start + n == len(seq.token_ids):
                 sample_rows.append(len(input_ids) - 1)
                 sample_seqs.append(seq)
+        groups = plan_groups(starts, counts, len(decodes))
         meta = {
             s.name: build_step_metadata(s, [seq.block_tables[s.name] for seq, _ in ordered], starts, counts,
-                                        len(decodes), self.device)
+                                        groups, self.device)
             for s in self.kv.specs
         }
-        self.attention.begin_step(meta, len(decodes))
+        self.attention.begin_step(meta)
         ids = torch.tensor(input_ids, dtype=torch.long).to(self.device, non_blocking=True)
         pos = torch.tensor(positions, dtype=torch.long).to(self.device, non_blocking=True)
         hidden = self.model(ids, pos, self.attention)

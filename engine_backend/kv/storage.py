@@ -16,7 +16,7 @@ class PagedKVStorage:
         dtype = specs[0].dtype
         # Zeroed, not empty: padded reads of unwritten slots must stay finite under masking.
         self.buffer = torch.zeros(num_large_pages * large_page_elems, dtype=dtype, device=device)
-        self.layer_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.layer_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # K, V: [pages, B, heads, dim]
         for spec in specs:
             pages = self.buffer.view(-1, len(spec.layers), 2, spec.block_size, spec.num_kv_heads, spec.head_dim)
             for i, layer in enumerate(spec.layers):
