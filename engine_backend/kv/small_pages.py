@@ -34,6 +34,8 @@ class SmallPageAllocator:
         self._live: dict[int, int] = {}  # large page -> small pages in use or cached
         self._in_use: dict[int, int] = {}  # large page -> small pages with ref > 0
         self._filling: dict[str, int] = {}  # request id -> the large page it is filling
+        # large pages holding only evictable pages (nothing in use), stalest first -> when they went idle
+        self._idle: OrderedDict[int, int] = OrderedDict()
         self.cached: dict[Hashable, int] = {}  # block key -> page
         self.page_key: dict[int, Hashable] = {}
         self.evictable: OrderedDict[int, int] = OrderedDict()  # page -> time it became free
@@ -94,6 +96,7 @@ class SmallPageAllocator:
             self._with_free.pop(large, None)
         self._live[large] += 1
         self._in_use[large] += 1
+        self._idle.pop(large, None)
         self.ref[page] = 1
         return page
 
@@ -106,6 +109,7 @@ class SmallPageAllocator:
         if self._live[large] == 0:
             del self._free_slots[large], self._live[large], self._in_use[large]
             self._with_free.pop(large, None)
+            self._idle.pop(large, None)
             self.pool.give_back(large)
 
     # ---- references -----------------------------------------------------------------
@@ -114,17 +118,21 @@ class SmallPageAllocator:
         if self.ref[page] == 0:
             del self.evictable[page]
             self._in_use[page // self.ratio] += 1
+            self._idle.pop(page // self.ratio, None)
         self.ref[page] += 1
 
     def release(self, page: int) -> None:
         self.ref[page] -= 1
         if self.ref[page] > 0:
             return
-        self._in_use[page // self.ratio] -= 1
+        large = page // self.ratio
+        self._in_use[large] -= 1
         if page in self.page_key:
             self.evictable[page] = self._clock()
         else:
             self._release_slot(page)
+        if self._in_use.get(large) == 0:  # still held, nothing in use: reclaimable as a whole
+            self._idle[large] = self._clock()
 
     def forget_request(self, request_id: str) -> None:
         self._filling.pop(request_id, None)
@@ -145,16 +153,10 @@ class SmallPageAllocator:
         self._release_slot(page)
 
     def reclaimable_large_page(self) -> tuple[int, int] | None:
-        """(last use, large page) of the stalest large page holding only evictable pages."""
-        best = None
-        for large, in_use in self._in_use.items():
-            if in_use:
-                continue
-            base = large * self.ratio
-            stamp = max(self.evictable.get(p, -1) for p in range(base, base + self.ratio))
-            if best is None or stamp < best[0]:
-                best = (stamp, large)
-        return best
+        """(time it went idle, large page) of the stalest large page holding only evictable pages."""
+        for large, stamp in self._idle.items():
+            return stamp, large
+        return None
 
     def evict_large_page(self, large: int) -> None:
         base = large * self.ratio

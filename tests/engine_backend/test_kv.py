@@ -213,6 +213,8 @@ def test_random_mix_never_leaks():
         # invariant: pages in tables have refs; pool accounting matches allocators
         held = sum(a.num_large_pages for a in kv.allocators.values())
         assert held == kv.pool.num_used
+        for a in kv.allocators.values():  # the reclaim index lists exactly the large pages with nothing in use
+            assert set(a._idle) == {lp for lp, n in a._in_use.items() if n == 0}
     for s in live:
         kv.free(s)
     assert_no_leak(kv)
