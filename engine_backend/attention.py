@@ -6,6 +6,12 @@ groups, one SDPA call per group: all decoding requests (one query each) form one
 and prefill chunks are grouped while padding them to a common shape wastes little
 (the optimiser's batches are many similar chunks behind a shared cached prefix). A chunk
 that starts its sequence and sits alone attends to its fresh K/V with no gather at all.
+
+Cascade attention: when every request of a group reads the same leading pages (the
+shared, cached instruction prefix of an LLM-SQL batch), those pages are gathered once
+and attended by all of the group's queries together; each request's own pages are
+attended separately, and the two partial softmaxes are merged by their log-sum-exps.
+Without it, every request of every step would copy the whole shared prefix.
 """
 from __future__ import annotations
 
@@ -28,7 +34,18 @@ class AttnGroup:
     out_src: torch.Tensor | None  # padded slots that are real queries...
     out_dst: torch.Tensor | None  # ...and the tokens they answer for
     pages: torch.Tensor | None  # [num_seqs, blocks] pages to read, or None: attend to fresh K/V
-    mask: torch.Tensor  # [num_seqs, 1, q_len, kv_len] bool
+    mask: torch.Tensor  # [num_seqs, 1, q_len, kv_len] bool, over ``pages``
+    shared_pages: torch.Tensor | None = None  # [blocks] leading pages every query of the group sees
+    _bias: dict | None = None
+
+    def mask_bias(self, dtype: torch.dtype) -> torch.Tensor:
+        """The mask as an additive float tensor (0 / -inf), made once per step and dtype."""
+        if self._bias is None:
+            self._bias = {}
+        if dtype not in self._bias:
+            self._bias[dtype] = torch.zeros(self.mask.shape, dtype=dtype, device=self.mask.device).masked_fill_(
+                ~self.mask, float("-inf"))
+        return self._bias[dtype]
 
 
 @dataclass
@@ -91,6 +108,9 @@ def build_step_metadata(spec: KVSpec, tables: list[list[int]], starts: list[int]
         else:
             firsts = [spec.first_needed_block(starts[i]) for i in members]
             lasts = [(starts[i] + counts[i] - 1) // B for i in members]
+            shared = _shared_leading_pages(spec, [tables[i] for i in members], firsts, [starts[i] for i in members])
+            if shared:
+                firsts = [lo + len(shared) for lo in firsts]
             width = max(hi - lo + 1 for lo, hi in zip(firsts, lasts))
             pages = to(torch.tensor([tables[i][lo:hi + 1] + [0] * (width - (hi - lo + 1))
                                      for i, lo, hi in zip(members, firsts, lasts)], dtype=torch.long))
@@ -100,9 +120,68 @@ def build_step_metadata(spec: KVSpec, tables: list[list[int]], starts: list[int]
         if spec.window is not None:
             mask &= kv_pos > q - spec.window
         mask |= ~valid_q[:, :, None] & (kv_pos == kv_pos[..., :1])  # padded queries see one key: no NaN rows
-        out.append(AttnGroup(S, L, token_slice, q_rows, out_src, out_dst, pages, to(mask[:, None])))
+        shared_pages = to(torch.tensor(shared, dtype=torch.long)) if pages is not None and shared else None
+        out.append(AttnGroup(S, L, token_slice, q_rows, out_src, out_dst, pages, to(mask[:, None]), shared_pages))
     return TypeStepMeta(to(torch.tensor(slot_page, dtype=torch.long)), to(torch.tensor(slot_off, dtype=torch.long)),
                         out)
+
+
+def _shared_leading_pages(spec: KVSpec, tables: list[list[int]], firsts: list[int], starts: list[int]) -> list[int]:
+    """Pages every request of a group reads first and every query sees whole (full attention only)."""
+    if spec.window is not None or len(tables) < 2 or len(set(firsts)) != 1:
+        return []
+    lo = firsts[0]
+    limit = min(starts) // spec.block_size  # blocks wholly before every query: visible to all of them
+    shared = []
+    for b in range(lo, limit):
+        page = tables[0][b]
+        if any(t[b] != page for t in tables[1:]):
+            break
+        shared.append(page)
+    return shared if len(shared) >= 2 else []
+
+
+# CPU's fused attention kernel that also returns the log-sum-exp (what SDPA runs on CPU); cascade
+# attention needs the log-sum-exp to merge, so without it (CUDA, softcaps) we do the softmax by hand.
+_FLASH_WITH_LSE = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def _attention_with_lse(q, k, v, bias, scale, softcap):
+    """Attention of q [S,Hq,L,D] over k/v [S,Hkv,T,D] (additive float ``bias`` [S,1,L,T] or None).
+
+    Returns the normalised output [S,Hq,L,D] in float32 and the log-sum-exp [S,Hq,L,1].
+    """
+    S, Hq, L, D = q.shape
+    Hkv = k.shape[1]
+    G = Hq // Hkv
+    if G > 1:  # grouped-query: a KV head's G query heads become G*L query rows, so K/V are not copied
+        q = q.reshape(S, Hkv, G * L, D)
+        if bias is not None:
+            bias = bias.repeat(1, 1, G, 1)
+    if _FLASH_WITH_LSE is not None and softcap is None and q.device.type == "cpu":
+        out, lse = _FLASH_WITH_LSE(q, k, v, attn_mask=bias, scale=scale)
+        out, lse = out.float(), lse.float().unsqueeze(-1)
+    else:
+        scores = torch.matmul(q.float(), k.float().transpose(-1, -2)).mul_(scale)
+        if softcap is not None:
+            scores = scores.div_(softcap).tanh_().mul_(softcap)
+        if bias is not None:
+            scores = scores.add_(bias)
+        lse = torch.logsumexp(scores, dim=-1, keepdim=True)
+        out = torch.matmul(scores.sub_(lse).exp_(), v.float())
+    return out.reshape(S, Hq, L, D), lse.reshape(S, Hq, L, 1)
+
+
+def _cascade_attend(q, k_shared, v_shared, k, v, bias, scale, softcap):
+    """q [S,Hq,L,D]; shared k/v [1,Hkv,Ts,D] seen by every query; own k/v [S,Hkv,T,D] under ``bias``."""
+    S, Hq, L, D = q.shape
+    # the shared part: all S*L queries of a head against one copy of the shared keys
+    q_all = q.transpose(0, 1).reshape(1, Hq, S * L, D)
+    o1, lse1 = _attention_with_lse(q_all, k_shared, v_shared, None, scale, softcap)
+    o1, lse1 = (t.reshape(Hq, S, L, -1).transpose(0, 1) for t in (o1, lse1))
+    o2, lse2 = _attention_with_lse(q, k, v, bias, scale, softcap)
+    lse = torch.logaddexp(lse1, lse2)
+    return (o1 * torch.exp(lse1 - lse) + o2 * torch.exp(lse2 - lse)).to(q.dtype)
 
 
 def _attend(q, k, v, mask, scale, softcap):
@@ -163,5 +242,11 @@ class PagedAttention:
         else:
             k_cache, v_cache = self.storage.layer_kv[layer]
             kg, vg = k_cache[g.pages].flatten(1, 2), v_cache[g.pages].flatten(1, 2)  # [S, T, Hkv, D], no copy
-        o = _attend(qg.transpose(1, 2), kg.transpose(1, 2), vg.transpose(1, 2), g.mask, scale, softcap)
+        if g.shared_pages is not None:
+            ks = k_cache[g.shared_pages].flatten(0, 1).transpose(0, 1).unsqueeze(0)  # [1, Hkv, Ts, D]
+            vs = v_cache[g.shared_pages].flatten(0, 1).transpose(0, 1).unsqueeze(0)
+            o = _cascade_attend(qg.transpose(1, 2), ks, vs, kg.transpose(1, 2), vg.transpose(1, 2),
+                                g.mask_bias(qg.dtype), scale, softcap)
+        else:
+            o = _attend(qg.transpose(1, 2), kg.transpose(1, 2), vg.transpose(1, 2), g.mask, scale, softcap)
         return o.transpose(1, 2).reshape(S * L, *q.shape[1:])

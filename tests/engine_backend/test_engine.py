@@ -199,3 +199,19 @@ def test_bad_input(checkpoints, tmp_path):
     from engine_backend.loader import CheckpointError
     with pytest.raises(CheckpointError, match="config.json"):
         LLMEngine(model=str(tmp_path))
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma2"])  # fused kernel, GQA, manual softcap path
+def test_cascade_attention_over_a_shared_prefix_is_exact(checkpoints, arch):
+    path = checkpoints(arch)
+    engine = LLMEngine(model=str(path), kv_cache_memory="32MB", max_num_batched_tokens=512)
+    texts = [PREFIX * 2 + r for r in ROWS] + [PREFIX * 2 + r + " Again." for r in ROWS]
+    for t in texts:
+        engine.add_request(t, SamplingParams(max_tokens=MAX_NEW))
+    outs, cascaded = [], 0
+    while engine.has_unfinished_requests():
+        outs += engine.step()
+        cascaded += sum(g.shared_pages is not None for m in engine.runner.attention.meta.values() for g in m.groups)
+    assert cascaded > 0, "the shared prefix should be attended once per group"
+    outs.sort(key=lambda o: int(o.request_id.split("-")[1]))
+    assert [o.token_ids for o in outs] == reference(path, [o.prompt_token_ids for o in outs])
