@@ -1,0 +1,83 @@
+"""The Jenga-capacity and engine-memory benchmarks run (``--quick``) and report sane figures.
+
+They run as real subprocesses from the repository root, the way a user runs them; behaviour is asserted, not
+timings.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytest.importorskip("matplotlib")
+
+
+def run_bench(name: str, out: Path, *extra: str) -> tuple[dict, subprocess.CompletedProcess]:
+    proc = subprocess.run([sys.executable, f"bench/{name}.py", "--quick", "--out", str(out), *extra],
+                          cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((out / f"{name}.json").read_text())
+    assert (out / f"{name}.png").stat().st_size > 1000
+    start = proc.stdout.index("{")
+    assert json.JSONDecoder().raw_decode(proc.stdout[start:])[0] == data  # the same JSON went to stdout
+    return data, proc
+
+
+def test_jenga_capacity_quick(tmp_path):
+    data, proc = run_bench("jenga_capacity", tmp_path)
+    cap = data["capacity"]
+    j, u = cap["jenga"], cap["uniform"]
+    assert u["requests_fit"] >= 1 and j["requests_fit"] > u["requests_fit"]
+    assert cap["ratio_jenga_over_uniform"] >= 3.0  # 5 sliding (window 256) : 1 full, 2,048-token requests
+    # same budget in bytes for both, and neither exceeds it
+    for side in (j, u):
+        assert 0 < side["budget_bytes_usable"] <= cap["budget_bytes"]
+        assert side["kv_bytes_per_request"] * side["requests_fit"] <= side["budget_bytes_usable"]
+    assert set(j["per_type"]) == {"sliding_attention", "full_attention"} and set(u["per_type"]) == {"uniform"}
+    # a full-attention request keeps all 2,048 tokens; a sliding one at most the window plus a block
+    pages = data["model"]["jenga_pages"]["types"]
+    full_per_token = pages["full_attention"]["small_page_bytes"] / data["model"]["block_size"]
+    assert j["per_type"]["full_attention"]["kv_bytes_per_request"] == pytest.approx(2048 * full_per_token)
+    assert j["per_type"]["sliding_attention"]["pages_per_request"] <= 256 / 16 + 1
+
+    e2e = data["end_to_end"]
+    assert e2e["requests"] == 2 * e2e["capacity_jenga_at_this_budget"]
+    for run in ("replay_jenga", "replay_uniform", "engine_jenga"):
+        r = e2e[run]
+        assert r["finished"] == r["requests"] and r["errors"] == 0 and r["peak_running"] >= 1
+    assert e2e["replay_jenga"]["peak_running"] > e2e["replay_uniform"]["peak_running"]
+    assert e2e["engine_matches_replay"] is True
+
+    w = data["page_waste"]
+    sizes = [t["small_page_bytes"] for t in w["model"]["types"].values()]
+    assert len(set(sizes)) == 2 and all(w["model"]["large_page_bytes"] % s == 0 for s in sizes)
+    for run in ("replay", "engine"):
+        r = w[run]
+        for key in ("jenga_waste_at_peak", "jenga_waste_mean", "naive_padded_waste_at_peak", "naive_padded_waste_mean"):
+            assert 0.0 <= r[key] < 1.0
+        assert r["jenga_waste_mean"] < r["naive_padded_waste_mean"]
+        assert r["finished"] == r["requests"] and r["errors"] == 0
+    assert "Capacity at" in proc.stdout and "Page waste" in proc.stdout
+
+
+def test_engine_memory_quick(tmp_path):
+    data, proc = run_bench("engine_memory", tmp_path, "--threads", "1")
+    b = data["bytes"]
+    assert b["baseline_rss"] > 0 and b["weights"] > 0 and b["kv_budget"] > 0
+    assert b["kv_budget"] <= b["kv_budget_requested"]
+    assert b["peak_rss"] >= b["baseline_rss"] + b["weights"] + b["kv_budget"]  # the KV buffer is resident
+    assert b["overhead"] == b["peak_rss"] - b["baseline_rss"] - b["weights"] - b["kv_budget"]
+    assert data["passed"] is True and data["overhead_mb"] < data["limit_mb"]
+    for stage in ("baseline", "after_model", "after_kv", "end_of_run"):
+        assert data["stages"][stage]["VmRSS"] > 0
+    assert data["stages"]["after_kv"]["VmRSS"] - data["stages"]["after_model"]["VmRSS"] >= 0.9 * b["kv_budget"]
+    wl = data["workload"]
+    assert wl["generated_tokens"] == wl["prompts"] * wl["max_tokens"]
+    assert wl["prefix_hit_rate"] > 0.3  # the prompts share a long instruction
+    assert "PASS" in proc.stdout
+
