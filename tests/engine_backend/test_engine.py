@@ -215,3 +215,21 @@ def test_cascade_attention_over_a_shared_prefix_is_exact(checkpoints, arch):
     assert cascaded > 0, "the shared prefix should be attended once per group"
     outs.sort(key=lambda o: int(o.request_id.split("-")[1]))
     assert [o.token_ids for o in outs] == reference(path, [o.prompt_token_ids for o in outs])
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
+def test_bfloat16_on_cpu_matches_transformers(checkpoints, arch):
+    """bf16 runs end to end; one prompt at a time it takes the same kernels as transformers, so it matches.
+
+    (With prefix hits or batching the reduction order differs, and bf16 rounding may flip near-ties:
+    exactness there is asserted in float32 above.)
+    """
+    path = checkpoints(arch)
+    engine = LLMEngine(model=str(path), dtype="bfloat16", kv_cache_memory="16MB", enable_prefix_caching=False)
+    assert engine.dtype == torch.bfloat16 and engine.storage.buffer.dtype == torch.bfloat16
+    hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
+    for text in [PREFIX + r for r in ROWS[:3]]:
+        (o,) = engine.generate([text], SamplingParams(max_tokens=8))
+        with torch.no_grad():
+            g = hf.generate(torch.tensor([o.prompt_token_ids]), max_new_tokens=8, do_sample=False, pad_token_id=0)
+        assert o.token_ids == g[0, len(o.prompt_token_ids):].tolist()
