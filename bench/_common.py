@@ -13,6 +13,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = "bench/results"
+# The benchmarks' "few tens of millions of parameters" checkpoint: a random Llama of about 24M.
+LLAMA_24M = dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4, head_dim=64,
+                 intermediate_size=1408, max_position_embeddings=2048)
 _T0 = time.perf_counter()
 
 
@@ -77,7 +80,7 @@ def save_png(fig, name: str, out: str | Path = DEFAULT_OUT) -> Path:
     path = Path(out) / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     pyplot().close(fig)
     return path
 
@@ -97,7 +100,7 @@ def save_bar_chart(groups: dict[str, dict[str, float]], ylabel: str, title: str,
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     if len(series) > 1:
-        ax.legend()
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=len(series))
     return save_png(fig, name, out)
 
 

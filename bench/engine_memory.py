@@ -40,12 +40,11 @@ for p in (str(REPO), str(REPO / "bench")):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from _common import DEFAULT_OUT, log, print_table, pyplot, save_png, write_json  # noqa: E402
+from _common import DEFAULT_OUT, LLAMA_24M, log, print_table, pyplot, save_png, write_json  # noqa: E402
 
 NAME = "engine_memory"
 MB = 10**6
-MODEL = dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4, head_dim=64,
-             intermediate_size=1408, max_position_embeddings=2048)
+MODEL = LLAMA_24M
 
 
 def proc_status() -> dict[str, int]:

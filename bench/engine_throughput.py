@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import checkpoint_dir, print_table, save_bar_chart, write_json  # noqa: E402
+from _common import LLAMA_24M, checkpoint_dir, print_table, save_bar_chart, write_json  # noqa: E402
 
 from engine_backend import LLMEngine, SamplingParams  # noqa: E402
 from engine_backend.loader import load_model  # noqa: E402
@@ -106,9 +106,8 @@ def main() -> int:
     if args.quick:
         args.prompts = min(args.prompts, 24)
         dims = dict(hidden_size=64, num_hidden_layers=2, intermediate_size=128)
-    else:  # about 24M parameters
-        dims = dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4, head_dim=64,
-                    intermediate_size=1408)
+    else:
+        dims = LLAMA_24M
     model_dir = checkpoint_dir("throughput-quick" if args.quick else "throughput-24m")
     if not (model_dir / "config.json").exists():
         make_tiny_model(model_dir, arch="llama", **dims)

@@ -1,4 +1,4 @@
-"""The Jenga-capacity and engine-memory benchmarks run (``--quick``) and report sane figures.
+"""The engine benchmarks run (``--quick``) and report sane figures.
 
 They run as real subprocesses from the repository root, the way a user runs them; behaviour is asserted, not
 timings.
@@ -81,3 +81,13 @@ def test_engine_memory_quick(tmp_path):
     assert wl["prefix_hit_rate"] > 0.3  # the prompts share a long instruction
     assert "PASS" in proc.stdout
 
+
+
+def test_engine_throughput_quick(tmp_path):
+    data, _ = run_bench("engine_throughput", tmp_path)
+    shared, plain = data["workloads"]["shared_prefix"], data["workloads"]["plain"]
+    for w in (shared, plain):
+        assert w["engine"]["generated_tokens"] == w["transformers"]["generated_tokens"] == \
+            data["prompts"] * data["max_tokens"]  # both sides did the same work
+        assert w["speedup"] > 0
+    assert shared["engine"]["prefix_hit_rate"] > 0.5 and plain["engine"]["prefix_hit_rate"] < 0.05
