@@ -1,0 +1,136 @@
+"""The four SQL functions: what each asks the model, how it is constrained, how its answer is read.
+
+| function | SQL result | decoding | parse |
+|---|---|---|---|
+| ``llm(instruction, field, ...)`` | VARCHAR | free text, ``max_tokens`` (default 32), no stop string | the text, stripped of surrounding whitespace |
+| ``llm_filter(instruction, field, ...)`` | BOOLEAN | ``choices=[" yes", " no"]`` | yes -> true, no -> false |
+| ``llm_classify(field, ..., labels)`` | VARCHAR | ``choices=[" " + label, ...]`` | the label |
+| ``llm_score(instruction, field, ...)`` | INTEGER | ``choices=[" 1", ..., " 5"]`` | 1..5 |
+
+Decoding is greedy (``temperature=0``) unless an option says otherwise. The constrained functions
+size ``max_tokens`` themselves (the longest choice's UTF-8 byte length + 2, which bounds its token
+count under a byte-level tokenizer), so a ``max_tokens`` option only affects ``llm``. Any output that
+is not one of the choices (a backend without constrained decoding can produce one) is a per-row
+failure: NULL with the reason recorded.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+from engine_backend.sampling_params import SamplingParams
+from udf.api import FUNCTIONS, LLMCall
+from udf.options import DEFAULT_MAX_TOKENS, validate_options
+
+RETURN_TYPES = {"llm": "VARCHAR", "llm_filter": "BOOLEAN", "llm_classify": "VARCHAR", "llm_score": "INTEGER"}
+FILTER_CHOICES = {" yes": True, " no": False}
+SCORE_CHOICES = {f" {i}": i for i in range(1, 6)}
+
+
+def validate_labels(labels: Any) -> tuple[str, ...]:
+    """Labels of ``llm_classify``: a non-empty list of distinct, non-empty strings."""
+    if labels is None:
+        raise ValueError("llm_classify needs labels: a non-empty list of distinct strings, "
+                         "e.g. ['positive', 'negative']")
+    if isinstance(labels, str) or not isinstance(labels, Iterable):
+        raise ValueError(f"llm_classify labels must be a list of strings, got {type(labels).__name__} {labels!r}")
+    labels = list(labels)
+    if not labels:
+        raise ValueError("llm_classify labels are empty: give at least one label")
+    for lbl in labels:
+        if not isinstance(lbl, str):
+            raise ValueError(f"llm_classify labels must be strings, got {type(lbl).__name__} {lbl!r}")
+        if lbl.strip() == "":
+            raise ValueError(f"llm_classify labels contain an empty label: {labels!r}")
+    dupes = sorted({lbl for lbl in labels if labels.count(lbl) > 1})
+    if dupes:
+        raise ValueError(f"llm_classify labels contain duplicates {dupes!r}: {labels!r}")
+    return tuple(labels)
+
+
+def make_call(function: str, instruction: str | None = None, field_names: Iterable[str] = (),
+              labels: Iterable[str] | None = None,
+              options: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None) -> LLMCall:
+    """A validated ``LLMCall`` (options checked and sorted, labels checked)."""
+    call = LLMCall(function=function, instruction=instruction,
+                   labels=validate_labels(labels) if function == "llm_classify" else None,
+                   field_names=tuple(field_names), options=validate_options(options))
+    validate_call(call)
+    return call
+
+
+def validate_call(call: LLMCall) -> None:
+    if call.function not in FUNCTIONS:
+        raise ValueError(f"unknown LLM function {call.function!r}; expected one of {', '.join(FUNCTIONS)}")
+    if not call.field_names:
+        raise ValueError(f"{call.function} needs at least one field argument")
+    if any(not isinstance(n, str) for n in call.field_names):
+        raise ValueError(f"{call.function} field names must be strings: {call.field_names!r}")
+    if call.function == "llm_classify":
+        validate_labels(call.labels)
+    else:
+        if call.instruction is None or not isinstance(call.instruction, str) or not call.instruction.strip():
+            raise ValueError(f"{call.function} needs a non-empty instruction (text or a preset name)")
+    validate_options(call.options)
+
+
+def choice_map(call: LLMCall) -> dict[str, Any] | None:
+    """Constrained outputs (as sent to the backend) -> SQL value; None for free text."""
+    if call.function == "llm_filter":
+        return dict(FILTER_CHOICES)
+    if call.function == "llm_score":
+        return dict(SCORE_CHOICES)
+    if call.function == "llm_classify":
+        return {" " + lbl: lbl for lbl in call.labels or ()}
+    return None
+
+
+def sampling_params(call: LLMCall, opts: Mapping[str, Any]) -> SamplingParams:
+    """The backend request parameters for ``call`` with merged options ``opts``."""
+    choices = choice_map(call)
+    kwargs: dict[str, Any] = dict(temperature=float(opts.get("temperature", 0.0)),
+                                  top_p=float(opts.get("top_p", 1.0)), top_k=int(opts.get("top_k", 0)),
+                                  seed=opts.get("seed"))
+    if choices is None:
+        kwargs["max_tokens"] = int(opts.get("max_tokens", DEFAULT_MAX_TOKENS))
+    else:
+        kwargs["choices"] = list(choices)
+        kwargs["max_tokens"] = max(len(c.encode("utf-8")) for c in choices) + 2
+    return SamplingParams(**kwargs)
+
+
+def params_key(params: SamplingParams) -> dict[str, Any]:
+    """The sampling parameters that can change an answer, for the result-cache key."""
+    return {"max_tokens": params.max_tokens, "temperature": params.temperature, "top_p": params.top_p,
+            "top_k": params.top_k, "seed": params.seed, "stop": list(params.stop), "choices": params.choices}
+
+
+def parse_output(call: LLMCall, text: str | None) -> tuple[Any, str | None]:
+    """(value, None) or (None, reason) for one raw model output."""
+    if text is None:
+        return None, "the backend returned no text"
+    choices = choice_map(call)
+    if choices is None:
+        return text.strip(), None
+    if text in choices:
+        return choices[text], None
+    stripped = text.strip()
+    for choice, value in choices.items():  # a backend that drops or adds whitespace
+        if choice.strip() == stripped:
+            return value, None
+    if call.function == "llm_filter":
+        low = stripped.lower().rstrip(".!")
+        if low in ("yes", "no"):
+            return low == "yes", None
+    allowed = ", ".join(repr(c.strip()) for c in choices)
+    return None, f"unparsable output {text!r} for {call.function}: expected one of {allowed}"
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    name: str
+    return_type: str
+    has_instruction: bool
+
+
+SPECS = {f: FunctionSpec(f, RETURN_TYPES[f], f != "llm_classify") for f in FUNCTIONS}
