@@ -20,13 +20,12 @@
 6. values come back in input order.
 
 Same values whatever the switches (greedy decoding): dedup and the result cache only skip
-repeated work, and the order in which prompts are sent does not change any prompt or answer. The
-one thing that changes prompt TEXT is field reordering: with ``settings.reorder`` each row's fields
-are written in the order the optimiser chose for it, which can change a model's answer (a real
-model's rarely, a random test model's often). Set the option ``reorder_fields=false`` (per call or
-as a session default) to keep the written field order and reorder rows only (rows are then sorted
-lexicographically by their field values, which is the best row order for a fixed field order); with
-it, values are identical with reordering on or off.
+repeated work, and the order in which prompts are sent changes no prompt and no answer. The one
+thing that would change prompt TEXT is field reordering (each row's fields written in the order the
+optimiser chose for it), which can change a model's answer; it is therefore opt-in, with the option
+``reorder_fields=true`` (per call or as a session default). By default prompts keep the written field
+order and only rows are reordered (sorted lexicographically by their field values, the best row order
+for a fixed field order), so values equal the plain per-row evaluation.
 """
 from __future__ import annotations
 
@@ -37,7 +36,7 @@ from typing import Any, Sequence
 from engine_backend.backends.base import Backend, GenerationRequest
 from udf.api import EvalOutput, EvalSettings, LLMCall, ResultCache, StageStats
 from udf.functions import params_key, parse_output, sampling_params, validate_call
-from udf.options import DEFAULT_MAX_FIELD_CHARS, merge_options
+from udf.options import DEFAULT_MAX_FIELD_CHARS, DEFAULT_REORDER_FIELDS, merge_options
 from udf.prompts import build_prompt, is_null, prompt_head, render_value
 
 ON_ERROR = ("null", "raise")
@@ -75,7 +74,7 @@ def _unique_names(names: Sequence[str]) -> list[str]:
 
 
 def plan_order(call: LLMCall, distinct: list[tuple[str, ...]], reorder: bool,
-               reorder_fields: bool = True) -> tuple[list[int], list[tuple[int, ...]], float]:
+               reorder_fields: bool = DEFAULT_REORDER_FIELDS) -> tuple[list[int], list[tuple[int, ...]], float]:
     """(row order over ``distinct``, field index order per output row, solve seconds)."""
     n_fields = len(call.field_names)
     identity = tuple(range(n_fields))
@@ -150,7 +149,7 @@ def evaluate(call: LLMCall, rows: list[tuple], backend: Backend, *, settings: Ev
 
     # 3. order rows and fields
     order, field_orders, stats.solve_seconds = plan_order(call, distinct, settings.reorder,
-                                                            bool(opts.get("reorder_fields", True)))
+                                                            bool(opts.get("reorder_fields", DEFAULT_REORDER_FIELDS)))
     if field_orders:
         common = Counter(field_orders).most_common(1)[0][0]
         stats.field_order = tuple(call.field_names[i] for i in common)

@@ -15,7 +15,7 @@ call's own options win over the session's. Unknown names and wrong types raise a
 | ``model`` | str | session model | which model answers (the session maps it to a backend) |
 | ``system`` | str | see ``udf.prompts`` | the system prompt at the head of every prompt |
 | ``max_field_chars`` | int >= 16 | 4000 | field values longer than this are truncated (see ``udf.prompts``) |
-| ``reorder_fields`` | bool | true | let the optimiser reorder the fields inside each prompt (false: rows only, prompts keep the written field order) |
+| ``reorder_fields`` | bool | false | let the optimiser also reorder the fields inside each prompt (GGR's per-row field order: higher prefix hit rates, but the prompt's wording changes, so a model may answer differently); false keeps the written field order and reorders rows only, so results equal the plain evaluation |
 """
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ from typing import Any, Iterable, Mapping
 
 DEFAULT_MAX_TOKENS = 32
 DEFAULT_MAX_FIELD_CHARS = 4000
+# Optimisations must never change results: reordering the fields of a prompt rewords it, so it is opt-in.
+DEFAULT_REORDER_FIELDS = False
 
 # name -> (accepted python types, description of the rule, check)
 _SPECS: dict[str, tuple[tuple[type, ...], str, Any]] = {

@@ -147,7 +147,7 @@ def test_reorder_sends_plan_order(backend):
     import optimizer
     import pandas as pd
 
-    call = make_call("llm_filter", "sentiment", NAMES)
+    call = make_call("llm_filter", "sentiment", NAMES, options={"reorder_fields": True})
     rec = Recorder(backend)
     _run(call, REVIEWS, rec, reorder=True)
     sent = rec.calls[0]
@@ -251,7 +251,7 @@ def test_reordering_raises_engine_prefix_hits(backend):
              "This stout is black as night with a tan head. Notes of roasted coffee and dark chocolate.",
              "Hazy golden color, huge tropical fruit aroma: mango, passion fruit, pineapple. Soft mouthfeel."]
     rows = [(f"user{i}", descs[i % 3]) for i in range(24)]
-    call = make_call("llm_filter", "Is the beer good?", ("user", "description"))
+    call = make_call("llm_filter", "Is the beer good?", ("user", "description"), options={"reorder_fields": True})
     cached = {}
     for reorder in (False, True):
         backend.engine.reset_prefix_cache()
@@ -271,3 +271,16 @@ def test_unseeded_sampling_bypasses_result_cache(backend, tmp_path):
     first = evaluate(seeded, [("x",)], backend, settings=_settings(), result_cache=cache)
     second = evaluate(seeded, [("x",)], backend, settings=_settings(), result_cache=cache)
     assert len(cache) == 1 and second.stats.cache_hits == 1 and first.values == second.values
+
+
+def test_default_keeps_the_written_field_order(backend):
+    """Field reordering rewords prompts, so by default only rows move: values equal the plain evaluation."""
+    rows = [(f"user{i % 5}", ["amber", "stout", "hazy"][i % 3]) for i in range(15)]
+    call = make_call("llm_filter", "Is the beer good?", ("user", "style"))
+    rec = Recorder(backend)
+    out = _run(call, rows, rec, reorder=True)
+    sent = rec.calls[0]
+    assert all(p.index('"user":') < p.index('"style":') for p in sent)
+    assert sent == sorted(sent)  # rows sorted by their values: neighbours share the longest prefixes
+    plain = _run(call, rows, backend, reorder=False, dedup=False)
+    assert out.values == plain.values
