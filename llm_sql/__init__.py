@@ -3,6 +3,42 @@
 The front door of the project: configuration, the ``llm-sql`` command line, run
 statistics and the persistent result cache live here; inference is in
 ``engine_backend``, row reordering in ``optimizer``, the SQL functions in ``udf``.
+
+    con = duckdb.connect()
+    db = llm_sql.register(con, model="/path/to/model")       # or backend="openai", base_url=...
+    db.sql("SELECT llm_filter('Is this review positive?', review) FROM reviews").fetchall()
+    llm_sql.last_stats(con); print(llm_sql.explain(con, "SELECT ..."))
 """
 
 __version__ = "0.1.0"
+
+
+def register(con, **options):
+    """Attach the LLM functions to a DuckDB connection; returns a wrapper whose ``.sql`` is optimised."""
+    from llm_sql.duckdb_mode import register as _register
+
+    return _register(con, **options)
+
+
+def sql(con, query: str):
+    """Run ``query`` on a registered connection through the optimiser."""
+    from llm_sql.duckdb_mode import sql as _sql
+
+    return _sql(con, query)
+
+
+def last_stats(con):
+    """``QueryStats`` of the last query run through the optimiser on ``con``."""
+    from llm_sql.duckdb_mode import last_stats as _last_stats
+
+    return _last_stats(con)
+
+
+def explain(con, query: str, count: bool = True):
+    """The rewritten SQL, the stages, field order, estimated prefix hit rate and tokens (no LLM call)."""
+    from llm_sql.duckdb_mode import explain as _explain
+
+    return _explain(con, query, count=count)
+
+
+__all__ = ["__version__", "register", "sql", "last_stats", "explain"]

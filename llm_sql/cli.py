@@ -48,7 +48,64 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from llm_sql.demo import default_demo_model, run_demo
 
     model = _model_dir(args.model) if args.model else str(default_demo_model())
-    return run_demo(model, **_engine_kwargs(args))
+    csv = args.csv
+    if csv is not None and not Path(csv).expanduser().is_file():
+        raise UsageError(f"CSV file not found: {csv}")
+    if args.rows < 1 or args.sample < 1:
+        raise UsageError("--rows and --sample must be at least 1")
+    return run_demo(model, csv=csv, rows=args.rows, sample=args.sample, **_engine_kwargs(args))
+
+
+def format_result(columns: list[str], rows: list[tuple], max_rows: int = 50, width: int = 48) -> str:
+    """A plain aligned table (cells cut at ``width`` characters, at most ``max_rows`` rows)."""
+    def cell(v) -> str:
+        text = "NULL" if v is None else str(v).replace("\n", " ")
+        return text if len(text) <= width else text[: width - 1] + "…"
+
+    shown = [[cell(v) for v in r] for r in rows[:max_rows]]
+    head = [cell(c) for c in columns]
+    widths = [max([len(head[i])] + [len(r[i]) for r in shown]) for i in range(len(columns))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip(),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in shown]
+    more = len(rows) - len(shown)
+    lines.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''}{f', {more} not shown' if more > 0 else ''})")
+    return "\n".join(lines)
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    import duckdb
+
+    import llm_sql
+
+    options: dict = {"optimize": not args.no_optimize, "cache": not args.no_cache, "progress": not args.no_progress}
+    if args.max_tokens is not None:
+        options["max_tokens"] = args.max_tokens
+    if args.base_url:
+        if args.model:
+            options["model"] = args.model  # the model name on the server
+        options.update(backend="openai", base_url=args.base_url, api_key=args.api_key)
+    else:
+        if args.model:
+            options["model"] = _model_dir(args.model)
+        options.update(_engine_kwargs(args))
+    con = duckdb.connect()
+    try:
+        db = llm_sql.register(con, **options)
+        if args.explain:
+            print(llm_sql.explain(db, args.sql))
+            return 0
+        rel = db.sql(args.sql)
+        if rel is not None:
+            print(format_result(list(rel.columns), rel.fetchall(), max_rows=args.max_rows))
+        if args.stats:
+            print()
+            print(llm_sql.last_stats(db).summary())
+        return 0
+    except duckdb.Error as exc:
+        raise UsageError(str(exc).splitlines()[0]) from None
+    finally:
+        con.close()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,11 +131,38 @@ def build_parser() -> argparse.ArgumentParser:
     engine_options(serve)
     serve.set_defaults(func=cmd_serve)
 
-    demo = sub.add_parser("demo", help="run the embedded engine on a batch of prompts with a shared prefix")
+    demo = sub.add_parser("demo", help="run an LLM filter query on the embedded engine and show what the "
+                                       "optimiser saves")
     demo.add_argument("--model", default=None, metavar="DIR",
                       help="a local model directory (default: a tiny random model, created once)")
+    demo.add_argument("--csv", default=None, metavar="PATH",
+                      help="run the filter over this CSV (every column read as text) instead of the built-in table")
+    demo.add_argument("--rows", type=int, default=256, help="rows of the table to use (default 256)")
+    demo.add_argument("--sample", type=int, default=128,
+                      help="rows for the optimised-vs-unoptimised timing (default 128)")
     engine_options(demo)
     demo.set_defaults(func=cmd_demo)
+
+    query = sub.add_parser("query", help="run a SQL query with LLM functions over CSV/Parquet files (DuckDB)",
+                           description="Files are read by path in FROM, e.g. FROM 'data.csv' or "
+                                       "read_csv('data.csv', all_varchar=true).")
+    query.add_argument("sql", help="the query")
+    query.add_argument("--model", default=None, metavar="DIR",
+                       help="a local model directory (default: a tiny random model that answers nonsense); "
+                            "with --base-url, the model name on the server")
+    query.add_argument("--base-url", default=None, metavar="URL", help="an OpenAI-compatible server instead of "
+                                                                        "the embedded engine")
+    query.add_argument("--api-key", default=None, help="bearer token for --base-url (default: $LLM_SQL_API_KEY)")
+    query.add_argument("--explain", action="store_true", help="print the plan (stages, estimates) and exit")
+    query.add_argument("--stats", action="store_true", help="print the run statistics after the results")
+    query.add_argument("--no-optimize", action="store_true",
+                       help="no rewriting: every call per row through the fallback UDF, no dedup or reordering")
+    query.add_argument("--no-cache", action="store_true", help="do not read or write the persistent result cache")
+    query.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    query.add_argument("--max-tokens", type=int, default=None, help="longest llm() answer (default 32)")
+    query.add_argument("--max-rows", type=int, default=50, help="rows to print (default 50)")
+    engine_options(query)
+    query.set_defaults(func=cmd_query)
     return parser
 
 
@@ -94,8 +178,23 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"llm-sql: error: {exc} (set LLM_SQL_DEBUG=1 for a traceback)", file=sys.stderr)
         return 2
+    except FileNotFoundError as exc:
+        print(f"llm-sql: error: {exc}", file=sys.stderr)
+        return 2
+    except TypeError as exc:  # an unknown option
+        if os.environ.get("LLM_SQL_DEBUG") or "option" not in str(exc):
+            raise
+        print(f"llm-sql: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        from engine_backend.backends import BackendError
+
+        if isinstance(exc, BackendError) and not os.environ.get("LLM_SQL_DEBUG"):
+            print(f"llm-sql: error: {exc}", file=sys.stderr)
+            return 1
+        raise
 
 
 if __name__ == "__main__":

@@ -119,58 +119,95 @@ def default_demo_model() -> Path:
     return path
 
 
-def demo_requests() -> list:
-    """Half constrained to the labels, half free text; every prompt starts with ``INSTRUCTION``."""
-    from engine_backend.backends import GenerationRequest
-    from engine_backend.sampling_params import SamplingParams
-
-    half = len(REVIEWS) // 2
-    labelled = SamplingParams(max_tokens=8, choices=LABELS)
-    free = SamplingParams(max_tokens=8)
-    return [GenerationRequest(f"{INSTRUCTION}\n\nReview: {review}\nSentiment:", labelled if i < half else free)
-            for i, review in enumerate(REVIEWS)]
+STYLES = ["Pilsner", "Stout", "IPA", "Lager", "Amber Ale", "Porter", "Wheat Beer", "Sour"]
+BREWERIES = ["Hill Farm", "Old Mill", "Riverside", "North Gate"]
 
 
-def _cell(text: str, width: int) -> str:
-    text = text.replace("\n", " ")
-    return text if len(text) <= width else text[: width - 1] + "…"
+def demo_rows(n: int = 256) -> list[tuple]:
+    """The built-in table: ``n`` rows over the 64 reviews, so reviews, styles and breweries repeat (what dedup and
+    reordering feed on). Columns: id, brewery, style, review, stars."""
+    out = []
+    for i in range(n):
+        r = (i * 7) % len(REVIEWS)  # every review appears about n/64 times, not in runs
+        out.append((i, BREWERIES[r % len(BREWERIES)], STYLES[r % len(STYLES)], REVIEWS[r], 1 + (r * 3) % 5))
+    return out
 
 
-def print_table(requests: list, results: list, rows_per_kind: int = 6, out=sys.stdout) -> None:
-    print(f"{'#':>3}  {'kind':<8}  {'review':<44}  {'answer':<26}  {'cached':>6}", file=out)
-    half = len(requests) // 2
-    shown = list(range(min(rows_per_kind, half))) + list(range(half, min(half + rows_per_kind, len(requests))))
-    for i in shown:
-        kind = "classify" if requests[i].params.choices else "free"
-        review = REVIEWS[i] if i < len(REVIEWS) else str(requests[i].prompt)
-        r = results[i]
-        answer = repr(r.text) if r.error is None else f"error: {r.error}"
-        print(f"{i:>3}  {kind:<8}  {_cell(review, 44):<44}  {_cell(answer, 26):<26}  {r.cached_prompt_tokens:>6}",
-              file=out)
-    if len(requests) > len(shown):
-        print(f"     ... {len(requests) - len(shown)} more rows", file=out)
+FILTER_INSTRUCTION = ("Is this beer review positive? The reviewer enjoyed the beer overall and would drink it again, "
+                      "even if they mention small flaws. Judge the beer itself, not the bar, the price or the bottle.")
 
 
-def run_demo(model: str, **engine_kwargs) -> int:
+def demo_query(table: str, columns: list[str]) -> str:
+    fields = ", ".join(f'"{c}"' for c in columns)
+    return f"SELECT * FROM {table} WHERE llm_filter('{FILTER_INSTRUCTION}', {fields})"
+
+
+def _load(con, csv: str | None, rows: int) -> tuple[str, list[str]]:
+    if csv is None:
+        con.execute("CREATE TABLE reviews (id INTEGER, brewery VARCHAR, style VARCHAR, review VARCHAR, stars INTEGER)")
+        con.executemany("INSERT INTO reviews VALUES (?, ?, ?, ?, ?)", demo_rows(rows))
+        return "reviews", ["style", "review"]
+    path = str(Path(csv).expanduser()).replace("'", "''")
+    con.execute(f"CREATE TABLE data AS SELECT * FROM read_csv('{path}', all_varchar=true) LIMIT {int(rows)}")
+    columns = [r[0] for r in con.execute("DESCRIBE data").fetchall()]
+    # the filter reads the four columns with the fewest distinct values (more than one): repeats to exploit
+    counts = con.execute("SELECT " + ", ".join(f'COUNT(DISTINCT "{c}")' for c in columns) + " FROM data").fetchall()[0]
+    ranked = sorted((n, i) for i, n in enumerate(counts) if n > 1)[:4]
+    return "data", [columns[i] for _, i in sorted(ranked, key=lambda t: t[1])] or columns[:1]
+
+
+def _time_run(con, backend, sql: str, **options) -> tuple[float, "object"]:
+    import llm_sql
+
+    backend.engine.reset_prefix_cache()  # a fresh prefix cache for each timed run
+    db = llm_sql.register(con, backend=backend, cache=False, progress=False, **options)
+    start = time.perf_counter()
+    db.sql(sql).fetchall()
+    return time.perf_counter() - start, llm_sql.last_stats(con)
+
+
+def run_demo(model: str, csv: str | None = None, rows: int = 256, sample: int = 128, **engine_kwargs) -> int:
+    """An LLM filter over a table, optimised, with its statistics and the speedup over plain per-row evaluation."""
+    import duckdb
+
+    import llm_sql
     from engine_backend.backends import make_backend
 
     print("llm-sql demo: a tiny random model answers nonsense; the point is the mechanism "
-          "(prefix-cache hits, throughput), which is real.", file=sys.stderr)
-    requests = demo_requests()
+          "(dedup, reordering, prefix-cache hits), which is real.", file=sys.stderr)
+    con = duckdb.connect()
+    table, columns = _load(con, csv, rows)
+    sql = demo_query(table, columns)
     with make_backend("embedded", model=model, **engine_kwargs) as backend:
-        start = time.perf_counter()
-        results = backend.generate(requests)
-        seconds = time.perf_counter() - start
-        stats = backend.stats()
-    print_table(requests, results)
-    prompt, cached, generated = stats["prompt_tokens"], stats["cached_prompt_tokens"], stats["generated_tokens"]
-    print()
-    print(f"requests            {len(requests)}  ({sum(r.error is not None for r in results)} errors)")
-    print(f"prompt tokens       {prompt}")
-    print(f"cached prompt tok.  {cached}")
-    print(f"prefix hit rate     {cached / prompt if prompt else 0.0:.1%}")
-    print(f"generated tokens    {generated}")
-    print(f"seconds             {seconds:.2f}")
-    print(f"tokens/s            {(prompt - cached + generated) / seconds if seconds else 0.0:.0f} computed, "
-          f"{generated / seconds if seconds else 0.0:.0f} generated")
+        db = llm_sql.register(con, backend=backend, cache=False, progress=False)
+        n_rows = con.execute(f"SELECT COUNT(*) FROM {table}").fetchall()[0][0]
+        print(f"query over {n_rows} rows of {csv or 'the built-in reviews table'}:\n  {sql}\n")
+        rel = db.sql(sql)
+        result = rel.fetchall()
+        stats = llm_sql.last_stats(con)
+        from llm_sql.cli import format_result
+
+        print(format_result(list(rel.columns), result, max_rows=8, width=40))
+        print()
+        print(f"requests            {stats.llm_calls}  ({stats.errors} errors)")
+        print(stats.summary())
+        computed = stats.prompt_tokens - stats.cached_prompt_tokens + stats.generated_tokens
+        secs = stats.llm_seconds
+        print(f"tokens/s            {computed / secs if secs else 0.0:.0f} computed, "
+              f"{stats.generated_tokens / secs if secs else 0.0:.0f} generated")
+
+        # optimised vs plain per-row evaluation, on a sample, each with a fresh engine prefix cache
+        con.execute(f"CREATE TABLE sample AS SELECT * FROM {table} ORDER BY hash(rowid) LIMIT {int(sample)}")
+        n_sample = con.execute("SELECT COUNT(*) FROM sample").fetchall()[0][0]
+        sample_sql = demo_query("sample", columns)
+        plain_s, plain = _time_run(con, backend, sample_sql, optimize=False)
+        opt_s, opt = _time_run(con, backend, sample_sql)
+        print()
+        print(f"on a sample of {n_sample} rows (fresh prefix cache each):")
+        print(f"  unoptimised (per row)  {plain_s:7.2f} s  {plain.llm_calls:4d} LLM calls  "
+              f"prefix hit rate {plain.prefix_hit_rate:.1%}")
+        print(f"  optimised              {opt_s:7.2f} s  {opt.llm_calls:4d} LLM calls  "
+              f"prefix hit rate {opt.prefix_hit_rate:.1%}")
+        print(f"  speedup                {plain_s / opt_s if opt_s else float('inf'):.1f}x")
+    con.close()
     return 0

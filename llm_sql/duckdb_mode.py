@@ -1,0 +1,396 @@
+"""DuckDB mode: run a query through the rewriter, its stages through ``udf.batch.evaluate``, the rest in DuckDB.
+
+For each stage of ``optimizer.rewrite.plan_query`` (in order): run the stage SQL (the distinct input tuples),
+evaluate the call once per tuple (dedup, reordering, the result cache and one ordered stream to the backend
+are ``evaluate``'s job), register the answers as an Arrow view ``<table>(__llm_in_0.., __llm_out)`` on the
+connection, then run the rewritten query, which reads the answers by null-safe lookups. Calls the rules do not
+lift stay function calls and the fallback UDFs (``udf.duckdb_udf``) answer them; if a stage or the rewritten
+query does not bind (an odd shape the rules misjudged), the original query runs on the fallback UDFs instead:
+slower, never wrong.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import sqlglot
+from sqlglot import exp
+
+from llm_sql.session import QueryStats, Session
+from optimizer.rewrite import QueryPlan, Stage, plan_query
+from optimizer.rules import field_names, llm_calls, parse_call
+from optimizer.rules.calls import Unliftable
+from optimizer.rules.lookup import OUT_COLUMN
+from udf.api import FUNCTIONS
+
+_ARROW_TYPES = {"llm": pa.string(), "llm_filter": pa.bool_(), "llm_classify": pa.string(), "llm_score": pa.int32()}
+_SESSIONS: dict[int, tuple[Any, Session]] = {}  # id(raw connection) -> (connection, session)
+
+
+def name_fields(sql: str, names=FUNCTIONS) -> str:
+    """Pass each call's fields as one named STRUCT, so the UDF writes the same field names as a lifted stage
+    (the column name for a plain column, else the expression's SQL)."""
+    try:
+        tree = sqlglot.parse_one(sql, dialect="duckdb")
+    except sqlglot.errors.SqlglotError:
+        return sql  # DuckDB will report the error (or run syntax sqlglot does not know)
+    calls = llm_calls(tree, names)
+    if not calls:
+        return sql
+    specs = []
+    for call in calls:  # names from the calls as written, before any is changed
+        try:
+            spec = parse_call(call)
+        except Unliftable:
+            continue
+        if len(spec.fields) == 1 and isinstance(spec.fields[0], exp.Struct):
+            continue
+        if any(f.find(exp.Star) is not None or f.find(exp.Columns) is not None for f in spec.fields):
+            continue
+        specs.append((call, spec, field_names(spec.fields)))
+    for call, spec, names_ in specs:  # innermost first; fields are moved, not copied
+        struct = exp.Struct(expressions=[
+            exp.PropertyEQ(this=exp.Literal.string(n), expression=f.this if isinstance(f, exp.Alias) else f)
+            for n, f in zip(names_, spec.fields)])
+        args = list(call.expressions)
+        idx = next(i for i, a in enumerate(args) if a is spec.fields[0])
+        args[idx: idx + len(spec.fields)] = [struct]
+        call.set("expressions", args)
+    return tree.sql(dialect="duckdb")
+
+
+class LLMConnection:
+    """A DuckDB connection whose ``.sql`` / ``.execute`` go through the optimiser; anything else is the
+    connection's own attribute."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, session: Session):
+        self.con = con
+        self.session = session
+        self._views: list[str] = []
+
+    # -- the optimised path ------------------------------------------------------------------------------
+    def plan(self, query: str) -> QueryPlan:
+        self.session.query_counter += 1
+        return plan_query(query, FUNCTIONS, "duckdb", table_prefix=f"__llm_q{self.session.query_counter}_stage_",
+                          cost=self._cost)
+
+    def _cost(self, count_sql: str, per_row: float) -> float:
+        """Order LLM predicates by (distinct inputs after the cheap predicates) x (estimated tokens per row)."""
+        try:
+            return per_row * max(1, int(self.con.sql(count_sql).fetchall()[0][0]))
+        except duckdb.Error:
+            return per_row * 1e6  # cannot count (e.g. correlated): assume large
+
+    def _cleanup(self) -> None:
+        for name in self._views:
+            try:
+                self.con.unregister(name)
+            except Exception:
+                pass
+        self._views = []
+
+    def _run_stage(self, stage: Stage, stats: QueryStats) -> None:
+        from udf.batch import evaluate
+        from udf.functions import make_call
+
+        dedup = self.session.settings.dedup
+        # dedup off (for comparisons): every row's inputs go to the backend; the answers table keeps one per tuple
+        inputs = self.con.sql(stage.sql if dedup else stage.rows_sql).to_arrow_table()
+        columns = [inputs.column(i).to_pylist() for i in range(inputs.num_columns)]
+        rows = list(zip(*columns)) if columns else []
+        call = make_call(stage.function, instruction=stage.instruction, field_names=stage.field_names,
+                         labels=stage.labels, options=stage.options)
+        from udf.options import merge_options
+
+        model = merge_options(self.session.defaults, call.options).get("model")
+        out = evaluate(call, rows, self.session.get_backend(model), settings=self.session.settings,
+                       result_cache=self.session.result_cache, model_id=self.session.model_id_for(model))
+        values = out.values
+        if dedup:
+            out.stats.rows_in = int(self.con.sql(stage.count_sql).fetchall()[0][0])
+        else:
+            first: dict[str, int] = {}
+            for i, r in enumerate(rows):
+                first.setdefault(repr(r), i)
+            keep = sorted(first.values())
+            inputs = inputs.take(pa.array(keep, type=pa.int64()))
+            values = [values[i] for i in keep]
+        stats.add(out.stats)
+        reasons = [e for e in out.errors if e is not None]
+        stats.error_reasons.extend(reasons[: max(0, 20 - len(stats.error_reasons))])
+        table = inputs.append_column(OUT_COLUMN, pa.array(values, type=_ARROW_TYPES[stage.function]))
+        self.con.register(stage.table, table)
+        self._views.append(stage.table)
+        s = out.stats
+        stats.stages.append({
+            "stage": stage.index, "call": stage.call_sql, "role": stage.role, "fields": list(stage.field_names),
+            "field_order": list(s.field_order), "rows_in": s.rows_in, "distinct_inputs": s.distinct_inputs,
+            "llm_calls": s.llm_calls, "cache_hits": s.cache_hits, "errors": s.errors,
+            "prompt_tokens": s.prompt_tokens, "cached_prompt_tokens": s.cached_prompt_tokens,
+            "prefix_hit_rate": s.cached_prompt_tokens / s.prompt_tokens if s.prompt_tokens else 0.0,
+            "generated_tokens": s.generated_tokens, "solve_seconds": s.solve_seconds, "llm_seconds": s.llm_seconds})
+
+    def _prepare(self, query: str, stats: QueryStats, parameters: Any = None) -> tuple[str | None, bool]:
+        """Run the stages; return (the SQL to run, whether it is rewritten), or (None, False) for a query
+        without LLM calls (it runs unchanged)."""
+        if not self.session.optimize or parameters is not None:
+            sql = name_fields(query)
+            if sql == query and not _has_calls(query):
+                return None, False
+            stats.fallback_reason = ("optimize=False: every call through the per-row UDF" if not self.session.optimize
+                                     else "a query with parameters runs on the fallback UDFs")
+            return sql, False
+        try:
+            plan = self.plan(query)
+        except sqlglot.errors.SqlglotError:
+            return None, False  # let DuckDB report its own syntax error (or run syntax sqlglot does not know)
+        if not plan.has_llm_calls:
+            return None, False
+        try:
+            for stage in plan.stages:
+                self._run_stage(stage, stats)
+        except duckdb.Error as exc:
+            self._fall_back(stats, exc)
+            return name_fields(query), False
+        return (name_fields(plan.sql) if plan.fallbacks else plan.sql), bool(plan.stages)
+
+    def _fall_back(self, stats: QueryStats, exc: Exception) -> None:
+        self._cleanup()
+        stats.fallback_reason = f"the rewritten query did not run ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+
+    def _materialize(self, sql: str, parameters: Any):
+        if _is_query(sql):
+            rel = self.con.sql(sql) if parameters is None else self.con.execute(sql, parameters)
+            return rel.to_arrow_table()
+        if parameters is None:
+            self.con.execute(sql)
+        else:
+            self.con.execute(sql, parameters)
+        return None
+
+    def _run(self, query: str, parameters: Any = None):
+        """(True, arrow table or None) for a query with LLM calls; (False, None) for one that runs unchanged."""
+        stats = self.session.current
+        sql, rewritten = self._prepare(query, stats, parameters)
+        if sql is None:
+            return False, None
+        try:
+            return True, self._materialize(sql, parameters)
+        except duckdb.Error as exc:
+            if not rewritten:
+                raise
+            self._fall_back(stats, exc)  # a shape the rules misjudged: the original on the fallback UDFs
+            return True, self._materialize(name_fields(query), parameters)
+
+    def _begin(self) -> QueryStats:
+        self._cleanup()
+        stats = QueryStats(optimized=self.session.optimize)
+        self.session.current = stats
+        return stats
+
+    def _end(self, stats: QueryStats, start: float) -> None:
+        stats.total_seconds = time.perf_counter() - start
+        self.session.current = None
+        self.session.last = stats
+
+    def _result_name(self, table: pa.Table) -> str:
+        name = f"__llm_result_{self.session.query_counter}_{id(table)}"
+        self.con.register(name, table)
+        self._views.append(name)
+        return name
+
+    def sql(self, query: str):
+        """Like ``DuckDBPyConnection.sql``: a relation (materialised when the query calls the LLM), or None."""
+        start = time.perf_counter()
+        stats = self._begin()
+        try:
+            handled, table = self._run(query)
+            if not handled:  # no LLM call: DuckDB's own lazy relation
+                return self.con.sql(query)
+            return None if table is None else self.con.sql(f'SELECT * FROM "{self._result_name(table)}"')
+        finally:
+            self._end(stats, start)
+
+    query = sql
+
+    def execute(self, query: str, parameters: Any = None):
+        """Like ``DuckDBPyConnection.execute`` (returns the connection with the result pending)."""
+        start = time.perf_counter()
+        stats = self._begin()
+        try:
+            handled, table = self._run(query, parameters)
+            if not handled:
+                return self.con.execute(query) if parameters is None else self.con.execute(query, parameters)
+            if table is None:
+                return self.con
+            return self.con.execute(f'SELECT * FROM "{self._result_name(table)}"')
+        finally:
+            self._end(stats, start)
+
+    def explain(self, query: str, count: bool = True) -> "Explanation":
+        return explain(self, query, count=count)
+
+    def last_stats(self) -> QueryStats:
+        return self.session.last
+
+    def close(self) -> None:
+        self._cleanup()
+        _SESSIONS.pop(id(self.con), None)
+        self.session.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.con, name)
+
+    def __enter__(self) -> "LLMConnection":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _has_calls(sql: str) -> bool:
+    try:
+        return bool(llm_calls(sqlglot.parse_one(sql, dialect="duckdb"), FUNCTIONS))
+    except sqlglot.errors.SqlglotError:
+        return False
+
+
+def _is_query(sql: str) -> bool:
+    try:
+        tree = sqlglot.parse_one(sql, dialect="duckdb")
+    except sqlglot.errors.SqlglotError:
+        return False
+    return isinstance(tree, (exp.Query,))
+
+
+# -- the front door ---------------------------------------------------------------------------------------
+def register(con: duckdb.DuckDBPyConnection | LLMConnection, **options: Any) -> LLMConnection:
+    """Attach the LLM functions to ``con`` and return a wrapper whose ``.sql`` goes through the optimiser.
+
+    Options: ``model=DIR``, ``backend='embedded'|'openai'|'vllm'`` (or a Backend), ``base_url``, ``api_key``,
+    ``optimize``, ``dedup``, ``reorder``, ``cache``, ``cache_path``, ``on_error='null'|'raise'``, ``progress``,
+    engine options (``device``, ``dtype``, ``kv_cache_memory``, ``enable_prefix_caching``), and function
+    defaults (``max_tokens``, ``temperature``, ``top_p``, ``top_k``, ``seed``, ``system``, ``max_field_chars``,
+    ``reorder_fields``...). Anything else is a ``TypeError``.
+    """
+    from udf.duckdb_udf import register_udfs
+
+    if isinstance(con, LLMConnection):
+        con = con.con
+    if not isinstance(con, duckdb.DuckDBPyConnection):
+        raise TypeError(f"llm_sql.register expects a DuckDB connection, got {type(con).__name__}")
+    old = _SESSIONS.pop(id(con), None)
+    if old is not None:
+        old[1].close()
+    session = Session(**options)
+    register_udfs(con, session.get_backend, session.udf_settings, result_cache=session.result_cache,
+                  model_id_for=session.model_id_for, on_stats=session.on_stats, on_output=session.on_output)
+    wrapper = LLMConnection(con, session)
+    _SESSIONS[id(con)] = (con, wrapper)
+    return wrapper
+
+
+def _wrapper(con: Any) -> LLMConnection:
+    if isinstance(con, LLMConnection):
+        return con
+    entry = _SESSIONS.get(id(con))
+    if entry is None or entry[0] is not con:
+        raise ValueError("this connection is not registered: call llm_sql.register(con, ...) first")
+    return entry[1]
+
+
+def sql(con: Any, query: str):
+    return _wrapper(con).sql(query)
+
+
+def last_stats(con: Any) -> QueryStats:
+    return _wrapper(con).session.last
+
+
+# -- explain ----------------------------------------------------------------------------------------------
+class Explanation:
+    def __init__(self, plan: QueryPlan, stages: list[dict[str, Any]]):
+        self.plan, self.stages = plan, stages
+        self.sql = plan.sql
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"original_sql": self.plan.original_sql, "rewritten_sql": self.plan.sql, "stages": self.stages,
+                "fallbacks": [{"call": c, "reason": r} for c, r in self.plan.fallbacks]}
+
+    def __str__(self) -> str:
+        lines = []
+        if not self.plan.has_llm_calls:
+            lines.append("no LLM calls: the query runs unchanged")
+        for s in self.stages:
+            dep = f" (after stage {', '.join(map(str, s['depends_on']))})" if s["depends_on"] else ""
+            lines.append(f"stage {s['stage']} [{s['role']}]{dep}: {s['call']}")
+            lines.append(f"  fields:              {', '.join(s['fields'])}")
+            if s.get("field_order"):
+                lines.append(f"  field order:         {', '.join(s['field_order'])}")
+            if s.get("distinct_inputs") is not None:
+                lines.append(f"  rows in / distinct:  {s['rows_in']} / {s['distinct_inputs']}")
+                lines.append(f"  est. prefix hit:     {s['est_hit_rate']:.1%} (original order "
+                             f"{s['est_hit_rate_original']:.1%})")
+                lines.append(f"  est. prompt tokens:  {s['est_prompt_tokens']}")
+            else:
+                lines.append("  inputs:              counted when the earlier stages have run")
+            lines.append(f"  inputs SQL:          {s['sql']}")
+        for call, why in self.plan.fallbacks:
+            lines.append(f"fallback UDF: {call} ({why})")
+        lines.append(f"rewritten SQL: {self.plan.sql}")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def _estimate(w: LLMConnection, stage: Stage, info: dict[str, Any]) -> None:
+    """Count the stage's inputs and estimate its prefix hit rate (no LLM call)."""
+    from optimizer.metrics import trie_hit_rate
+    from udf.batch import plan_order
+    from udf.functions import make_call
+    from udf.options import DEFAULT_MAX_FIELD_CHARS, DEFAULT_REORDER_FIELDS, merge_options
+    from udf.prompts import build_prompt, prompt_head, render_value
+
+    call = make_call(stage.function, instruction=stage.instruction, field_names=stage.field_names,
+                     labels=stage.labels, options=stage.options)
+    opts = merge_options(w.session.defaults, call.options)
+    max_chars = int(opts.get("max_field_chars", DEFAULT_MAX_FIELD_CHARS))
+    distinct = w.con.sql(stage.sql).fetchall()
+    info["rows_in"] = int(w.con.sql(stage.count_sql).fetchall()[0][0])
+    rendered = list(dict.fromkeys(tuple(render_value(v, max_chars) for v in r) for r in distinct
+                                  if not all(v is None for v in r)))
+    info["distinct_inputs"] = len(rendered)
+    head = prompt_head(call.function, call.instruction, call.labels, opts.get("system"))
+    order, fields, _ = plan_order(call, rendered, w.session.settings.reorder,
+                                  bool(opts.get("reorder_fields", DEFAULT_REORDER_FIELDS)))
+    prompts = [build_prompt(head, call.function, [call.field_names[i] for i in fo], [rendered[g][i] for i in fo])
+               for g, fo in zip(order, fields)]
+    original = [build_prompt(head, call.function, list(call.field_names), list(r)) for r in rendered]
+    info["est_hit_rate"] = trie_hit_rate(prompts) if prompts else 0.0
+    info["est_hit_rate_original"] = trie_hit_rate(original) if original else 0.0
+    info["est_prompt_tokens"] = sum(len(p) for p in prompts) // 4  # ~4 characters a token
+    if fields:
+        from collections import Counter
+
+        common = Counter(fields).most_common(1)[0][0]
+        info["field_order"] = [call.field_names[i] for i in common]
+
+
+def explain(con: Any, query: str, count: bool = True) -> Explanation:
+    """The rewritten SQL and the stages, with input counts and estimated prefix hit rate and tokens for the
+    stages that read only the base tables (no LLM is called)."""
+    w = _wrapper(con)
+    plan = w.plan(query)
+    stages = []
+    for s in plan.stages:
+        info: dict[str, Any] = {"stage": s.index, "call": s.call_sql, "role": s.role, "fields": list(s.field_names),
+                                "depends_on": list(s.depends_on), "sql": s.sql, "table": s.table, "uses": s.uses}
+        if count and not s.depends_on:
+            try:
+                _estimate(w, s, info)
+            except duckdb.Error as exc:
+                info["count_error"] = str(exc).splitlines()[0]
+        stages.append(info)
+    return Explanation(plan, stages)
