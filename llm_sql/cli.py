@@ -10,18 +10,11 @@ import os
 import sys
 from pathlib import Path
 
+from llm_sql.session import check_model_dir
+
 
 class UsageError(Exception):
     """A mistake the user can fix; printed as one line, exit code 2."""
-
-
-def _model_dir(path: str) -> str:
-    p = Path(path).expanduser()
-    if not p.is_dir():
-        raise UsageError(f"model directory not found: {path}")
-    if not (p / "config.json").is_file():
-        raise UsageError(f"not a Hugging Face model directory (no config.json): {path}")
-    return str(p)
 
 
 def _engine_kwargs(args: argparse.Namespace) -> dict:
@@ -36,7 +29,7 @@ def _engine_kwargs(args: argparse.Namespace) -> dict:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    model = _model_dir(args.model)  # before the heavy imports: a typo fails fast
+    model = check_model_dir(args.model)  # before the heavy imports: a typo fails fast
     from engine_backend.server import serve
 
     api_key = args.api_key or os.environ.get("LLM_SQL_API_KEY") or None
@@ -47,7 +40,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from llm_sql.demo import default_demo_model, run_demo
 
-    model = _model_dir(args.model) if args.model else str(default_demo_model())
+    model = check_model_dir(args.model) if args.model else str(default_demo_model())
     csv = args.csv
     if csv is not None and not Path(csv).expanduser().is_file():
         raise UsageError(f"CSV file not found: {csv}")
@@ -87,7 +80,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         options.update(backend="openai", base_url=args.base_url, api_key=args.api_key)
     else:
         if args.model:
-            options["model"] = _model_dir(args.model)
+            options["model"] = check_model_dir(args.model)
         options.update(_engine_kwargs(args))
     con = duckdb.connect()
     try:

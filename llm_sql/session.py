@@ -80,7 +80,8 @@ class QueryStats:
         return "\n".join(lines)
 
 
-def _check_model_dir(model: str) -> str:
+def check_model_dir(model: str) -> str:
+    """The resolved path of a Hugging Face model directory, or FileNotFoundError saying what is wrong."""
     p = Path(model).expanduser()
     if not p.is_dir():
         raise FileNotFoundError(f"model directory not found: {model}")
@@ -128,7 +129,7 @@ class Session:
                 print("llm-sql: no model given: using a tiny random-weight model that answers nonsense "
                       "(pass model=DIR for real answers)", file=sys.stderr)
                 model = str(default_demo_model())
-            model = _check_model_dir(model)
+            model = check_model_dir(model)
             kw = {"device": device, "enable_prefix_caching": enable_prefix_caching}
             if dtype:
                 kw["dtype"] = dtype
@@ -144,7 +145,7 @@ class Session:
             self.model_id = f"openai:{base_url}:{model or ''}"
             self._ping()
         elif backend == "vllm":
-            self._backend_kwargs = {"model": _check_model_dir(model) if model else model, **self._backend_kwargs}
+            self._backend_kwargs = {"model": check_model_dir(model) if model else model, **self._backend_kwargs}
             self.model_id = f"vllm:{model}"
         else:
             raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)} or pass a Backend")
