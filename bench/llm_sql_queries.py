@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries", default=None, help="comma-separated subset, e.g. beer_filter")
     ap.add_argument("--max-tokens", type=int, default=8, help="longest llm() answer (default 8)")
     ap.add_argument("--kv-cache-memory", default="2GB")
+    ap.add_argument("--block-size", type=int, default=16, help="tokens per KV page (the prefix-hit granularity)")
     ap.add_argument("--out", default="bench/results")
     args = ap.parse_args(argv)
 
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     engines = {}
     for pc in (False, True):
         engines[pc] = make_backend("embedded", model=model, kv_cache_memory=args.kv_cache_memory,
-                                   enable_prefix_caching=pc)
+                                   enable_prefix_caching=pc, block_size=args.block_size)
         engines[pc].generate([])  # nothing: loading is not timed
     results = []
     for qname, q in qs.items():
