@@ -9,8 +9,7 @@ import itertools
 
 import pytest
 
-from engine_backend.backends import GenerationResult, make_backend
-from engine_backend.testing import make_tiny_model
+from engine_backend.backends import GenerationResult
 from llm_sql.cache import ResultCache, cache_key
 from udf.api import EvalSettings
 from udf.batch import _cache_key, evaluate
@@ -30,14 +29,6 @@ REVIEWS = [
     ("Skunky and stale", 1, "lager"),
 ]
 NAMES = ("review", "stars", "style")
-
-
-@pytest.fixture(scope="module")
-def backend(tmp_path_factory):
-    path = make_tiny_model(tmp_path_factory.mktemp("tiny_udf_batch"), arch="llama")
-    be = make_backend("embedded", model=str(path))
-    yield be
-    be.close()
 
 
 class Recorder:

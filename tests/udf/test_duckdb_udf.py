@@ -7,8 +7,6 @@ from __future__ import annotations
 import duckdb
 import pytest
 
-from engine_backend.backends import make_backend
-from engine_backend.testing import make_tiny_model
 from llm_sql.cache import ResultCache
 from udf.api import EvalSettings
 from udf.batch import evaluate
@@ -17,14 +15,6 @@ from udf.functions import make_call
 
 REVIEWS = ["Great beer, lovely amber color", "Too bitter, thin finish", None, "Great beer, lovely amber color",
            "Skunky and stale", "Too bitter, thin finish", "Crisp and clean"]
-
-
-@pytest.fixture(scope="module")
-def backend(tmp_path_factory):
-    path = make_tiny_model(tmp_path_factory.mktemp("tiny_udf_duckdb"), arch="llama")
-    be = make_backend("embedded", model=str(path))
-    yield be
-    be.close()
 
 
 @pytest.fixture()
