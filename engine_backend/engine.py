@@ -212,7 +212,7 @@ class LLMEngine:
         bar = None
         if use_tqdm:
             from tqdm import tqdm
-            bar = tqdm(total=len(index), desc="generate", unit="req")
+            bar = tqdm(total=len(index), desc="generate", unit="req", delay=1.0)  # long runs only
         while index:
             for out in self.step():
                 i = index.pop(out.request_id, None)

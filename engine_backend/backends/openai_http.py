@@ -196,7 +196,7 @@ class OpenAIBackend(Backend):
         if requests:
             self._model()  # once, before any worker thread needs it
         batches = self._batches(list(requests))
-        with tqdm(total=len(requests), disable=not progress, file=sys.stderr, unit="req") as bar:
+        with tqdm(total=len(requests), disable=not progress, file=sys.stderr, unit="req", delay=1.0) as bar:
             if self.max_concurrency == 1 or len(batches) == 1:
                 for batch in batches:
                     results.extend(self._run(batch))
