@@ -1,0 +1,210 @@
+package io.llmsql.catalyst;
+
+import java.util.ArrayList;
+import java.util.IdentityHashMap;
+import java.util.List;
+import java.util.Map;
+
+import org.apache.spark.sql.SparkSession;
+import org.apache.spark.sql.catalyst.expressions.Alias;
+import org.apache.spark.sql.catalyst.expressions.Ascending$;
+import org.apache.spark.sql.catalyst.expressions.Attribute;
+import org.apache.spark.sql.catalyst.expressions.EqualNullSafe;
+import org.apache.spark.sql.catalyst.expressions.Expression;
+import org.apache.spark.sql.catalyst.expressions.NamedExpression;
+import org.apache.spark.sql.catalyst.expressions.PythonUDF;
+import org.apache.spark.sql.catalyst.expressions.SortOrder;
+import org.apache.spark.sql.catalyst.plans.Inner$;
+import org.apache.spark.sql.catalyst.plans.logical.Aggregate;
+import org.apache.spark.sql.catalyst.plans.logical.Filter;
+import org.apache.spark.sql.catalyst.plans.logical.Join;
+import org.apache.spark.sql.catalyst.plans.logical.JoinHint;
+import org.apache.spark.sql.catalyst.plans.logical.LogicalPlan;
+import org.apache.spark.sql.catalyst.plans.logical.Project;
+import org.apache.spark.sql.catalyst.plans.logical.RepartitionByExpression;
+import org.apache.spark.sql.catalyst.plans.logical.Sort;
+import org.apache.spark.sql.catalyst.rules.Rule;
+
+/**
+ * Deduplicate LLM calls: each LLM UDF of a {@code Project} / {@code Filter} runs once per distinct
+ * input tuple, and the results are joined back by null-safe equality on the inputs.
+ *
+ * <pre>
+ *   Project [id, llm('x', review) AS s]          Project [id, _llm_out_0 AS s]
+ *   +- child                              ==>    +- Join Inner, (review <=> review')
+ *                                                   :- child
+ *                                                   +- Project [review', llm('x', review') AS _llm_out_0]
+ *                                                      +- Sort [review'], false        (prefix order)
+ *                                                         +- RepartitionByExpression [review' ASC]  (range)
+ *                                                            +- Aggregate [review], [review AS review']
+ *                                                               +- child
+ * </pre>
+ *
+ * The keys are the non-constant arguments of every LLM call of the node (in argument order); the
+ * inner join matches each row with exactly one distinct tuple, so no row is lost or duplicated. The
+ * moved UDF is marked non-deterministic, like {@link OrderRowsForPrefixes} does, which pins it above
+ * its sort and makes the rule idempotent. Nodes whose LLM calls have nested LLM calls,
+ * non-deterministic or unorderable arguments are left to {@link OrderRowsForPrefixes}.
+ * A node whose child already holds an LLM call is left alone too (the child is planned twice, so
+ * that call would run twice). {@code llm_sql.dedup=false} turns this rule off alone;
+ * plans with a LIMIT/OFFSET are not deduplicated (the plain plan stops calling the LLM early);
+ * {@code llm_sql.range_partition=false} drops the range repartitioning of the distinct tuples.
+ */
+public class DeduplicateLLMCalls extends Rule<LogicalPlan> {
+  static final String DEDUP_KEY = "llm_sql.dedup";
+  static final String RANGE_KEY = "llm_sql.range_partition";
+
+  public DeduplicateLLMCalls(SparkSession session) {}
+
+  @Override
+  public String ruleName() {
+    return "io.llmsql.catalyst.DeduplicateLLMCalls";
+  }
+
+  @Override
+  public LogicalPlan apply(LogicalPlan plan) {
+    // Under a LIMIT the plain plan stops calling the LLM early; the distinct-tuple stage would not.
+    if (!LLMPlans.enabled() || !LLMPlans.flag(DEDUP_KEY) || plan.isStreaming()
+        || !LLMPlans.planContainsLLM(plan) || LLMPlans.containsLimit(plan)) {
+      return plan;
+    }
+    return LLMPlans.transformUp(plan, DeduplicateLLMCalls::rewrite);
+  }
+
+  private static LogicalPlan rewrite(LogicalPlan p) {
+    List<Expression> exprs = new ArrayList<>();
+    if (p instanceof Filter) {
+      exprs.add(((Filter) p).condition());
+    } else if (p instanceof Project) {
+      for (NamedExpression n : LLMPlans.list(((Project) p).projectList())) {
+        exprs.add((Expression) n);
+      }
+    } else {
+      return p;
+    }
+    List<PythonUDF> udfs = new ArrayList<>();
+    for (Expression e : exprs) {
+      LLMPlans.collectLLM(e, udfs);
+    }
+    if (udfs.isEmpty()) {
+      return p;
+    }
+    LogicalPlan child = p.children().head();
+    if (LLMPlans.planContainsLLM(child)) {
+      // The child is planned twice (rows and distinct tuples); an LLM call below would run twice.
+      return p;
+    }
+    List<Expression> keys = new ArrayList<>();
+    for (PythonUDF u : udfs) {
+      if (!u.udfDeterministic()) {
+        return p; // already rewritten by one of our rules
+      }
+      for (Expression arg : LLMPlans.list(u.children())) {
+        if (arg.foldable()) {
+          continue;
+        }
+        if (!LLMPlans.usableKey(arg, child)) {
+          return p;
+        }
+        if (indexOf(keys, arg) < 0) {
+          keys.add(arg);
+        }
+      }
+    }
+    if (keys.isEmpty()) {
+      return p;
+    }
+
+    // Distinct input tuples, in prefix order, with the LLM evaluated once per tuple.
+    List<NamedExpression> keyAliases = new ArrayList<>();
+    List<Attribute> keyAttrs = new ArrayList<>();
+    for (int i = 0; i < keys.size(); i++) {
+      Expression k = keys.get(i);
+      String name = k instanceof NamedExpression ? ((NamedExpression) k).name() : "_llm_key_" + i;
+      Alias a = alias(k, name);
+      keyAliases.add(a);
+      keyAttrs.add(a.toAttribute());
+    }
+    LogicalPlan distinct = new Aggregate(LLMPlans.seq(keys), LLMPlans.seq(keyAliases), child,
+        scala.Option.empty());
+    List<SortOrder> order = new ArrayList<>();
+    for (Attribute a : keyAttrs) {
+      order.add(new SortOrder(a, Ascending$.MODULE$, Ascending$.MODULE$.defaultNullOrdering(),
+          LLMPlans.<Expression>seq(new ArrayList<>())));
+    }
+    // Range partitioning on the same keys puts tuples that share prefixes in the same partition.
+    List<Expression> rangeKeys = new ArrayList<>(order);
+    LogicalPlan spread = LLMPlans.flag(RANGE_KEY)
+        ? new RepartitionByExpression(LLMPlans.seq(rangeKeys), distinct, scala.Option.empty(),
+            scala.Option.empty())
+        : distinct;
+    LogicalPlan sorted = new Sort(LLMPlans.seq(order), false, spread, scala.Option.empty());
+
+    List<NamedExpression> rightList = new ArrayList<>(keyAttrs);
+    Map<PythonUDF, Attribute> results = new IdentityHashMap<>();
+    int j = 0;
+    for (PythonUDF u : udfs) {
+      List<Expression> args = new ArrayList<>();
+      for (Expression arg : LLMPlans.list(u.children())) {
+        args.add(arg.foldable() ? arg : keyAttrs.get(indexOf(keys, arg)));
+      }
+      PythonUDF moved = u.copy(u.name(), u.func(), u.dataType(), LLMPlans.seq(args), u.evalType(),
+          false, u.resultId());
+      Alias out = alias(moved, "_llm_out_" + j++);
+      rightList.add(out);
+      results.put(u, out.toAttribute());
+    }
+    LogicalPlan right = new Project(LLMPlans.seq(rightList), sorted);
+
+    List<Expression> conds = new ArrayList<>();
+    for (int i = 0; i < keys.size(); i++) {
+      conds.add(new EqualNullSafe(keys.get(i), keyAttrs.get(i)));
+    }
+    LogicalPlan join = new Join(child, right, Inner$.MODULE$,
+        scala.Option.apply(LLMPlans.andAll(conds)), JoinHint.NONE());
+
+    if (p instanceof Filter) {
+      Expression cond = replace(((Filter) p).condition(), results);
+      List<NamedExpression> childOut = new ArrayList<>();
+      for (Attribute a : LLMPlans.list(child.output())) {
+        childOut.add(a);
+      }
+      return new Project(LLMPlans.seq(childOut), new Filter(cond, join));
+    }
+    List<NamedExpression> projectList = new ArrayList<>();
+    for (Expression e : exprs) {
+      projectList.add((NamedExpression) replace(e, results));
+    }
+    return new Project(LLMPlans.seq(projectList), join);
+  }
+
+  private static int indexOf(List<Expression> keys, Expression e) {
+    for (int i = 0; i < keys.size(); i++) {
+      if (keys.get(i).semanticEquals(e)) {
+        return i;
+      }
+    }
+    return -1;
+  }
+
+  private static Alias alias(Expression e, String name) {
+    return new Alias(e, name, org.apache.spark.sql.catalyst.expressions.NamedExpression$.MODULE$
+        .newExprId(), LLMPlans.<String>seq(new ArrayList<>()), scala.Option.empty(),
+        LLMPlans.<String>seq(new ArrayList<>()));
+  }
+
+  private static Expression replace(Expression e, Map<PythonUDF, Attribute> results) {
+    if (e instanceof PythonUDF && results.containsKey(e)) {
+      return results.get(e);
+    }
+    List<Expression> kids = LLMPlans.list(e.children());
+    List<Expression> newKids = new ArrayList<>(kids.size());
+    boolean changed = false;
+    for (Expression k : kids) {
+      Expression nk = replace(k, results);
+      changed |= nk != k;
+      newKids.add(nk);
+    }
+    return changed ? e.withNewChildren(LLMPlans.seq(newKids)) : e;
+  }
+}

@@ -1,0 +1,153 @@
+package io.llmsql.catalyst;
+
+import java.util.ArrayList;
+import java.util.List;
+
+import org.apache.spark.sql.catalyst.expressions.And;
+import org.apache.spark.sql.catalyst.expressions.Expression;
+import org.apache.spark.sql.catalyst.expressions.PythonUDF;
+import org.apache.spark.sql.catalyst.plans.logical.LogicalPlan;
+import org.apache.spark.sql.internal.SQLConf;
+
+import scala.jdk.javaapi.CollectionConverters;
+
+/**
+ * Shared helpers for the llm-sql Catalyst rules: finding the LLM Python UDFs in an expression,
+ * splitting conjunctions, rewriting children bottom-up, and the {@code llm_sql.optimize} switch.
+ */
+final class LLMPlans {
+  /** Session setting that turns every llm-sql rule off when "false". */
+  static final String OPTIMIZE_KEY = "llm_sql.optimize";
+
+  private LLMPlans() {}
+
+  static boolean enabled() {
+    String v = SQLConf.get().getConfString(OPTIMIZE_KEY, "true");
+    return !"false".equalsIgnoreCase(v.trim());
+  }
+
+  /** A boolean session setting, true unless set to "false". */
+  static boolean flag(String key) {
+    String v = SQLConf.get().getConfString(key, "true");
+    return !"false".equalsIgnoreCase(v.trim());
+  }
+
+  /** A Python UDF whose name starts with "llm" (llm, llm_filter, llm_classify, llm_score, ...). */
+  static boolean isLLM(Expression e) {
+    return e instanceof PythonUDF && ((PythonUDF) e).name().toLowerCase().startsWith("llm");
+  }
+
+  static <T> List<T> list(scala.collection.Seq<T> seq) {
+    return new ArrayList<>(CollectionConverters.asJava(seq));
+  }
+
+  static <T> scala.collection.immutable.Seq<T> seq(List<T> list) {
+    return CollectionConverters.asScala(list).toList();
+  }
+
+  /** Every LLM UDF in {@code e}, outermost first (nested LLM calls inside arguments included). */
+  static void collectLLM(Expression e, List<PythonUDF> out) {
+    if (isLLM(e)) {
+      out.add((PythonUDF) e);
+    }
+    for (Expression c : list(e.children())) {
+      collectLLM(c, out);
+    }
+  }
+
+  static boolean containsLLM(Expression e) {
+    if (isLLM(e)) {
+      return true;
+    }
+    for (Expression c : list(e.children())) {
+      if (containsLLM(c)) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  /** Whether {@code e} refers to a column of an enclosing query (a correlated subquery). */
+  static boolean hasOuterReference(Expression e) {
+    if (e instanceof org.apache.spark.sql.catalyst.expressions.OuterReference) {
+      return true;
+    }
+    for (Expression c : list(e.children())) {
+      if (hasOuterReference(c)) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  /** An LLM argument the rules can group or sort on: deterministic, local, orderable, no LLM. */
+  static boolean usableKey(Expression arg, LogicalPlan child) {
+    return arg.deterministic() && !containsLLM(arg) && !hasOuterReference(arg)
+        && org.apache.spark.sql.catalyst.expressions.RowOrdering.isOrderable(arg.dataType())
+        && arg.references().subsetOf(child.outputSet());
+  }
+
+  /** Whether the plan has a LIMIT / OFFSET / TAIL anywhere (row-count-bounded queries). */
+  static boolean containsLimit(LogicalPlan p) {
+    String n = p.nodeName();
+    if (n.equals("GlobalLimit") || n.equals("LocalLimit") || n.equals("Offset") || n.equals("Tail")
+        || n.equals("GlobalLimitAndOffset")) {
+      return true;
+    }
+    for (LogicalPlan c : list(p.children())) {
+      if (containsLimit(c)) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  static boolean planContainsLLM(LogicalPlan p) {
+    for (Expression e : list(p.expressions())) {
+      if (containsLLM(e)) {
+        return true;
+      }
+    }
+    for (LogicalPlan c : list(p.children())) {
+      if (planContainsLLM(c)) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  static void splitAnd(Expression e, List<Expression> out) {
+    if (e instanceof And) {
+      splitAnd(((And) e).left(), out);
+      splitAnd(((And) e).right(), out);
+    } else {
+      out.add(e);
+    }
+  }
+
+  static Expression andAll(List<Expression> conjuncts) {
+    Expression acc = conjuncts.get(0);
+    for (int i = 1; i < conjuncts.size(); i++) {
+      acc = new And(acc, conjuncts.get(i));
+    }
+    return acc;
+  }
+
+  /** A bottom-up plan rewrite written without Scala partial functions. */
+  interface PlanRewrite {
+    LogicalPlan apply(LogicalPlan p);
+  }
+
+  static LogicalPlan transformUp(LogicalPlan p, PlanRewrite f) {
+    List<LogicalPlan> kids = list(p.children());
+    boolean changed = false;
+    List<LogicalPlan> newKids = new ArrayList<>(kids.size());
+    for (LogicalPlan k : kids) {
+      LogicalPlan nk = transformUp(k, f);
+      changed |= nk != k;
+      newKids.add(nk);
+    }
+    LogicalPlan cur = changed ? p.withNewChildren(seq(newKids)) : p;
+    return f.apply(cur);
+  }
+}
