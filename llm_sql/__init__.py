@@ -8,13 +8,25 @@ statistics and the persistent result cache live here; inference is in
     db = llm_sql.register(con, model="/path/to/model")       # or backend="openai", base_url=...
     db.sql("SELECT llm_filter('Is this review positive?', review) FROM reviews").fetchall()
     llm_sql.last_stats(con); print(llm_sql.explain(con, "SELECT ..."))
+
+    spark = llm_sql.spark_session(model="/path/to/model")        # Spark: see llm_sql.spark_mode
+    llm_sql.register(spark, model=...); llm_sql.last_stats(spark)
 """
 
 __version__ = "0.1.0"
 
 
+def _is_spark(obj) -> bool:
+    return type(obj).__module__.startswith("pyspark.") and hasattr(obj, "sparkContext")
+
+
 def register(con, **options):
-    """Attach the LLM functions to a DuckDB connection; returns a wrapper whose ``.sql`` is optimised."""
+    """Attach the LLM functions to a DuckDB connection (returns a wrapper whose ``.sql`` is optimised) or to a
+    SparkSession (``llm_sql.spark_mode.register``; returns the session)."""
+    if _is_spark(con):
+        from llm_sql.spark_mode import register as _spark_register
+
+        return _spark_register(con, **options)
     from llm_sql.duckdb_mode import register as _register
 
     return _register(con, **options)
@@ -28,7 +40,12 @@ def sql(con, query: str):
 
 
 def last_stats(con):
-    """``QueryStats`` of the last query run through the optimiser on ``con``."""
+    """``QueryStats`` of the last query run through the optimiser on ``con``; for a SparkSession, what the UDFs
+    reported since ``register`` / ``llm_sql.spark_mode.reset_stats``."""
+    if _is_spark(con):
+        from llm_sql.spark_mode import last_stats as _spark_last_stats
+
+        return _spark_last_stats(con)
     from llm_sql.duckdb_mode import last_stats as _last_stats
 
     return _last_stats(con)
@@ -41,4 +58,11 @@ def explain(con, query: str, count: bool = True):
     return _explain(con, query, count=count)
 
 
-__all__ = ["__version__", "register", "sql", "last_stats", "explain"]
+def spark_session(model=None, **options):
+    """A Spark session with the Catalyst extension (when it builds), its jar and the LLM functions registered."""
+    from llm_sql.spark_mode import spark_session as _spark_session
+
+    return _spark_session(model=model, **options)
+
+
+__all__ = ["__version__", "register", "sql", "last_stats", "explain", "spark_session"]

@@ -1,0 +1,259 @@
+"""Spark mode: the LLM functions in Spark SQL and the DataFrame API, one engine server per node.
+
+    spark = llm_sql.spark_session(model="/path/to/model")          # extension + jar + functions
+    # or, for an existing session (UDF path; warns once if the Catalyst extension is not loaded):
+    llm_sql.register(spark, model="/path/to/model")                # backend="openai", base_url=... also works
+    spark.sql("SELECT llm_filter('Is this review positive?', struct(review)) FROM reviews")
+    llm_sql.last_stats(spark)
+
+SQL forms: see ``udf.spark_udf`` (``llm(instruction, field, ... [, options])``, ``llm_filter``, ``llm_score``
+alike, ``llm_classify(field, ..., array('a', 'b') [, options])``; ``struct(col, ...)`` names the fields).
+
+Configuration (``spark-defaults.conf`` or ``SparkSession.builder.config``):
+
+| key | meaning |
+|---|---|
+| ``spark.sql.extensions=io.llmsql.catalyst.LLMSQLExtensions`` | install the Catalyst rules (dedup, ordering, planning around the LLM) |
+| ``spark.jars=<llm_sql.jvm.extension_jar()>`` | the jar holding them (built with ``javac`` on first use) |
+| ``llm_sql.optimize=false`` | session setting read by the rules: turn them off (for comparisons); ``register(spark, optimize=False)`` sets it and also turns off the UDF's per-batch dedup and reordering |
+
+Backends: ``backend="embedded"`` (default) runs ``llm-sql serve`` once per node (``llm_sql.node_engine``; in
+local mode the driver starts it at ``register`` and stops it at exit or ``stop(spark)``); ``backend="openai",
+base_url=..., api_key=...`` sends every batch to an external OpenAI-compatible endpoint instead.
+
+Statistics: ``last_stats(spark)`` sums what every UDF batch reported through a Spark accumulator since
+``register`` or the last ``reset_stats(spark)`` (rows in, distinct inputs, LLM calls, NULL inputs, errors with
+their first reasons, prompt / cached prompt / generated tokens as the engine reported them per request, the
+Python worker pids and the server pids they used). Accumulators are updated when a task finishes, so the
+numbers are complete once an action has returned; a retried task counts twice. The persistent result cache of
+DuckDB mode is not used in Spark mode.
+"""
+from __future__ import annotations
+
+import atexit
+import functools
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from llm_sql.session import QueryStats
+from udf.api import FUNCTIONS, EvalSettings
+
+EXTENSION_CLASS = "io.llmsql.catalyst.LLMSQLExtensions"
+OPTIMIZE_CONF = "llm_sql.optimize"
+ENGINE_OPTIONS = ("device", "dtype", "kv_cache_memory", "enable_prefix_caching")
+_WARNED = {"extension": False}
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """How a worker reaches the LLM: the node engine (``key`` + ``model`` dir) or an external ``base_url``."""
+
+    kind: str  # "node" | "openai"
+    model: str | None = None
+    key: str | None = None  # node_engine.app_key(...)
+    engine_args: tuple[str, ...] = ()
+    base_url: str | None = None
+    api_key: str | None = None
+    backend_options: tuple[tuple[str, Any], ...] = ()
+
+
+_BACKENDS: dict[BackendSpec, tuple[Any, Any]] = {}  # per Python worker: spec -> (server record, backend)
+
+
+def worker_backend(spec: BackendSpec) -> tuple[Any, int | None]:
+    """(backend, server pid or None) in this process; the node server is (re)started when it is not healthy."""
+    from engine_backend.backends import make_backend
+    from llm_sql import node_engine
+
+    if spec.kind == "openai":
+        if spec not in _BACKENDS:
+            _BACKENDS[spec] = (None, make_backend("openai", base_url=spec.base_url, api_key=spec.api_key,
+                                                  model=spec.model, **dict(spec.backend_options)))
+        return _BACKENDS[spec][1], None
+    cached = _BACKENDS.get(spec)
+    if cached is not None and node_engine.healthy(cached[0]):
+        return cached[1], cached[0]["pid"]
+    # Not started yet on this node, or it died: start it under the lock. An executor's worker watches its
+    # parent, the PySpark daemon, which lives as long as the executor.
+    state = node_engine.ensure_server(spec.key, spec.model, spec.engine_args, watch_pid=os.getppid())
+    if cached is not None:
+        cached[1].close()
+    # Few transport retries on loopback: a dead server is better restarted (the UDF retries the batch once).
+    opts = {"max_retries": 2, **dict(spec.backend_options)}
+    backend = make_backend("openai", base_url=state["url"], api_key=state["token"], **opts)
+    _BACKENDS[spec] = (state, backend)
+    return backend, state["pid"]
+
+
+@dataclass
+class SparkStats(QueryStats):
+    batches: int = 0  # Arrow batches (x call groups) the UDFs evaluated
+    worker_pids: list[int] = field(default_factory=list)  # Python workers that evaluated them
+    server_pids: list[int] = field(default_factory=list)  # engine servers they were sent to
+
+
+@dataclass
+class _Registration:
+    spec: BackendSpec
+    settings: EvalSettings
+    accumulator: Any
+    baseline: dict[str, Any] = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, _Registration] = {}  # application id -> the latest registration
+
+
+def extension_loaded(spark) -> bool:
+    return "LLMSQLExtensions" in (spark.conf.get("spark.sql.extensions", "") or "")
+
+
+def _warn_no_extension() -> None:
+    if not _WARNED["extension"]:
+        _WARNED["extension"] = True
+        warnings.warn(f"llm-sql: the Catalyst extension ({EXTENSION_CLASS}) is not loaded in this Spark session: "
+                      "the LLM functions run through the vectorised UDF only (dedup and reordering within each "
+                      "Arrow batch, no plan rewriting). Use llm_sql.spark_session(...) or set spark.sql.extensions "
+                      "and spark.jars before the session starts.", RuntimeWarning, stacklevel=3)
+
+
+def register(spark, *, model: str | None = None, backend: str = "embedded", base_url: str | None = None,
+             api_key: str | None = None, optimize: bool | None = None, dedup: bool = True, reorder: bool = True,
+             on_error: str = "null", progress: bool = False, cache: bool = False, device: str = "cpu",
+             dtype: str | None = None, kv_cache_memory: Any = None, enable_prefix_caching: bool = True,
+             backend_options: dict | None = None, start: bool | None = None, **defaults: Any):
+    """Register ``llm``, ``llm_filter``, ``llm_classify``, ``llm_score`` on ``spark``; returns ``spark``.
+
+    ``start`` (default: True in local mode) starts the node's engine server now, on the driver.
+    ``cache`` is accepted for symmetry with DuckDB mode; Spark mode does not use the result cache.
+    """
+    from llm_sql import node_engine
+    from llm_sql.session import check_model_dir
+    from udf.options import validate_options
+    from udf.spark_udf import make_arrow_udf, new_accumulator
+
+    if on_error not in ("null", "raise"):
+        raise ValueError(f"on_error must be 'null' or 'raise', got {on_error!r}")
+    defaults = dict(validate_options(defaults, where="register() option"))
+    if optimize is not None:
+        spark.conf.set(OPTIMIZE_CONF, "true" if optimize else "false")
+    if optimize is False:
+        dedup = reorder = False
+    settings = EvalSettings(dedup=bool(dedup), reorder=bool(reorder), result_cache=False, on_error=on_error,
+                            progress=bool(progress), defaults=defaults)
+    app_id = spark.sparkContext.applicationId
+    if backend == "openai":
+        if not base_url:
+            raise ValueError("backend='openai' needs base_url='http://host:port'")
+        spec = BackendSpec(kind="openai", model=model, base_url=base_url, api_key=api_key,
+                           backend_options=tuple(sorted((backend_options or {}).items())))
+        worker_backend(spec)[0]._model()  # fail now, naming the URL, if the server does not answer
+    elif backend == "embedded":
+        if model is None:
+            import sys
+
+            from llm_sql.demo import default_demo_model
+
+            print("llm-sql: no model given: using a tiny random-weight model that answers nonsense "
+                  "(pass model=DIR for real answers)", file=sys.stderr)
+            model = str(default_demo_model())
+        model = check_model_dir(model)
+        engine_opts = {"device": device, "dtype": dtype, "kv_cache_memory": kv_cache_memory,
+                       "enable_prefix_caching": enable_prefix_caching}
+        spec = BackendSpec(kind="node", model=model, key=node_engine.app_key(app_id, model, engine_opts),
+                           engine_args=tuple(node_engine.engine_args_from(engine_opts)),
+                           backend_options=tuple(sorted((backend_options or {}).items())))
+        local = (spark.sparkContext.master or "").startswith("local")
+        if start if start is not None else local:
+            node_engine.ensure_server(spec.key, spec.model, spec.engine_args, watch_pid=os.getpid())
+            if local:
+                atexit.register(node_engine.stop_server, spec.key)
+    else:
+        raise ValueError(f"Spark mode supports backend='embedded' or 'openai', got {backend!r}")
+
+    acc = new_accumulator(spark)
+    get_backend = functools.partial(worker_backend, spec)
+    for name in FUNCTIONS:
+        spark.udf.register(name, make_arrow_udf(name, get_backend, settings, acc))
+    _REGISTRY[app_id] = _Registration(spec=spec, settings=settings, accumulator=acc)
+    if not extension_loaded(spark):
+        _warn_no_extension()
+    return spark
+
+
+def _registration(spark) -> _Registration:
+    reg = _REGISTRY.get(spark.sparkContext.applicationId)
+    if reg is None:
+        raise RuntimeError("llm_sql.register(spark, ...) has not been called for this Spark application")
+    return reg
+
+
+def reset_stats(spark) -> None:
+    reg = _registration(spark)
+    reg.baseline = dict(reg.accumulator.value)
+
+
+def last_stats(spark) -> SparkStats:
+    """What the UDFs reported since ``register`` / ``reset_stats`` (see the module doc)."""
+    reg = _registration(spark)
+    now, base = dict(reg.accumulator.value), reg.baseline
+    s = SparkStats(optimized=reg.settings.dedup or reg.settings.reorder)
+    for name in ("rows_in", "distinct_inputs", "llm_calls", "cache_hits", "null_inputs", "errors", "prompt_tokens",
+                 "cached_prompt_tokens", "generated_tokens", "batches"):
+        setattr(s, name, int(now.get(name, 0) - base.get(name, 0)))
+    for name in ("solve_seconds", "llm_seconds"):
+        setattr(s, name, float(now.get(name, 0.0) - base.get(name, 0.0)))
+    s.fallback_chunks = s.batches
+    s.error_reasons = list(now.get("error_reasons", []))[len(base.get("error_reasons", [])):]
+    for name in ("worker_pids", "server_pids"):  # the processes that evaluated batches since the baseline
+        cur, old = now.get(name, {}), base.get(name, {})
+        setattr(s, name, sorted(p for p, n in cur.items() if n > old.get(p, 0)))
+    return s
+
+
+def server_info(spark) -> dict[str, Any] | None:
+    """The local node server's record (``server.json``: pid, port, url, ...), None with an external endpoint."""
+    from llm_sql import node_engine
+
+    reg = _registration(spark)
+    return node_engine.read_state(reg.spec.key) if reg.spec.kind == "node" else None
+
+
+def stop(spark) -> bool:
+    """Stop this machine's engine server of the session (local mode); True if one was running."""
+    from llm_sql import node_engine
+
+    reg = _registration(spark)
+    return reg.spec.kind == "node" and node_engine.stop_server(reg.spec.key)
+
+
+def spark_session(model: str | None = None, *, master: str = "local[*]", app_name: str = "llm-sql",
+                  conf: dict[str, str] | None = None, extra_jars: tuple[str, ...] | list[str] = (), **options: Any):
+    """A Spark session with the Catalyst extension and its jar (when they build) and the functions registered.
+
+    ``extra_jars`` go on ``spark.jars`` beside the extension's (e.g. a Hadoop FileSystem connector);
+    ``conf`` is applied last; ``options`` go to ``register``.
+    """
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.master(master).appName(app_name)
+    jars = list(extra_jars)
+    try:
+        from llm_sql.jvm import add_to_driver_classpath, extension_jar
+
+        jar = extension_jar()
+        jars.insert(0, str(jar))
+        add_to_driver_classpath(jar)  # a JVM already running in this process never reads spark.jars again
+        builder = builder.config("spark.sql.extensions", EXTENSION_CLASS)
+    except Exception as exc:  # no jvm module yet, no javac, a compile error: the UDF path still works
+        warnings.warn(f"llm-sql: the Catalyst extension is not available ({type(exc).__name__}: {exc}); "
+                      "building the session without it", RuntimeWarning, stacklevel=2)
+        _WARNED["extension"] = True  # said once here; register() need not say it again
+    if jars:
+        builder = builder.config("spark.jars", ",".join(jars))
+    for k, v in (conf or {}).items():
+        builder = builder.config(k, v)
+    spark = builder.getOrCreate()
+    register(spark, model=model, **options)
+    return spark

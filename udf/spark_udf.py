@@ -1,0 +1,156 @@
+"""Spark bindings: ``llm``, ``llm_filter``, ``llm_classify``, ``llm_score`` as Arrow-vectorised UDFs.
+
+Each is a ``pyspark.sql.functions.arrow_udf`` (Spark 4.1+; columns arrive as ``pyarrow`` arrays, so the
+argument conventions are exactly DuckDB's, ``udf.duckdb_udf.split_args``) taking a variable number of
+columns. Every Arrow batch Spark hands a Python worker goes through ``udf.batch.evaluate``: rows whose
+fields are all NULL are NULL without a call, the distinct tuples are ordered (GGR / lexicographic, see
+``udf.batch``) and sent as ONE ordered request stream to the node's engine server, and the values come back
+in the batch's row order.
+
+SQL forms (the same as DuckDB's):
+
+| SQL | returns |
+|---|---|
+| ``llm(instruction, field, ... [, options])`` | STRING |
+| ``llm_filter(instruction, field, ... [, options])`` | BOOLEAN |
+| ``llm_score(instruction, field, ... [, options])`` | INT (1..5) |
+| ``llm_classify(field, ..., labels ARRAY<STRING> [, options])`` | STRING (one of the labels) |
+
+* Plain field arguments are named ``input`` (one) or ``input1``, ``input2``, ... (by position). To name
+  fields, pass one STRUCT: ``llm('sentiment', struct(review, stars))`` (Spark names ``struct(col)``'s
+  fields after the columns) or ``named_struct('review', review, 'stars', stars)``.
+* Options: a trailing STRUCT, ``named_struct('max_tokens', 8)``, except when it is the only field
+  argument. ``llm_classify``'s options come after the labels, ``array('pos', 'neg')``.
+* The DataFrame API (``llm_sql.functions``) calls the same UDFs with a struct of the given columns.
+
+Backend. ``get_backend()`` (a picklable callable baked into the UDF) returns ``(backend, server pid or
+None)`` inside the worker; ``llm_sql.spark_mode.worker_backend`` gives an ``OpenAIBackend`` on either the
+node's embedded engine server (``llm_sql.node_engine``: started on first use under a file lock, shared by all
+workers of the node, health-checked before each batch and restarted if it died) or an external
+OpenAI-compatible endpoint. (``udf`` does not import ``llm_sql``: the callable is injected.)
+
+Per-row errors and statistics. A failed row is NULL; its reason, and the batch's ``StageStats`` (rows in,
+distinct inputs, LLM calls, prompt / cached prompt tokens, ...), go to a driver-side accumulator
+(``StatsAccumulator``) that ``llm_sql.last_stats(spark)`` reads; reasons are also logged to the worker's
+stderr (the executor log). Accumulator updates from a retried task are counted again (Spark semantics).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Callable
+
+from udf.api import FUNCTIONS, EvalSettings, LLMCall, StageStats
+
+SPARK_TYPES = {"llm": "string", "llm_filter": "boolean", "llm_classify": "string", "llm_score": "int"}
+MAX_REASONS = 20
+_STAT_FIELDS = ("rows_in", "distinct_inputs", "llm_calls", "cache_hits", "null_inputs", "errors", "prompt_tokens",
+                "cached_prompt_tokens", "generated_tokens", "solve_seconds", "llm_seconds")
+
+
+def stats_delta(s: StageStats, reasons: list[str], worker_pid: int, server_pid: int | None) -> dict[str, Any]:
+    d: dict[str, Any] = {name: getattr(s, name) for name in _STAT_FIELDS}
+    d["batches"] = 1
+    d["error_reasons"] = reasons[:MAX_REASONS]
+    d["worker_pids"] = {worker_pid: 1}  # pid -> batches, so that a later snapshot can tell who worked since
+    d["server_pids"] = {server_pid: 1} if server_pid is not None else {}
+    return d
+
+
+def _accumulator_param():
+    from pyspark.accumulators import AccumulatorParam
+
+    class StatsParam(AccumulatorParam):
+        """Sums numbers and per-pid counts; concatenates ``error_reasons`` (capped)."""
+
+        def zero(self, value: dict) -> dict:
+            return {}
+
+        def addInPlace(self, a: dict, b: dict) -> dict:
+            for k, v in b.items():
+                if k == "error_reasons":
+                    a[k] = (a.get(k, []) + list(v))[:MAX_REASONS]
+                elif isinstance(v, dict):
+                    merged = dict(a.get(k, {}))
+                    for pid, n in v.items():
+                        merged[pid] = merged.get(pid, 0) + n
+                    a[k] = merged
+                else:
+                    a[k] = a.get(k, 0) + v
+            return a
+
+    return StatsParam()
+
+
+def new_accumulator(spark):
+    return spark.sparkContext.accumulator({}, _accumulator_param())
+
+
+def make_arrow_udf(function: str, get_backend: Callable[[], tuple[Any, int | None]], settings: EvalSettings,
+                   accumulator=None):
+    """The Spark UDF for ``function`` (register it with ``spark.udf.register(name, udf)``)."""
+    import pyarrow as pa
+    from pyspark.sql import functions as F
+
+    if not hasattr(F, "arrow_udf"):
+        raise ImportError("llm-sql's Spark UDFs need pyspark >= 4.1 (pyspark.sql.functions.arrow_udf)")
+    if function not in FUNCTIONS:
+        raise ValueError(f"unknown LLM function {function!r}; expected one of {', '.join(FUNCTIONS)}")
+    out_type = {"llm": pa.string(), "llm_filter": pa.bool_(), "llm_classify": pa.string(),
+                "llm_score": pa.int32()}[function]
+
+    def run(*args: pa.Array) -> pa.Array:
+        from engine_backend.backends.base import BackendError
+        from udf.batch import evaluate
+        from udf.duckdb_udf import _fields, split_args
+        from udf.functions import make_call
+        from udf.options import validate_options
+
+        instruction_col, field_cols, labels_col, options_col = split_args(function, args)
+        n = len(field_cols[0]) if field_cols else 0
+        names, cols = _fields(field_cols)
+        instructions = instruction_col.to_pylist() if instruction_col is not None else [None] * n
+        labels = labels_col.to_pylist() if labels_col is not None else [None] * n
+        options = options_col.to_pylist() if options_col is not None else [None] * n
+        rows = list(zip(*cols)) if cols else [()] * n
+        values: list[Any] = [None] * n
+
+        groups: dict[tuple, list[int]] = {}
+        calls: dict[tuple, LLMCall] = {}
+        for i in range(n):
+            if function != "llm_classify" and instructions[i] is None:
+                continue  # NULL instruction -> NULL
+            lbl = labels[i]
+            opts = validate_options(options[i])
+            key = (instructions[i], None if lbl is None else tuple(lbl), opts)
+            if key not in calls:
+                calls[key] = make_call(function, instruction=instructions[i], field_names=names,
+                                       labels=lbl if function == "llm_classify" else None, options=opts)
+            groups.setdefault(key, []).append(i)
+
+        for key, idx in groups.items():
+            call = calls[key]
+            batch_rows = [rows[i] for i in idx]
+            backend, server_pid = get_backend()
+            try:
+                out = evaluate(call, batch_rows, backend, settings=settings)
+            except BackendError as exc:
+                # The server went away mid-batch (after the backend's own retries): get_backend() checks
+                # health and restarts it; the group is evaluated again from scratch, so no row is lost or
+                # answered twice. A second failure fails the task (Spark's task retry is the next level).
+                print(f"llm-sql: {function}: backend failed ({exc}); reconnecting and retrying the batch",
+                      file=sys.stderr)
+                backend, server_pid = get_backend()
+                out = evaluate(call, batch_rows, backend, settings=settings)
+            for i, v in zip(idx, out.values):
+                values[i] = v
+            reasons = [e for e in out.errors if e is not None]
+            for e in reasons[:5]:
+                print(f"llm-sql: {function}: row failed: {e}", file=sys.stderr)
+            if accumulator is not None:
+                accumulator.add(stats_delta(out.stats, reasons, os.getpid(), server_pid))
+        return pa.array(values, type=out_type)
+
+    run.__name__ = function
+    run.__annotations__ = {"args": pa.Array, "return": pa.Array}  # real types: this module defers annotations
+    return F.arrow_udf(run, SPARK_TYPES[function])
