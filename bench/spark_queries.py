@@ -1,0 +1,154 @@
+"""The LLM filter and projection on beer.csv in Spark (local[2], Catalyst extension loaded), three configurations.
+
+The DuckDB benchmark's queries (``bench/llm_sql_queries.py``: same instructions, every column of
+``../shared/data/llmsql/beer.csv`` read as a string and passed, in the CSV's order, as one ``struct(...)`` so
+that the prompt names the fields), run through ``llm_sql.spark_session`` on a local[2] session:
+
+- ``rules_on``:  Catalyst rules on (``llm_sql.optimize=true``: dedup, row ordering within partitions) and the
+                 UDF's per-batch dedup and reordering (with ``reorder_fields``, as the DuckDB ``optimized``
+                 configuration), prefix cache on
+- ``rules_off``: ``llm_sql.optimize=false`` and ``register(optimize=False)`` (no dedup, no reordering), prefix
+                 cache on
+- ``no_cache``:  as ``rules_off`` on an engine server started with ``enable_prefix_caching=False``
+
+Each (query, configuration) runs on a FRESH node engine server (``llm_sql.spark_mode.stop`` then ``register``
+again), so its prefix cache starts empty; one warm-up call on another instruction (the Python worker start)
+is made before the timing and left out of the statistics. Timed: ``df.collect()`` of the query; the table is
+cached in memory (and counted) before. Statistics: ``llm_sql.last_stats(spark)`` after ``reset_stats``.
+
+The model is the DuckDB benchmark's random-weight Llama (``make_tiny_model``), so its answers are nonsense:
+only the mechanisms (calls, tokens, prefix hits) and the timings mean something.
+
+    python bench/spark_queries.py [--quick] [--rows N] [--model DIR | --size tiny|24m]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import log, print_table, save_bar_chart, write_json  # noqa: E402
+from llm_sql_queries import BEER_FIELDS, DATA, SIZES, model_dir, queries  # noqa: E402
+
+QUERIES = ("beer_filter", "beer_projection")
+CONFIGS = {
+    "rules_on": dict(prefix_cache=True, optimize=True, options=dict(reorder_fields=True)),
+    "rules_off": dict(prefix_cache=True, optimize=False, options={}),
+    "no_cache": dict(prefix_cache=False, optimize=False, options={}),
+}
+
+
+def spark_sql(duckdb_sql: str) -> str:
+    """The DuckDB query in Spark SQL: backquoted identifiers, the fields as one struct (named after the columns)."""
+    ticked = ", ".join(f.replace('"', "`") for f in BEER_FIELDS)
+    sql = duckdb_sql.replace('"', "`")
+    assert ticked in sql, sql
+    return sql.replace(ticked, f"struct({ticked})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="200 rows: a smoke run")
+    ap.add_argument("--rows", type=int, default=None, help="rows of beer.csv (default 2000)")
+    ap.add_argument("--model", default=None, metavar="DIR", help="a model directory (default: tiny random Llama)")
+    ap.add_argument("--size", choices=sorted(SIZES), default="tiny")
+    ap.add_argument("--max-tokens", type=int, default=8, help="longest llm() answer (default 8)")
+    ap.add_argument("--kv-cache-memory", default="2GB")
+    ap.add_argument("--master", default="local[2]")
+    ap.add_argument("--out", default="bench/results")
+    args = ap.parse_args(argv)
+
+    import llm_sql
+    from llm_sql import spark_mode
+
+    rows = args.rows or (200 if args.quick else 2000)
+    model = model_dir(args.model, args.size)
+    log(f"model {model}")
+    qs = {k: spark_sql(v["sql"]) for k, v in queries(rows, 0).items() if k in QUERIES}
+
+    def engine(cfg: dict) -> None:
+        llm_sql.register(spark, model=model, optimize=cfg["optimize"], enable_prefix_caching=cfg["prefix_cache"],
+                         kv_cache_memory=args.kv_cache_memory, max_tokens=args.max_tokens, **cfg["options"])
+
+    t0 = time.perf_counter()
+    first = CONFIGS["rules_on"]
+    spark = llm_sql.spark_session(
+        model=model, master=args.master, app_name="llm-sql-bench",
+        conf={"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
+              "spark.sql.shuffle.partitions": "2", "spark.driver.memory": "2g"},
+        optimize=True, enable_prefix_caching=True, kv_cache_memory=args.kv_cache_memory,
+        max_tokens=args.max_tokens, **first["options"])
+    spark.sparkContext.setLogLevel("ERROR")
+    extension = spark_mode.extension_loaded(spark)
+    log(f"session up in {time.perf_counter() - t0:.1f} s; Catalyst extension loaded: {extension}")
+    beer = (spark.read.option("header", True).option("multiLine", True).option("escape", '"')
+            .csv(str(DATA / "beer.csv")).limit(rows).cache())
+    n = beer.count()
+    beer.createOrReplaceTempView("beer")
+    partitions = beer.rdd.getNumPartitions()
+    log(f"beer: {n} rows, {len(beer.columns)} columns, {partitions} partition(s)")
+    warm = "SELECT llm_filter('Warm-up: is this a beer?', struct(`beer/name`)) AS w FROM (SELECT * FROM beer LIMIT 4)"
+
+    results = []
+    for qname, sql in qs.items():
+        for cname, cfg in CONFIGS.items():
+            spark_mode.stop(spark)  # a fresh engine server: an empty prefix cache
+            engine(cfg)
+            spark.sql(warm).collect()
+            spark_mode.reset_stats(spark)
+            df = spark.sql(sql)
+            start = time.perf_counter()
+            out = df.collect()
+            seconds = time.perf_counter() - start
+            s = llm_sql.last_stats(spark)
+            row = dict(query=qname, config=cname, rows=n, result_rows=len(out), seconds=round(seconds, 3),
+                       rows_in=s.rows_in, distinct_inputs=s.distinct_inputs, llm_calls=s.llm_calls,
+                       prompt_tokens=s.prompt_tokens, cached_prompt_tokens=s.cached_prompt_tokens,
+                       hit_rate=round(s.prefix_hit_rate, 4), generated_tokens=s.generated_tokens,
+                       batches=s.batches, errors=s.errors, server_pids=s.server_pids,
+                       optimize_conf=spark.conf.get(spark_mode.OPTIMIZE_CONF, None))
+            results.append(row)
+            log(f"{qname:16s} {cname:10s} {seconds:8.2f} s  calls {s.llm_calls:5d}  "
+                f"prompt {s.prompt_tokens:8d}  cached {s.cached_prompt_tokens:8d}  hit {s.prefix_hit_rate:.1%}")
+    spark_mode.stop(spark)
+    spark.stop()
+
+    by = {(r["query"], r["config"]): r for r in results}
+    summary = []
+    for qname in qs:
+        on, off, nc = by[(qname, "rules_on")], by[(qname, "rules_off")], by[(qname, "no_cache")]
+        summary.append(dict(query=qname, rows=n, rules_on_s=on["seconds"], rules_off_s=off["seconds"],
+                            no_cache_s=nc["seconds"],
+                            speedup_vs_rules_off=round(off["seconds"] / on["seconds"], 2) if on["seconds"] else None,
+                            speedup_vs_no_cache=round(nc["seconds"] / on["seconds"], 2) if on["seconds"] else None,
+                            hit_rules_on=on["hit_rate"], hit_rules_off=off["hit_rate"], hit_no_cache=nc["hit_rate"],
+                            calls_on=on["llm_calls"], calls_off=off["llm_calls"]))
+    aims = {q["query"]: dict(rows_at_least_2000=n >= 2000,
+                             speedup_vs_rules_off_ge_2=(q["speedup_vs_rules_off"] or 0) >= 2.0,
+                             hit_rate_ge_80=q["hit_rules_on"] >= 0.80) for q in summary}
+    note = args.model or ("random-weight Llama (make_tiny_model, " +
+                          ("hidden 256, 4 layers)" if args.size == "tiny" else "hidden 512, 8 layers)"))
+    data = dict(benchmark="spark_queries", model=model,
+                model_note=note + ": answers are nonsense, only the mechanisms and timings are meaningful",
+                master=args.master, catalyst_extension=extension, partitions=partitions,
+                max_tokens=args.max_tokens, kv_cache_memory=args.kv_cache_memory,
+                configs={k: dict(prefix_cache=v["prefix_cache"], llm_sql_optimize=v["optimize"], **v["options"])
+                         for k, v in CONFIGS.items()},
+                queries=qs, runs=results, summary=summary, aims=aims,
+                total_seconds=round(time.perf_counter() - t0, 1))
+    write_json(data, args.out, "spark_queries")
+    print_table(["query", "rows", "rules_on_s", "rules_off_s", "no_cache_s", "speedup_vs_rules_off",
+                 "speedup_vs_no_cache", "hit_rules_on", "hit_rules_off", "hit_no_cache", "calls_on", "calls_off"],
+                summary, title="LLM-SQL in Spark (local[2]): rules on / rules off / no prefix cache, same run "
+                               "(random-weight model: answers are nonsense, timings and hits are real)")
+    save_bar_chart({r["query"]: {"no prefix cache": r["no_cache_s"], "rules off, prefix cache": r["rules_off_s"],
+                                 "rules on, prefix cache": r["rules_on_s"]} for r in summary},
+                   ylabel="seconds", title=f"LLM-SQL in Spark, {n} beer rows (tiny random Llama, CPU)",
+                   out=args.out, name="spark_queries")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
