@@ -24,8 +24,8 @@ from optimizer.rules import field_names, llm_calls, parse_call
 from optimizer.rules.calls import Unliftable
 from optimizer.rules.lookup import OUT_COLUMN
 from udf.api import FUNCTIONS
+from udf.arrow_calls import ARROW_TYPES
 
-_ARROW_TYPES = {"llm": pa.string(), "llm_filter": pa.bool_(), "llm_classify": pa.string(), "llm_score": pa.int32()}
 _SESSIONS: dict[int, tuple[Any, Session]] = {}  # id(raw connection) -> (connection, session)
 
 
@@ -120,7 +120,7 @@ class LLMConnection:
         stats.add(out.stats)
         reasons = [e for e in out.errors if e is not None]
         stats.error_reasons.extend(reasons[: max(0, 20 - len(stats.error_reasons))])
-        table = inputs.append_column(OUT_COLUMN, pa.array(values, type=_ARROW_TYPES[stage.function]))
+        table = inputs.append_column(OUT_COLUMN, pa.array(values, type=ARROW_TYPES[stage.function]))
         self.con.register(stage.table, table)
         self._views.append(stage.table)
         s = out.stats

@@ -90,6 +90,17 @@ def check_model_dir(model: str) -> str:
     return str(p.resolve())
 
 
+def resolve_model(model: str | None) -> str:
+    """A checked model directory; without one, the demo's tiny random checkpoint, with a warning."""
+    if model is None:
+        from llm_sql.demo import default_demo_model
+
+        print("llm-sql: no model given: using a tiny random-weight model that answers nonsense "
+              "(pass model=DIR for real answers)", file=sys.stderr)
+        model = str(default_demo_model())
+    return check_model_dir(model)
+
+
 class Session:
     def __init__(self, *, model: str | None = None, backend: Any = "embedded", base_url: str | None = None,
                  api_key: str | None = None, optimize: bool = True, dedup: bool = True, reorder: bool = True,
@@ -123,13 +134,7 @@ class Session:
             self._backend = backend  # a ready Backend instance
             self.model_id = f"{self.backend_kind}:{model or id(backend)}"
         elif backend == "embedded":
-            if model is None:
-                from llm_sql.demo import default_demo_model
-
-                print("llm-sql: no model given: using a tiny random-weight model that answers nonsense "
-                      "(pass model=DIR for real answers)", file=sys.stderr)
-                model = str(default_demo_model())
-            model = check_model_dir(model)
+            model = resolve_model(model)
             kw = {"device": device, "enable_prefix_caching": enable_prefix_caching}
             if dtype:
                 kw["dtype"] = dtype

@@ -129,7 +129,7 @@ def register(spark, *, model: str | None = None, backend: str = "embedded", base
     ``cache`` is accepted for symmetry with DuckDB mode; Spark mode does not use the result cache.
     """
     from llm_sql import node_engine
-    from llm_sql.session import check_model_dir
+    from llm_sql.session import resolve_model
     from udf.options import validate_options
     from udf.spark_udf import make_arrow_udf, new_accumulator
 
@@ -150,15 +150,7 @@ def register(spark, *, model: str | None = None, backend: str = "embedded", base
                            backend_options=tuple(sorted((backend_options or {}).items())))
         worker_backend(spec)[0]._model()  # fail now, naming the URL, if the server does not answer
     elif backend == "embedded":
-        if model is None:
-            import sys
-
-            from llm_sql.demo import default_demo_model
-
-            print("llm-sql: no model given: using a tiny random-weight model that answers nonsense "
-                  "(pass model=DIR for real answers)", file=sys.stderr)
-            model = str(default_demo_model())
-        model = check_model_dir(model)
+        model = resolve_model(model)
         engine_opts = {"device": device, "dtype": dtype, "kv_cache_memory": kv_cache_memory,
                        "enable_prefix_caching": enable_prefix_caching}
         spec = BackendSpec(kind="node", model=model, key=node_engine.app_key(app_id, model, engine_opts),

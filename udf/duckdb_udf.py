@@ -36,64 +36,11 @@ import pyarrow as pa
 
 from engine_backend.backends.base import Backend
 from udf.api import FUNCTIONS, EvalOutput, EvalSettings, LLMCall, ResultCache, StageStats
+from udf.arrow_calls import ARROW_TYPES, calls_of_batch
 from udf.batch import evaluate
-from udf.functions import make_call
-from udf.options import merge_options, validate_options
+from udf.options import merge_options
 
-_ARROW_TYPES = {"llm": pa.string(), "llm_filter": pa.bool_(), "llm_classify": pa.string(), "llm_score": pa.int32()}
 _SQL_TYPES = {"llm": "VARCHAR", "llm_filter": "BOOLEAN", "llm_classify": "VARCHAR", "llm_score": "INTEGER"}
-
-
-def _pylist(arr: Any) -> list[Any]:
-    return arr.to_pylist()
-
-
-def _is_struct(arr: Any) -> bool:
-    return pa.types.is_struct(arr.type)
-
-
-def _is_list(arr: Any) -> bool:
-    return pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) or pa.types.is_fixed_size_list(arr.type)
-
-
-def split_args(function: str, args: tuple[Any, ...]) -> tuple[Any, list[Any], Any, Any]:
-    """(instruction column | None, field columns, labels column | None, options column | None)."""
-    args = list(args)
-    instruction = labels = options = None
-    if function != "llm_classify":
-        if len(args) < 2:
-            raise ValueError(f"{function}(instruction, field, ... [, options]) needs an instruction and at least "
-                             "one field")
-        instruction = args.pop(0)
-        if len(args) >= 2 and _is_struct(args[-1]):
-            options = args.pop()
-    else:
-        if args and _is_struct(args[-1]) and len(args) >= 3:
-            options = args.pop()
-        if len(args) < 2 or not (_is_list(args[-1]) or pa.types.is_null(args[-1].type)):
-            raise ValueError("llm_classify(field, ..., labels [, options]) needs at least one field and then the "
-                             "labels as a list of strings, e.g. ['positive', 'negative']")
-        labels = args.pop()
-    return instruction, args, labels, options
-
-
-def _fields(columns: list[Any]) -> tuple[list[str], list[list[Any]]]:
-    """Field names and per-field value lists, expanding named-field structs."""
-    names: list[str] = []
-    cols: list[list[Any]] = []
-    plain = sum(not _is_struct(c) for c in columns)
-    k = 0
-    for c in columns:
-        if _is_struct(c):
-            rows = _pylist(c)
-            for fld in c.type:
-                names.append(fld.name)
-                cols.append([None if r is None else r.get(fld.name) for r in rows])
-        else:
-            k += 1
-            names.append("input" if plain == 1 else f"input{k}")
-            cols.append(_pylist(c))
-    return names, cols
 
 
 def register_udfs(con: Any, get_backend: Callable[[str | None], Backend], settings: EvalSettings,
@@ -123,34 +70,12 @@ def register_udfs(con: Any, get_backend: Callable[[str | None], Backend], settin
 
 
 def _make_udf(function: str, get_backend, settings: EvalSettings, result_cache, model_id_for, on_stats, on_output):
-    out_type = _ARROW_TYPES[function]
+    out_type = ARROW_TYPES[function]
 
     def udf(*args: Any) -> pa.Array:
-        instruction_col, field_cols, labels_col, options_col = split_args(function, args)
-        n = len(field_cols[0]) if field_cols else 0
-        names, cols = _fields(field_cols)
-        instructions = _pylist(instruction_col) if instruction_col is not None else [None] * n
-        labels = _pylist(labels_col) if labels_col is not None else [None] * n
-        options = _pylist(options_col) if options_col is not None else [None] * n
-        rows = list(zip(*cols)) if cols else [()] * n
+        n, rows, calls = calls_of_batch(function, args)
         values: list[Any] = [None] * n
-
-        # Rows with the same instruction, labels and options form one call (usually the whole chunk).
-        groups: dict[tuple, list[int]] = {}
-        calls: dict[tuple, LLMCall] = {}
-        for i in range(n):
-            if function != "llm_classify" and instructions[i] is None:
-                continue  # NULL instruction -> NULL
-            lbl = labels[i]
-            opts = validate_options(options[i])  # clear ValueError for a bad options struct
-            key = (instructions[i], None if lbl is None else tuple(lbl), opts)
-            if key not in calls:
-                calls[key] = make_call(function, instruction=instructions[i], field_names=names,
-                                       labels=lbl if function == "llm_classify" else None, options=opts)
-            groups.setdefault(key, []).append(i)
-
-        for key, idx in groups.items():
-            call = calls[key]
+        for call, idx in calls:
             model = merge_options(settings.defaults, call.options).get("model")
             out = evaluate(call, [rows[i] for i in idx], get_backend(model), settings=settings,
                            result_cache=result_cache, model_id=model_id_for(model))

@@ -1,7 +1,7 @@
 """Spark bindings: ``llm``, ``llm_filter``, ``llm_classify``, ``llm_score`` as Arrow-vectorised UDFs.
 
 Each is a ``pyspark.sql.functions.arrow_udf`` (Spark 4.1+; columns arrive as ``pyarrow`` arrays, so the
-argument conventions are exactly DuckDB's, ``udf.duckdb_udf.split_args``) taking a variable number of
+argument conventions are exactly DuckDB's, ``udf.arrow_calls``) taking a variable number of
 columns. Every Arrow batch Spark hands a Python worker goes through ``udf.batch.evaluate``: rows whose
 fields are all NULL are NULL without a call, the distinct tuples are ordered (GGR / lexicographic, see
 ``udf.batch``) and sent as ONE ordered request stream to the node's engine server, and the values come back
@@ -40,7 +40,7 @@ import os
 import sys
 from typing import Any, Callable
 
-from udf.api import FUNCTIONS, EvalSettings, LLMCall, StageStats
+from udf.api import FUNCTIONS, EvalSettings, StageStats
 
 SPARK_TYPES = {"llm": "string", "llm_filter": "boolean", "llm_classify": "string", "llm_score": "int"}
 MAX_REASONS = 20
@@ -96,40 +96,17 @@ def make_arrow_udf(function: str, get_backend: Callable[[], tuple[Any, int | Non
         raise ImportError("llm-sql's Spark UDFs need pyspark >= 4.1 (pyspark.sql.functions.arrow_udf)")
     if function not in FUNCTIONS:
         raise ValueError(f"unknown LLM function {function!r}; expected one of {', '.join(FUNCTIONS)}")
-    out_type = {"llm": pa.string(), "llm_filter": pa.bool_(), "llm_classify": pa.string(),
-                "llm_score": pa.int32()}[function]
+    from udf.arrow_calls import ARROW_TYPES, calls_of_batch
+
+    out_type = ARROW_TYPES[function]
 
     def run(*args: pa.Array) -> pa.Array:
         from engine_backend.backends.base import BackendError
         from udf.batch import evaluate
-        from udf.duckdb_udf import _fields, split_args
-        from udf.functions import make_call
-        from udf.options import validate_options
 
-        instruction_col, field_cols, labels_col, options_col = split_args(function, args)
-        n = len(field_cols[0]) if field_cols else 0
-        names, cols = _fields(field_cols)
-        instructions = instruction_col.to_pylist() if instruction_col is not None else [None] * n
-        labels = labels_col.to_pylist() if labels_col is not None else [None] * n
-        options = options_col.to_pylist() if options_col is not None else [None] * n
-        rows = list(zip(*cols)) if cols else [()] * n
+        n, rows, calls = calls_of_batch(function, args)
         values: list[Any] = [None] * n
-
-        groups: dict[tuple, list[int]] = {}
-        calls: dict[tuple, LLMCall] = {}
-        for i in range(n):
-            if function != "llm_classify" and instructions[i] is None:
-                continue  # NULL instruction -> NULL
-            lbl = labels[i]
-            opts = validate_options(options[i])
-            key = (instructions[i], None if lbl is None else tuple(lbl), opts)
-            if key not in calls:
-                calls[key] = make_call(function, instruction=instructions[i], field_names=names,
-                                       labels=lbl if function == "llm_classify" else None, options=opts)
-            groups.setdefault(key, []).append(i)
-
-        for key, idx in groups.items():
-            call = calls[key]
+        for call, idx in calls:
             batch_rows = [rows[i] for i in idx]
             backend, server_pid = get_backend()
             try:

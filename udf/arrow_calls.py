@@ -1,0 +1,100 @@
+"""Arrow-batch arguments of the LLM functions, shared by the DuckDB and Spark UDFs.
+
+Both engines hand a UDF its arguments as Arrow arrays with the same conventions (see
+``udf.duckdb_udf``): an instruction, field columns (a STRUCT names its fields), labels for
+``llm_classify``, an optional trailing options STRUCT. ``calls_of_batch`` turns one batch into
+the ``LLMCall``s it holds and the rows each one answers.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from udf.api import LLMCall
+from udf.functions import make_call
+from udf.options import validate_options
+
+ARROW_TYPES = {"llm": pa.string(), "llm_filter": pa.bool_(), "llm_classify": pa.string(), "llm_score": pa.int32()}
+
+
+def _pylist(arr: Any) -> list[Any]:
+    return arr.to_pylist()
+
+
+def _is_struct(arr: Any) -> bool:
+    return pa.types.is_struct(arr.type)
+
+
+def _is_list(arr: Any) -> bool:
+    return pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) or pa.types.is_fixed_size_list(arr.type)
+
+
+def split_args(function: str, args: tuple[Any, ...]) -> tuple[Any, list[Any], Any, Any]:
+    """(instruction column | None, field columns, labels column | None, options column | None)."""
+    args = list(args)
+    instruction = labels = options = None
+    if function != "llm_classify":
+        if len(args) < 2:
+            raise ValueError(f"{function}(instruction, field, ... [, options]) needs an instruction and at least "
+                             "one field")
+        instruction = args.pop(0)
+        if len(args) >= 2 and _is_struct(args[-1]):
+            options = args.pop()
+    else:
+        if args and _is_struct(args[-1]) and len(args) >= 3:
+            options = args.pop()
+        if len(args) < 2 or not (_is_list(args[-1]) or pa.types.is_null(args[-1].type)):
+            raise ValueError("llm_classify(field, ..., labels [, options]) needs at least one field and then the "
+                             "labels as a list of strings, e.g. ['positive', 'negative']")
+        labels = args.pop()
+    return instruction, args, labels, options
+
+
+def field_columns(columns: list[Any]) -> tuple[list[str], list[list[Any]]]:
+    """Field names and per-field value lists, expanding named-field structs."""
+    names: list[str] = []
+    cols: list[list[Any]] = []
+    plain = sum(not _is_struct(c) for c in columns)
+    k = 0
+    for c in columns:
+        if _is_struct(c):
+            rows = _pylist(c)
+            for fld in c.type:
+                names.append(fld.name)
+                cols.append([None if r is None else r.get(fld.name) for r in rows])
+        else:
+            k += 1
+            names.append("input" if plain == 1 else f"input{k}")
+            cols.append(_pylist(c))
+    return names, cols
+
+
+
+
+def calls_of_batch(function: str, args: tuple[Any, ...]) -> tuple[int, list[tuple], list[tuple[LLMCall, list[int]]]]:
+    """(rows in the batch, field tuples per row, [(call, row indices)]).
+
+    Rows with the same instruction, labels and options form one call (usually the whole batch); a row
+    whose instruction is NULL is in no call (its value is NULL). A bad options struct is a ValueError.
+    """
+    instruction_col, field_cols, labels_col, options_col = split_args(function, args)
+    n = len(field_cols[0]) if field_cols else 0
+    names, cols = field_columns(field_cols)
+    instructions = instruction_col.to_pylist() if instruction_col is not None else [None] * n
+    labels = labels_col.to_pylist() if labels_col is not None else [None] * n
+    options = options_col.to_pylist() if options_col is not None else [None] * n
+    rows = list(zip(*cols)) if cols else [()] * n
+    groups: dict[tuple, list[int]] = {}
+    calls: dict[tuple, LLMCall] = {}
+    for i in range(n):
+        if function != "llm_classify" and instructions[i] is None:
+            continue
+        lbl = labels[i]
+        opts = validate_options(options[i])
+        key = (instructions[i], None if lbl is None else tuple(lbl), opts)
+        if key not in calls:
+            calls[key] = make_call(function, instruction=instructions[i], field_names=names,
+                                   labels=lbl if function == "llm_classify" else None, options=opts)
+        groups.setdefault(key, []).append(i)
+    return n, rows, [(calls[k], idx) for k, idx in groups.items()]
