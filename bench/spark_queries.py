@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def engine(cfg: dict) -> None:
         llm_sql.register(spark, model=model, optimize=cfg["optimize"], enable_prefix_caching=cfg["prefix_cache"],
+                         cache=False,
                          kv_cache_memory=args.kv_cache_memory, max_tokens=args.max_tokens, **cfg["options"])
 
     t0 = time.perf_counter()
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         model=model, master=args.master, app_name="llm-sql-bench",
         conf={"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
               "spark.sql.shuffle.partitions": "2", "spark.driver.memory": "2g"},
-        optimize=True, enable_prefix_caching=True, kv_cache_memory=args.kv_cache_memory,
+        optimize=True, enable_prefix_caching=True, kv_cache_memory=args.kv_cache_memory, cache=False,
         max_tokens=args.max_tokens, **first["options"])
     spark.sparkContext.setLogLevel("ERROR")
     extension = spark_mode.extension_loaded(spark)

@@ -101,6 +101,14 @@ def resolve_model(model: str | None) -> str:
     return check_model_dir(model)
 
 
+def model_identity(backend: str, model: str | None, base_url: str | None = None) -> str:
+    """What the result cache keys answers by: the backend kind and the model it serves (DuckDB and Spark
+    mode compute it alike, so one cache file serves both)."""
+    if backend == "openai":
+        return f"openai:{base_url}:{model or ''}"
+    return f"{backend}:{model}"
+
+
 class Session:
     def __init__(self, *, model: str | None = None, backend: Any = "embedded", base_url: str | None = None,
                  api_key: str | None = None, optimize: bool = True, dedup: bool = True, reorder: bool = True,
@@ -141,17 +149,17 @@ class Session:
             if kv_cache_memory:
                 kw["kv_cache_memory"] = kv_cache_memory
             self._backend_kwargs = {"model": model, **kw, **self._backend_kwargs}
-            self.model_id = f"embedded:{model}"
+            self.model_id = model_identity("embedded", model)
         elif backend == "openai":
             if not base_url:
                 raise ValueError("backend='openai' needs base_url='http://host:port'")
             self._backend_kwargs = {"base_url": base_url, "api_key": api_key, "model": model,
                                     **self._backend_kwargs}
-            self.model_id = f"openai:{base_url}:{model or ''}"
+            self.model_id = model_identity("openai", model, base_url)
             self._ping()
         elif backend == "vllm":
             self._backend_kwargs = {"model": check_model_dir(model) if model else model, **self._backend_kwargs}
-            self.model_id = f"vllm:{model}"
+            self.model_id = model_identity("vllm", model)
         else:
             raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)} or pass a Backend")
         self.result_cache = None

@@ -25,8 +25,12 @@ Statistics: ``last_stats(spark)`` sums what every UDF batch reported through a S
 ``register`` or the last ``reset_stats(spark)`` (rows in, distinct inputs, LLM calls, NULL inputs, errors with
 their first reasons, prompt / cached prompt / generated tokens as the engine reported them per request, the
 Python worker pids and the server pids they used). Accumulators are updated when a task finishes, so the
-numbers are complete once an action has returned; a retried task counts twice. The persistent result cache of
-DuckDB mode is not used in Spark mode.
+numbers are complete once an action has returned; a retried task counts twice.
+
+Result cache: as in DuckDB mode (``llm_sql.cache``), on by default, one SQLite file per node
+(``cache_path=...`` or the default under the user's cache directory), shared by that node's Python workers and
+keyed by the same model identity as DuckDB mode. A worker that cannot open it says so on stderr and runs
+without it. ``register(spark, cache=False)`` turns it off.
 """
 from __future__ import annotations
 
@@ -120,16 +124,18 @@ def _warn_no_extension() -> None:
 
 def register(spark, *, model: str | None = None, backend: str = "embedded", base_url: str | None = None,
              api_key: str | None = None, optimize: bool | None = None, dedup: bool = True, reorder: bool = True,
-             on_error: str = "null", progress: bool = False, cache: bool = False, device: str = "cpu",
+             on_error: str = "null", progress: bool = False, cache: bool = True, cache_path: str | None = None,
+             device: str = "cpu",
              dtype: str | None = None, kv_cache_memory: Any = None, enable_prefix_caching: bool = True,
              backend_options: dict | None = None, start: bool | None = None, **defaults: Any):
     """Register ``llm``, ``llm_filter``, ``llm_classify``, ``llm_score`` on ``spark``; returns ``spark``.
 
     ``start`` (default: True in local mode) starts the node's engine server now, on the driver.
-    ``cache`` is accepted for symmetry with DuckDB mode; Spark mode does not use the result cache.
+    ``cache`` / ``cache_path``: the persistent result cache (see the module doc).
     """
     from llm_sql import node_engine
-    from llm_sql.session import resolve_model
+    from llm_sql.cache import ResultCache
+    from llm_sql.session import model_identity, resolve_model
     from udf.options import validate_options
     from udf.spark_udf import make_arrow_udf, new_accumulator
 
@@ -140,7 +146,7 @@ def register(spark, *, model: str | None = None, backend: str = "embedded", base
         spark.conf.set(OPTIMIZE_CONF, "true" if optimize else "false")
     if optimize is False:
         dedup = reorder = False
-    settings = EvalSettings(dedup=bool(dedup), reorder=bool(reorder), result_cache=False, on_error=on_error,
+    settings = EvalSettings(dedup=bool(dedup), reorder=bool(reorder), result_cache=bool(cache), on_error=on_error,
                             progress=bool(progress), defaults=defaults)
     app_id = spark.sparkContext.applicationId
     if backend == "openai":
@@ -166,8 +172,11 @@ def register(spark, *, model: str | None = None, backend: str = "embedded", base
 
     acc = new_accumulator(spark)
     get_backend = functools.partial(worker_backend, spec)
+    result_cache = ResultCache(path=cache_path) if cache else None  # pickled to the workers; reopens there
+    model_id = model_identity("openai" if spec.kind == "openai" else "embedded", model, base_url)
     for name in FUNCTIONS:
-        spark.udf.register(name, make_arrow_udf(name, get_backend, settings, acc))
+        spark.udf.register(name, make_arrow_udf(name, get_backend, settings, acc, result_cache=result_cache,
+                                                model_id=model_id))
     _REGISTRY[app_id] = _Registration(spec=spec, settings=settings, accumulator=acc)
     if not extension_loaded(spark):
         _warn_no_extension()

@@ -56,7 +56,7 @@ def spark(model_dir):
     assert not spark_mode.extension_loaded(session)
     spark_mode._WARNED["extension"] = False
     with pytest.warns(RuntimeWarning, match="Catalyst extension"):
-        llm_sql.register(session, model=model_dir, max_tokens=MAX_TOKENS)
+        llm_sql.register(session, model=model_dir, max_tokens=MAX_TOKENS, cache=False)
     df = session.createDataFrame(ROWS, "id int, review string, style string").repartition(2)
     df.createOrReplaceTempView("reviews")
     yield session
@@ -175,6 +175,22 @@ def test_nulls_empty_and_duplicates(spark):
     assert stats.prompt_tokens > 0 and stats.errors == 0
 
 
+def test_result_cache_answers_a_repeated_query(spark, model_dir, tmp_path):
+    """With the result cache on, a second run of a query makes no LLM call and gives the same rows."""
+    query = "SELECT id, llm('Summarise', struct(review)) AS s FROM reviews"  # no ORDER BY: its sampling job runs the UDF
+    try:
+        llm_sql.register(spark, model=model_dir, max_tokens=MAX_TOKENS, cache_path=str(tmp_path / "r.sqlite"))
+        first = sorted(spark.sql(query).collect())
+        cold = llm_sql.last_stats(spark)
+        assert cold.llm_calls > 0 and cold.cache_hits == 0
+        spark_mode.reset_stats(spark)
+        assert sorted(spark.sql(query).collect()) == first
+        warm = llm_sql.last_stats(spark)
+        assert warm.llm_calls == 0 and warm.cache_hits == cold.llm_calls
+    finally:  # the module's other tests count LLM calls
+        llm_sql.register(spark, model=model_dir, max_tokens=MAX_TOKENS, cache=False)
+
+
 def _server_processes(model_dir):
     """Live engine-server processes serving ``model_dir`` on this machine."""
     from pathlib import Path
@@ -221,7 +237,7 @@ def test_two_workers_share_one_server(spark, model_dir):
 def test_register_warns_once_only(spark, model_dir):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        llm_sql.register(spark, model=model_dir, max_tokens=MAX_TOKENS)  # no second warning, same server
+        llm_sql.register(spark, model=model_dir, max_tokens=MAX_TOKENS, cache=False)  # no 2nd warning, same server
     assert spark_mode.server_info(spark)["starts"] == 1
 
 
@@ -301,7 +317,7 @@ _WITH_RULES = r"""
 import json, sys
 import llm_sql
 from llm_sql import spark_mode
-spark = llm_sql.spark_session(model=sys.argv[1], master="local[2]", max_tokens=3,
+spark = llm_sql.spark_session(model=sys.argv[1], master="local[2]", max_tokens=3, cache=False,
                               conf={"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
                                     "spark.sql.shuffle.partitions": "2"})
 assert spark_mode.extension_loaded(spark)

@@ -40,7 +40,7 @@ import os
 import sys
 from typing import Any, Callable
 
-from udf.api import FUNCTIONS, EvalSettings, StageStats
+from udf.api import FUNCTIONS, EvalSettings, ResultCache, StageStats
 
 SPARK_TYPES = {"llm": "string", "llm_filter": "boolean", "llm_classify": "string", "llm_score": "int"}
 MAX_REASONS = 20
@@ -86,9 +86,33 @@ def new_accumulator(spark):
     return spark.sparkContext.accumulator({}, _accumulator_param())
 
 
+def usable_cache(cache: ResultCache | None) -> ResultCache | None:
+    """``cache`` if it opens in this worker (its path comes from the driver), else None with a note on stderr."""
+    if cache is None:
+        return None
+    ok = _CACHE_OK.get(repr(cache))
+    if ok is None:
+        try:
+            cache.get_many(["llm-sql-probe"])
+            ok = True
+        except Exception as exc:  # noqa: BLE001 - an unwritable cache dir must not fail the query
+            print(f"llm-sql: result cache {cache!r} unusable on this worker ({exc}); running without it",
+                  file=sys.stderr)
+            ok = False
+        _CACHE_OK[repr(cache)] = ok
+    return cache if ok else None
+
+
+_CACHE_OK: dict[str, bool] = {}  # per worker process: repr(cache) (names its file) -> it opened
+
+
 def make_arrow_udf(function: str, get_backend: Callable[[], tuple[Any, int | None]], settings: EvalSettings,
-                   accumulator=None):
-    """The Spark UDF for ``function`` (register it with ``spark.udf.register(name, udf)``)."""
+                   accumulator=None, *, result_cache: ResultCache | None = None, model_id: str = ""):
+    """The Spark UDF for ``function`` (register it with ``spark.udf.register(name, udf)``).
+
+    ``result_cache`` (picklable, e.g. ``llm_sql.cache.ResultCache``) and ``model_id`` are passed to
+    ``udf.batch.evaluate`` in the workers, where ``settings.result_cache`` decides whether it is used.
+    """
     import pyarrow as pa
     from pyspark.sql import functions as F
 
@@ -109,8 +133,9 @@ def make_arrow_udf(function: str, get_backend: Callable[[], tuple[Any, int | Non
         for call, idx in calls:
             batch_rows = [rows[i] for i in idx]
             backend, server_pid = get_backend()
+            cache = usable_cache(result_cache)
             try:
-                out = evaluate(call, batch_rows, backend, settings=settings)
+                out = evaluate(call, batch_rows, backend, settings=settings, result_cache=cache, model_id=model_id)
             except BackendError as exc:
                 # The server went away mid-batch (after the backend's own retries): get_backend() checks
                 # health and restarts it; the group is evaluated again from scratch, so no row is lost or
@@ -118,7 +143,7 @@ def make_arrow_udf(function: str, get_backend: Callable[[], tuple[Any, int | Non
                 print(f"llm-sql: {function}: backend failed ({exc}); reconnecting and retrying the batch",
                       file=sys.stderr)
                 backend, server_pid = get_backend()
-                out = evaluate(call, batch_rows, backend, settings=settings)
+                out = evaluate(call, batch_rows, backend, settings=settings, result_cache=cache, model_id=model_id)
             for i, v in zip(idx, out.values):
                 values[i] = v
             reasons = [e for e in out.errors if e is not None]
