@@ -16,6 +16,13 @@ Configuration (``spark-defaults.conf`` or ``SparkSession.builder.config``):
 | ``spark.sql.extensions=io.llmsql.catalyst.LLMSQLExtensions`` | install the Catalyst rules (dedup, ordering, planning around the LLM) |
 | ``spark.jars=<llm_sql.jvm.extension_jar()>`` | the jar holding them (built with ``javac`` on first use) |
 | ``llm_sql.optimize=false`` | session setting read by the rules: turn them off (for comparisons); ``register(spark, optimize=False)`` sets it and also turns off the UDF's per-batch dedup and reordering |
+| ``llm_sql.reorder_fields=true`` | let the rules choose the order of the fields inside each prompt (opt-in: it rewords prompts); ``register(spark, reorder_fields=True)`` sets it |
+
+Field order (with ``reorder_fields``): when every field of a call's ``struct(...)`` is a column with catalog statistics
+(``ANALYZE TABLE t COMPUTE STATISTICS FOR COLUMNS ...``), the ``ChooseFieldOrder`` rule sorts the fields by the
+prefix they are expected to share, ``avg_len^2 * (rows - distinct) / rows``, most first, and passes that order to
+the UDF (the call's options get ``reorder_fields => false``). Otherwise the UDF estimates per Arrow batch: GGR over
+the batch's distinct values and their lengths, which may give different rows different orders.
 
 Backends: ``backend="embedded"`` (default) runs ``llm-sql serve`` once per node (``llm_sql.node_engine``; in
 local mode the driver starts it at ``register`` and stops it at exit or ``stop(spark)``); ``backend="openai",
@@ -46,6 +53,7 @@ from udf.api import FUNCTIONS, EvalSettings
 
 EXTENSION_CLASS = "io.llmsql.catalyst.LLMSQLExtensions"
 OPTIMIZE_CONF = "llm_sql.optimize"
+REORDER_FIELDS_CONF = "llm_sql.reorder_fields"
 ENGINE_OPTIONS = ("device", "dtype", "kv_cache_memory", "enable_prefix_caching")
 _WARNED = {"extension": False}
 
@@ -144,6 +152,8 @@ def register(spark, *, model: str | None = None, backend: str = "embedded", base
     defaults = dict(validate_options(defaults, where="register() option"))
     if optimize is not None:
         spark.conf.set(OPTIMIZE_CONF, "true" if optimize else "false")
+    if "reorder_fields" in defaults:  # read by the ChooseFieldOrder rule
+        spark.conf.set(REORDER_FIELDS_CONF, "true" if defaults["reorder_fields"] else "false")
     if optimize is False:
         dedup = reorder = False
     settings = EvalSettings(dedup=bool(dedup), reorder=bool(reorder), result_cache=bool(cache), on_error=on_error,

@@ -372,3 +372,39 @@ def test_dataframe_api_gets_the_rules(spark, dedup_off):
 
     df = spark.table("reviews").where(llm_filter(F.lit("Positive?"), F.col("review"))).select("id")
     assert re.search(r"Sort \[review#\d+ ASC NULLS FIRST\], false", _plan(df))
+
+
+@pytest.fixture
+def analyzed_reviews(spark, tmp_path):
+    """``reviews`` as a catalog table with column statistics (an external table: no warehouse dir here)."""
+    spark.sql(f"CREATE TABLE analyzed_reviews USING parquet LOCATION '{tmp_path / 't'}' AS SELECT * FROM reviews")
+    spark.sql("ANALYZE TABLE analyzed_reviews COMPUTE STATISTICS FOR COLUMNS review, stars, beer")
+    spark.conf.set("llm_sql.reorder_fields", "true")
+    yield "analyzed_reviews"
+    spark.conf.unset("llm_sql.reorder_fields")
+    spark.sql("DROP TABLE analyzed_reviews")
+
+
+def test_field_order_from_column_statistics(spark, analyzed_reviews):
+    """Fields sorted by the prefix they share (len^2 * repeated rows / rows): the long, mostly repeated
+    review first; the call gets reorder_fields => false so the UDF keeps that order."""
+    q = (f"SELECT id, llm_struct('x', struct(stars, beer, review), named_struct('max_tokens', 3)) AS s "
+         f"FROM {analyzed_reviews}")
+    plan = _plan(spark.sql(q))
+    assert re.search(r"named_struct\(review, review#\d+, beer, beer#\d+, stars, stars#\d+\)", plan), plan
+    assert re.search(r"llm_struct\(x, _llm_key_0#\d+, \[3,false\]\)", plan), plan  # options {3, false}, folded
+    chosen = (f"SELECT id, llm_struct('x', struct(review, beer, stars), named_struct('max_tokens', 3, "
+              f"'reorder_fields', false)) AS s FROM {analyzed_reviews}")
+    optimised = _rows(spark.sql(q))
+    spark.conf.set(jvm.OPTIMIZE_CONF, "false")
+    try:
+        assert optimised == _rows(spark.sql(chosen))
+    finally:
+        spark.conf.set(jvm.OPTIMIZE_CONF, "true")
+
+
+def test_field_order_needs_statistics_and_the_switch(spark, analyzed_reviews):
+    q = "SELECT llm_struct('x', struct(stars, beer, review), named_struct('max_tokens', 3)) AS s FROM {}"
+    assert "reorder_fields" not in _plan(spark.sql(q.format("reviews")))  # a view without statistics
+    spark.conf.set("llm_sql.reorder_fields", "false")
+    assert "reorder_fields" not in _plan(spark.sql(q.format(analyzed_reviews)))  # opt-in

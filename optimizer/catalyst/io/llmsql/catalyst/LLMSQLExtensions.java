@@ -24,6 +24,12 @@ public class LLMSQLExtensions extends AbstractFunction1<SparkSessionExtensions, 
     ext.injectPreCBORule(new AbstractFunction1<SparkSession, Rule<LogicalPlan>>() {
       @Override
       public Rule<LogicalPlan> apply(SparkSession s) {
+        return new ChooseFieldOrder(s);
+      }
+    });
+    ext.injectPreCBORule(new AbstractFunction1<SparkSession, Rule<LogicalPlan>>() {
+      @Override
+      public Rule<LogicalPlan> apply(SparkSession s) {
         return new CheapPredicatesFirst(s);
       }
     });
