@@ -91,3 +91,18 @@ def test_engine_throughput_quick(tmp_path):
             data["prompts"] * data["max_tokens"]  # both sides did the same work
         assert w["speedup"] > 0
     assert shared["engine"]["prefix_hit_rate"] > 0.5 and plain["engine"]["prefix_hit_rate"] < 0.05
+
+
+@pytest.mark.skipif(not (REPO.parent / "shared" / "data" / "skystore").is_dir(),
+                    reason="the SkyStore traces and prices live in ../shared/data/skystore")
+def test_skystore_cost_quick(tmp_path):
+    data, proc = run_bench("skystore_cost", tmp_path)
+    assert data["configs"], data
+    for name, cfg in data["configs"].items():
+        totals = cfg["totals"]
+        assert set(totals) >= {"learned", "t_even", "always-store", "always-evict", "replicate-all", "optimum"}
+        assert all(v > 0 for v in totals.values()), name
+        # keeping copies never moves more bytes than never keeping them, and one copy is cheaper than all
+        assert totals["always-store"] <= totals["always-evict"] and totals["learned"] <= totals["replicate-all"]
+        assert cfg["ratios"]["learned_vs_optimum"] == pytest.approx(totals["learned"] / totals["optimum"])
+    assert "aims met" in proc.stdout
