@@ -240,11 +240,14 @@ def stop(spark) -> bool:
 
 
 def spark_session(model: str | None = None, *, master: str = "local[*]", app_name: str = "llm-sql",
-                  conf: dict[str, str] | None = None, extra_jars: tuple[str, ...] | list[str] = (), **options: Any):
+                  conf: dict[str, str] | None = None, extra_jars: tuple[str, ...] | list[str] = (),
+                  skystore: dict[str, Any] | bool | None = None, **options: Any):
     """A Spark session with the Catalyst extension and its jar (when they build) and the functions registered.
 
-    ``extra_jars`` go on ``spark.jars`` beside the extension's (e.g. a Hadoop FileSystem connector);
-    ``conf`` is applied last; ``options`` go to ``register``.
+    ``extra_jars`` go on ``spark.jars`` beside the extension's; ``conf`` is applied last; ``options`` go to
+    ``register``. The ``skystore://`` Hadoop FileSystem is mounted when its jar builds: ``skystore`` is a dict
+    of ``endpoint``, ``access_key``, ``secret_key``, ``region``, ``multipart_size`` (unset ones from the
+    ``SKYSTORE_*`` environment variables); ``False`` leaves it out.
     """
     from pyspark.sql import SparkSession
 
@@ -261,10 +264,27 @@ def spark_session(model: str | None = None, *, master: str = "local[*]", app_nam
         warnings.warn(f"llm-sql: the Catalyst extension is not available ({type(exc).__name__}: {exc}); "
                       "building the session without it", RuntimeWarning, stacklevel=2)
         _WARNED["extension"] = True  # said once here; register() need not say it again
+    skystore_conf: dict[str, str] = {}
+    if skystore is not False:
+        try:
+            from llm_sql.jvm import skystore_for_session
+
+            skystore_jar, skystore_conf = skystore_for_session(skystore if isinstance(skystore, dict) else None)
+            jars.append(str(skystore_jar))
+            for k, v in skystore_conf.items():
+                builder = builder.config("spark.hadoop." + k, v)
+        except Exception as exc:  # no javac or a compile error: only skystore:// paths are missing
+            if skystore:  # asked for by the caller: say why it is not there
+                warnings.warn(f"llm-sql: the skystore:// FileSystem is not available ({type(exc).__name__}: "
+                              f"{exc})", RuntimeWarning, stacklevel=2)
     if jars:
         builder = builder.config("spark.jars", ",".join(jars))
     for k, v in (conf or {}).items():
         builder = builder.config(k, v)
     spark = builder.getOrCreate()
+    hadoop = spark._jsc.hadoopConfiguration()  # a SparkContext that was already running keeps its own
+    for k, v in skystore_conf.items():
+        if "spark.hadoop." + k not in (conf or {}):
+            hadoop.set(k, v)
     register(spark, model=model, **options)
     return spark
