@@ -106,3 +106,14 @@ def test_skystore_cost_quick(tmp_path):
         assert totals["always-store"] <= totals["always-evict"] and totals["learned"] <= totals["replicate-all"]
         assert cfg["ratios"]["learned_vs_optimum"] == pytest.approx(totals["learned"] / totals["optimum"])
     assert "aims met" in proc.stdout
+
+
+def test_skystore_throughput_quick(tmp_path):
+    data, proc = run_bench("skystore_throughput", tmp_path)
+    assert set(data["sizes"]) == {"1MiB", "64MiB"}
+    for size in data["sizes"].values():
+        rates = size["mib_per_s"]
+        assert set(rates) >= {"direct read", "gateway GET", "direct write", "gateway PUT"}
+        assert all(v > 0 for v in rates.values())
+        assert size["get_ratio"] == pytest.approx(rates["gateway GET"] / rates["direct read"], rel=0.01, abs=0.002)
+    assert "gateway / direct" in proc.stdout
