@@ -17,7 +17,8 @@ __version__ = "0.1.0"
 
 
 def _is_spark(obj) -> bool:
-    return type(obj).__module__.startswith("pyspark.") and hasattr(obj, "sparkContext")
+    # classic and Spark Connect sessions alike (a Connect session has no sparkContext)
+    return type(obj).__module__.startswith("pyspark.sql") and hasattr(obj, "udf") and hasattr(obj, "conf")
 
 
 def register(con, **options):

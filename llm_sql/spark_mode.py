@@ -24,6 +24,10 @@ prefix they are expected to share, ``avg_len^2 * (rows - distinct) / rows``, mos
 the UDF (the call's options get ``reorder_fields => false``). Otherwise the UDF estimates per Arrow batch: GGR over
 the batch's distinct values and their lengths, which may give different rows different orders.
 
+Spark Connect: the rules run in the server's session, so Connect clients get them; ``register`` works on a Connect
+session (``SparkSession.builder.remote(...)``) too, except that Connect has no accumulators, so ``last_stats`` is
+not available there (the engine server's ``/metrics`` has the token counts).
+
 Backends: ``backend="embedded"`` (default) runs ``llm-sql serve`` once per node (``llm_sql.node_engine``; in
 local mode the driver starts it at ``register`` and stops it at exit or ``stop(spark)``); ``backend="openai",
 base_url=..., api_key=...`` sends every batch to an external OpenAI-compatible endpoint instead.
@@ -158,7 +162,7 @@ def register(spark, *, model: str | None = None, backend: str = "embedded", base
         dedup = reorder = False
     settings = EvalSettings(dedup=bool(dedup), reorder=bool(reorder), result_cache=bool(cache), on_error=on_error,
                             progress=bool(progress), defaults=defaults)
-    app_id = spark.sparkContext.applicationId
+    app_id = _app_id(spark)
     if backend == "openai":
         if not base_url:
             raise ValueError("backend='openai' needs base_url='http://host:port'")
@@ -172,7 +176,7 @@ def register(spark, *, model: str | None = None, backend: str = "embedded", base
         spec = BackendSpec(kind="node", model=model, key=node_engine.app_key(app_id, model, engine_opts),
                            engine_args=tuple(node_engine.engine_args_from(engine_opts)),
                            backend_options=tuple(sorted((backend_options or {}).items())))
-        local = (spark.sparkContext.master or "").startswith("local")
+        local = _master(spark).startswith("local")
         if start if start is not None else local:
             node_engine.ensure_server(spec.key, spec.model, spec.engine_args, watch_pid=os.getpid())
             if local:
@@ -180,7 +184,7 @@ def register(spark, *, model: str | None = None, backend: str = "embedded", base
     else:
         raise ValueError(f"Spark mode supports backend='embedded' or 'openai', got {backend!r}")
 
-    acc = new_accumulator(spark)
+    acc = None if is_connect(spark) else new_accumulator(spark)  # Spark Connect has no accumulators
     get_backend = functools.partial(worker_backend, spec)
     result_cache = ResultCache(path=cache_path) if cache else None  # pickled to the workers; reopens there
     model_id = model_identity("openai" if spec.kind == "openai" else "embedded", model, base_url)
@@ -193,8 +197,21 @@ def register(spark, *, model: str | None = None, backend: str = "embedded", base
     return spark
 
 
+def is_connect(spark) -> bool:
+    """A Spark Connect client session (``SparkSession.builder.remote(...)``) rather than a classic one."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def _app_id(spark) -> str:
+    return spark.conf.get("spark.app.id") if is_connect(spark) else spark.sparkContext.applicationId
+
+
+def _master(spark) -> str:
+    return (spark.conf.get("spark.master", "") if is_connect(spark) else spark.sparkContext.master) or ""
+
+
 def _registration(spark) -> _Registration:
-    reg = _REGISTRY.get(spark.sparkContext.applicationId)
+    reg = _REGISTRY.get(_app_id(spark))
     if reg is None:
         raise RuntimeError("llm_sql.register(spark, ...) has not been called for this Spark application")
     return reg
@@ -202,12 +219,15 @@ def _registration(spark) -> _Registration:
 
 def reset_stats(spark) -> None:
     reg = _registration(spark)
-    reg.baseline = dict(reg.accumulator.value)
+    reg.baseline = dict(reg.accumulator.value) if reg.accumulator is not None else {}
 
 
 def last_stats(spark) -> SparkStats:
     """What the UDFs reported since ``register`` / ``reset_stats`` (see the module doc)."""
     reg = _registration(spark)
+    if reg.accumulator is None:
+        raise RuntimeError("llm_sql.last_stats is not available over Spark Connect (it has no accumulators); the "
+                           "engine server's /metrics endpoint has the prompt, cached and generated token counts")
     now, base = dict(reg.accumulator.value), reg.baseline
     s = SparkStats(optimized=reg.settings.dedup or reg.settings.reorder)
     for name in ("rows_in", "distinct_inputs", "llm_calls", "cache_hits", "null_inputs", "errors", "prompt_tokens",
