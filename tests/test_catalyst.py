@@ -257,6 +257,18 @@ def test_dedup_aggregate_and_null_safe_join_in_plan(spark):
     assert "HashAggregate" in explain and "Sort [" in explain and "rangepartitioning" in explain, explain
 
 
+def test_llm_projection_over_an_llm_filter_is_colocated_not_joined(spark):
+    """The filter is deduplicated (joined back); the projection above it is not joined back, which would plan
+    the filter, and call its LLM, twice: its rows are range-partitioned and sorted on its inputs instead, so
+    the UDF's batch dedup sees equal tuples together."""
+    plan = _plan(spark.sql(LLM_QUERIES["filter_and_projection"]))
+    assert plan.count("ArrowEvalPython [llm_filter(") == 1 and plan.count("Aggregate [") == 1, plan
+    proj = plan.index("ArrowEvalPython [llm(")
+    sort = re.search(r"Sort \[beer#\d+ ASC NULLS FIRST, review#\d+ ASC NULLS FIRST\], false", plan)
+    spread = re.search(r"RepartitionByExpression \[beer#\d+ ASC NULLS FIRST, review#\d+ ASC NULLS FIRST\]", plan)
+    assert sort and spread and proj < sort.start() < spread.start() < plan.index("ArrowEvalPython [llm_filter("), plan
+
+
 def test_llm_inside_an_aggregate_function_is_deduplicated_and_ordered(spark):
     plan = _plan(spark.sql(LLM_QUERIES["group_by_avg_score"]))
     assert re.search(r"avg\(_llm_arg_0#\d+\)", plan), plan

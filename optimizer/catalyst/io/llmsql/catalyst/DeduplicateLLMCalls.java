@@ -45,10 +45,12 @@ import org.apache.spark.sql.catalyst.rules.Rule;
  * moved UDF is marked non-deterministic, like {@link OrderRowsForPrefixes} does, which pins it above
  * its sort and makes the rule idempotent. Nodes whose LLM calls have nested LLM calls,
  * non-deterministic or unorderable arguments are left to {@link OrderRowsForPrefixes}.
- * A node whose child already holds an LLM call is left alone too (the child is planned twice, so
- * that call would run twice). {@code llm_sql.dedup=false} turns this rule off alone;
- * plans with a LIMIT/OFFSET are not deduplicated (the plain plan stops calling the LLM early);
- * {@code llm_sql.range_partition=false} drops the range repartitioning of the distinct tuples.
+ * A node whose child already holds an LLM call (an LLM projection over an LLM filter) is not joined
+ * back, which would plan the child, and run its LLM calls, twice: its rows are range-partitioned and
+ * sorted on the keys instead, so that the UDF's batch dedup finds the duplicates ({@link #colocate}).
+ * {@code llm_sql.dedup=false} turns this rule off alone; plans with a LIMIT/OFFSET are not
+ * deduplicated (the plain plan stops calling the LLM early); {@code llm_sql.range_partition=false}
+ * drops the range repartitioning of the distinct tuples.
  */
 public class DeduplicateLLMCalls extends Rule<LogicalPlan> {
   static final String DEDUP_KEY = "llm_sql.dedup";
@@ -90,10 +92,6 @@ public class DeduplicateLLMCalls extends Rule<LogicalPlan> {
       return p;
     }
     LogicalPlan child = p.children().head();
-    if (LLMPlans.planContainsLLM(child)) {
-      // The child is planned twice (rows and distinct tuples); an LLM call below would run twice.
-      return p;
-    }
     List<Expression> keys = new ArrayList<>();
     for (PythonUDF u : udfs) {
       if (!u.udfDeterministic()) {
@@ -113,6 +111,9 @@ public class DeduplicateLLMCalls extends Rule<LogicalPlan> {
     }
     if (keys.isEmpty()) {
       return p;
+    }
+    if (LLMPlans.planContainsLLM(child)) {
+      return colocate(p, keys, child);
     }
 
     // Distinct input tuples, in prefix order, with the LLM evaluated once per tuple.
@@ -176,6 +177,33 @@ public class DeduplicateLLMCalls extends Rule<LogicalPlan> {
       projectList.add((NamedExpression) replace(e, results));
     }
     return new Project(LLMPlans.seq(projectList), join);
+  }
+
+  /**
+   * The join-back would plan {@code child} twice and run its LLM calls twice (an LLM projection over an
+   * LLM filter). Instead, equal input tuples are brought together: range-partitioned and sorted on the
+   * keys above the child, so they reach the UDF adjacent, in the same Arrow batch, where its batch dedup
+   * answers them with one call (a tuple split by a batch boundary costs one extra call).
+   */
+  private static LogicalPlan colocate(LogicalPlan p, List<Expression> keys, LogicalPlan child) {
+    List<SortOrder> order = new ArrayList<>();
+    for (Expression k : keys) {
+      order.add(new SortOrder(k, Ascending$.MODULE$, Ascending$.MODULE$.defaultNullOrdering(),
+          LLMPlans.<Expression>seq(new ArrayList<>())));
+    }
+    LogicalPlan spread = LLMPlans.flag(RANGE_KEY)
+        ? new RepartitionByExpression(LLMPlans.seq(new ArrayList<Expression>(order)), child,
+            scala.Option.empty(), scala.Option.empty())
+        : child;
+    LogicalPlan sorted = new Sort(LLMPlans.seq(order), false, spread, scala.Option.empty());
+    if (p instanceof Filter) {
+      return new Filter(OrderRowsForPrefixes.pin(((Filter) p).condition()), sorted);
+    }
+    List<NamedExpression> projectList = new ArrayList<>();
+    for (NamedExpression n : LLMPlans.list(((Project) p).projectList())) {
+      projectList.add((NamedExpression) OrderRowsForPrefixes.pin((Expression) n));
+    }
+    return new Project(LLMPlans.seq(projectList), sorted);
   }
 
   private static int indexOf(List<Expression> keys, Expression e) {

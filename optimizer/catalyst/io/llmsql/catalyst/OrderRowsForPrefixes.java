@@ -104,7 +104,7 @@ public class OrderRowsForPrefixes extends Rule<LogicalPlan> {
   }
 
   /** Marks every LLM UDF in {@code e} non-deterministic (see class comment). */
-  private static Expression pin(Expression e) {
+  static Expression pin(Expression e) {
     List<Expression> kids = LLMPlans.list(e.children());
     List<Expression> newKids = new ArrayList<>(kids.size());
     boolean changed = false;
