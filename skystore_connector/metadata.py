@@ -17,8 +17,10 @@ only after its blob. Rows left pending by a crash are found by age (``expire_sta
 Concurrency: every method is one transaction. On SQLite (WAL, busy timeout) write transactions start with
 ``BEGIN IMMEDIATE``, so they run one at a time and "the last write of a key to commit wins" is commit order.
 On PostgreSQL a write that changes which version of a key is current first locks the bucket's row
-(``SELECT ... FOR UPDATE``), which serialises those commits the same way; keys compare in the "C" collation
-there so listings are in UTF-8 byte order as on SQLite.
+(``SELECT ... FOR UPDATE``), which serialises those commits the same way; a new replica's row is added under
+that lock too, so it never refers to a version being retired. Recording a part and ending its upload lock the
+upload's row, so no part row outlives its upload. Keys compare in the "C" collation there so listings are in
+UTF-8 byte order as on SQLite.
 """
 from __future__ import annotations
 
@@ -29,12 +31,14 @@ from pathlib import Path
 from typing import Iterator
 
 from sqlalchemy import (JSON, BigInteger, Boolean, Column, Float, ForeignKey, Index, Integer, MetaData, String,
-                        Table, and_, create_engine, delete, event, exists, func, or_, select, update)
+                        Table, and_, create_engine, delete, event, exists, func, or_, select, text, update)
 from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import IntegrityError
 
 from .errors import BucketAlreadyOwnedByYou, BucketNotEmpty, InternalError, NoSuchBucket, NoSuchUpload
 
 PENDING, COMMITTED, DELETED, READY = "pending", "committed", "deleted", "ready"
+SCHEMA_LOCK = 0x5C7_5709E  # PostgreSQL advisory lock key held while creating the tables
 
 KeyString = String(1024).with_variant(String(1024, collation="C"), "postgresql")
 
@@ -232,7 +236,12 @@ class Metadata:
     def __init__(self, url: str):
         self.url = url
         self.engine = open_engine(url)
-        schema.create_all(self.engine)
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # gateways starting together would all try to create the tables and all but one fail; DDL is
+                # transactional there, so under this lock the first creates them and the others find them
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
+            schema.create_all(conn)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -258,6 +267,14 @@ class Metadata:
         return BucketRow(*row)
 
     @staticmethod
+    def _lock_upload(conn: Connection, upload_id: str) -> None:
+        """NoSuchUpload unless the upload exists; its row stays locked for the rest of the transaction (on
+        PostgreSQL a part being recorded and the upload ending take turns instead of breaking the foreign key)."""
+        found = select(uploads.c.upload_id).where(uploads.c.upload_id == upload_id).with_for_update()
+        if conn.execute(found).first() is None:
+            raise NoSuchUpload(f"upload {upload_id} does not exist (aborted or completed)")
+
+    @staticmethod
     def _bucket_must_exist(conn: Connection, bucket: str) -> None:
         if conn.execute(select(buckets.c.name).where(buckets.c.name == bucket)).first() is None:
             raise NoSuchBucket(f"bucket {bucket} does not exist", resource=bucket)
@@ -265,10 +282,14 @@ class Metadata:
     # ---- buckets ----------------------------------------------------------------------------------------
 
     def create_bucket(self, name: str, region: str, now: float) -> BucketRow:
-        with self._write() as conn:
-            if conn.execute(select(buckets.c.name).where(buckets.c.name == name)).first() is not None:
-                raise BucketAlreadyOwnedByYou(f"bucket {name} already exists", resource=name)
-            conn.execute(buckets.insert().values(name=name, region=region, created=now))
+        exists_already = BucketAlreadyOwnedByYou(f"bucket {name} already exists", resource=name)
+        try:
+            with self._write() as conn:
+                if conn.execute(select(buckets.c.name).where(buckets.c.name == name)).first() is not None:
+                    raise exists_already
+                conn.execute(buckets.insert().values(name=name, region=region, created=now))
+        except IntegrityError:  # PostgreSQL: another gateway inserted it between our check and our insert
+            raise exists_already from None
         return BucketRow(name, region, now)
 
     def bucket(self, name: str) -> BucketRow | None:
@@ -289,6 +310,7 @@ class Metadata:
             if conn.execute(live).first() is not None:
                 raise BucketNotEmpty(f"bucket {name} is not empty", resource=name)
             upload_ids = select(uploads.c.upload_id).where(uploads.c.bucket == name)
+            conn.execute(upload_ids.with_for_update()).all()  # wait for parts being recorded (_lock_upload)
             dropped = [_part(r) for r in conn.execute(select(parts).where(parts.c.upload_id.in_(upload_ids)))]
             conn.execute(delete(parts).where(parts.c.upload_id.in_(upload_ids)))
             conn.execute(delete(uploads).where(uploads.c.bucket == name))
@@ -333,8 +355,7 @@ class Metadata:
                 raise abandoned
             finished_parts: list[Part] = []
             if upload_id is not None:
-                if conn.execute(select(uploads.c.upload_id).where(uploads.c.upload_id == upload_id)).first() is None:
-                    raise NoSuchUpload(f"upload {upload_id} does not exist (aborted or completed)")
+                self._lock_upload(conn, upload_id)
                 finished_parts = [_part(r) for r in conn.execute(select(parts).where(parts.c.upload_id == upload_id))]
                 conn.execute(delete(parts).where(parts.c.upload_id == upload_id))
                 conn.execute(delete(uploads).where(uploads.c.upload_id == upload_id))
@@ -401,10 +422,14 @@ class Metadata:
         """A pending replica of a committed version in ``region``; None when the version is no longer current
         or the region already has a live or pending copy of it (someone else is replicating)."""
         with self._write() as conn:
-            row = conn.execute(select(objects.c.bucket, objects.c.state).where(objects.c.id == object_id)).first()
-            if row is None or row.state != COMMITTED:
+            bucket = conn.execute(select(objects.c.bucket).where(objects.c.id == object_id)).scalar()
+            if bucket is None:
                 return None
-            self._lock_bucket(conn, row.bucket)
+            # the state is read under the bucket's lock, which a commit retiring this version holds (PostgreSQL)
+            locked = conn.execute(select(buckets.c.name).where(buckets.c.name == bucket).with_for_update()).first()
+            state = conn.execute(select(objects.c.state).where(objects.c.id == object_id)).scalar()
+            if locked is None or state != COMMITTED:
+                return None
             present = select(copies.c.id).where(
                 copies.c.object_id == object_id, copies.c.region == region,
                 or_(copies.c.state == PENDING, copies.c.expires_at.is_(None), copies.c.expires_at > now))
@@ -473,7 +498,7 @@ class Metadata:
                       now: float) -> Upload:
         upload = Upload(new_id(), bucket, key, region, content_type, dict(metadata), now)
         with self._write() as conn:
-            self._bucket_must_exist(conn, bucket)
+            self._lock_bucket(conn, bucket)  # so that no upload is added to a bucket being deleted (PostgreSQL)
             conn.execute(uploads.insert().values(
                 upload_id=upload.upload_id, bucket=bucket, key=key, region=region, content_type=content_type,
                 user_metadata=metadata, initiated=now))
@@ -501,8 +526,7 @@ class Metadata:
     def begin_part(self, upload: Upload, number: int, path: str, now: float) -> Part:
         """A pending part, recorded before its bytes are written (in the upload's region)."""
         with self._write() as conn:
-            if conn.execute(select(uploads.c.upload_id).where(uploads.c.upload_id == upload.upload_id)).first() is None:
-                raise NoSuchUpload(f"upload {upload.upload_id} does not exist (aborted or completed)")
+            self._lock_upload(conn, upload.upload_id)
             part_id = conn.execute(parts.insert().values(
                 upload_id=upload.upload_id, number=number, region=upload.region, path=path, state=PENDING,
                 created=now)).inserted_primary_key[0]
@@ -512,6 +536,7 @@ class Metadata:
         """Mark a written part ready; earlier uploads of the same part number are replaced (returned for the
         caller to delete their blobs). NoSuchUpload when the upload ended meanwhile."""
         with self._write() as conn:
+            self._lock_upload(conn, part.upload_id)  # parts of one upload are replaced one at a time
             done = conn.execute(update(parts).where(parts.c.id == part.id, parts.c.state == PENDING)
                                 .values(state=READY, etag=etag, size=size, last_modified=now))
             if done.rowcount != 1:
@@ -532,8 +557,7 @@ class Metadata:
     def delete_upload(self, upload_id: str) -> list[Part]:
         """End an upload without an object; returns all its parts (pending too) for blob deletion."""
         with self._write() as conn:
-            if conn.execute(select(uploads.c.upload_id).where(uploads.c.upload_id == upload_id)).first() is None:
-                raise NoSuchUpload(f"upload {upload_id} does not exist (aborted or completed)")
+            self._lock_upload(conn, upload_id)
             dropped = [_part(r) for r in conn.execute(select(parts).where(parts.c.upload_id == upload_id))]
             conn.execute(delete(parts).where(parts.c.upload_id == upload_id))
             conn.execute(delete(uploads).where(uploads.c.upload_id == upload_id))
