@@ -116,10 +116,16 @@ parts = Table(
 
 
 @dataclass(frozen=True)
-class BucketRow:
+class BucketInfo:
+    """A bucket as the store reports it."""
+
     name: str
-    region: str
     created: float
+    region: str
+
+    @classmethod
+    def of(cls, row) -> "BucketInfo":
+        return cls(name=row.name, created=row.created, region=row.region)
 
 
 @dataclass(frozen=True)
@@ -259,12 +265,12 @@ class Metadata:
                 yield conn
 
     @staticmethod
-    def _lock_bucket(conn: Connection, bucket: str) -> BucketRow:
+    def _lock_bucket(conn: Connection, bucket: str) -> BucketInfo:
         """The bucket's row, locked for the rest of the transaction (PostgreSQL; SQLite is already serial)."""
         row = conn.execute(select(buckets).where(buckets.c.name == bucket).with_for_update()).first()
         if row is None:
             raise NoSuchBucket(f"bucket {bucket} does not exist", resource=bucket)
-        return BucketRow(*row)
+        return BucketInfo.of(row)
 
     @staticmethod
     def _lock_upload(conn: Connection, upload_id: str) -> None:
@@ -281,7 +287,7 @@ class Metadata:
 
     # ---- buckets ----------------------------------------------------------------------------------------
 
-    def create_bucket(self, name: str, region: str, now: float) -> BucketRow:
+    def create_bucket(self, name: str, region: str, now: float) -> BucketInfo:
         exists_already = BucketAlreadyOwnedByYou(f"bucket {name} already exists", resource=name)
         try:
             with self._write() as conn:
@@ -290,16 +296,16 @@ class Metadata:
                 conn.execute(buckets.insert().values(name=name, region=region, created=now))
         except IntegrityError:  # PostgreSQL: another gateway inserted it between our check and our insert
             raise exists_already from None
-        return BucketRow(name, region, now)
+        return BucketInfo(name, now, region)
 
-    def bucket(self, name: str) -> BucketRow | None:
+    def bucket(self, name: str) -> BucketInfo | None:
         with self._read() as conn:
             row = conn.execute(select(buckets).where(buckets.c.name == name)).first()
-        return BucketRow(*row) if row else None
+        return BucketInfo.of(row) if row else None
 
-    def buckets(self) -> list[BucketRow]:
+    def buckets(self) -> list[BucketInfo]:
         with self._read() as conn:
-            return [BucketRow(*row) for row in conn.execute(select(buckets).order_by(buckets.c.name))]
+            return [BucketInfo.of(row) for row in conn.execute(select(buckets).order_by(buckets.c.name))]
 
     def delete_bucket(self, name: str) -> list[Part]:
         """Delete an empty bucket; its unfinished multipart uploads go with it (their parts are returned, for

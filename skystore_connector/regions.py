@@ -73,17 +73,22 @@ class Region(ABC):
         return f"<{type(self).__name__} {self.name}>"
 
 
+def read_chunks(f, length: int | None) -> Iterator[bytes]:
+    """Read the file-like ``f`` in CHUNK pieces, at most ``length`` bytes (all if None)."""
+    remaining = length
+    while remaining is None or remaining > 0:
+        data = f.read(CHUNK if remaining is None else min(CHUNK, remaining))
+        if not data:
+            return
+        if remaining is not None:
+            remaining -= len(data)
+        yield data
+
+
 def _chunks(f, length: int | None) -> Iterator[bytes]:
-    """Read ``f`` in CHUNK pieces up to ``length`` bytes, closing it at the end (or when abandoned)."""
+    """``read_chunks``, closing ``f`` at the end (or when abandoned)."""
     try:
-        remaining = length
-        while remaining is None or remaining > 0:
-            data = f.read(CHUNK if remaining is None else min(CHUNK, remaining))
-            if not data:
-                break
-            if remaining is not None:
-                remaining -= len(data)
-            yield data
+        yield from read_chunks(f, length)
     finally:
         f.close()
 

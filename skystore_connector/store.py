@@ -37,14 +37,13 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator, Union
 
 from . import errors
 from .config import Config, ConfigError
-from .metadata import PENDING, Copy, Metadata, Part, Version, new_id
+from .metadata import PENDING, BucketInfo, Copy, Metadata, Part, Version, new_id
 from .policy import Policy, make_policy
 from .pricing import Prices
-from .regions import BlobNotFound, BlobWriter, Region, RegionUnavailable, open_region
+from .regions import BlobNotFound, BlobWriter, Region, RegionUnavailable, open_region, read_chunks
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1024 * 1024
 MAX_KEY_BYTES = 1024
 MAX_PART_NUMBER = 10_000
 LIST_BATCH = 1000
@@ -63,13 +62,6 @@ class ObjectInfo:
     last_modified: float
     content_type: str
     metadata: dict[str, str]
-
-
-@dataclass(frozen=True)
-class BucketInfo:
-    name: str
-    created: float
-    region: str
 
 
 @dataclass(frozen=True)
@@ -153,8 +145,7 @@ class SkyStore:
     def create_bucket(self, name: str, region: str) -> BucketInfo:
         _check_bucket_name(name)
         self._check_region(region)
-        row = self.meta.create_bucket(name, region, self.clock())
-        return BucketInfo(row.name, row.created, row.region)
+        return self.meta.create_bucket(name, region, self.clock())
 
     def delete_bucket(self, name: str) -> None:
         self._delete_parts(self.meta.delete_bucket(name))
@@ -163,10 +154,10 @@ class SkyStore:
         row = self.meta.bucket(name)
         if row is None:
             raise errors.NoSuchBucket(f"bucket {name} does not exist", resource=name)
-        return BucketInfo(row.name, row.created, row.region)
+        return row
 
     def list_buckets(self) -> list[BucketInfo]:
-        return [BucketInfo(b.name, b.created, b.region) for b in self.meta.buckets()]
+        return self.meta.buckets()
 
     # ---- objects ----------------------------------------------------------------------------------------
 
@@ -742,14 +733,7 @@ def _body_chunks(body: Body, size: int | None) -> Iterator[bytes]:
     if isinstance(body, (bytes, bytearray, memoryview)):
         yield body
     elif hasattr(body, "read"):
-        remaining = size
-        while remaining is None or remaining > 0:
-            chunk = body.read(CHUNK if remaining is None else min(CHUNK, remaining))
-            if not chunk:
-                return
-            if remaining is not None:
-                remaining -= len(chunk)
-            yield chunk
+        yield from read_chunks(body, size)
     elif isinstance(body, str):
         raise TypeError("the body must be bytes, a binary file or an iterable of bytes, not str")
     else:

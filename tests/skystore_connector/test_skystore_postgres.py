@@ -17,7 +17,6 @@ import sys
 import tempfile
 import textwrap
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,28 +150,8 @@ def pg_url(pg_server) -> str:
 
 # ---- helpers ------------------------------------------------------------------------------------------------
 
-class Clock:
-    """A controllable clock starting at the real time (blob mtimes are real times); shared by both gateways."""
 
-    def __init__(self):
-        self.now = time.time()
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self.now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self.now += seconds
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-def open_store(root: Path, clock: Clock, metadata_url: str = "", **settings) -> SkyStore:
+def open_store(root: Path, clock, metadata_url: str = "", **settings) -> SkyStore:
     """A gateway over local region directories under ``root``; two with the same ``root`` and URL share all."""
     config = Config.local(root, regions=REGIONS, access_keys={"AK": "SK"}, policy=f"fixed:{TTL:g}",
                           metadata_url=metadata_url, **settings)

@@ -30,28 +30,7 @@ TTL = 100.0
 FAR_FUTURE = 10 * 365 * 24 * 3600.0
 
 
-class Clock:
-    """A controllable clock starting at the real time (blob mtimes are real times)."""
-
-    def __init__(self):
-        self.now = time.time()
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self.now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self.now += seconds
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-def open_store(root: Path, clock: Clock, policy: str = f"fixed:{TTL:g}", regions=REGIONS, prices=None,
+def open_store(root: Path, clock, policy: str = f"fixed:{TTL:g}", regions=REGIONS, prices=None,
                **settings) -> SkyStore:
     config = Config.local(root, regions=regions, access_keys={"AK": "SK"}, policy=policy, **settings)
     return SkyStore(config, clock=clock, prices=prices)
