@@ -19,7 +19,10 @@ cached in memory (and counted) before. Statistics: ``llm_sql.last_stats(spark)``
 The model is the DuckDB benchmark's random-weight Llama (``make_tiny_model``), so its answers are nonsense:
 only the mechanisms (calls, tokens, prefix hits) and the timings mean something.
 
-    python bench/spark_queries.py [--quick] [--rows N] [--model DIR | --size tiny|24m]
+With ``--analyze`` beer is a catalog table with column statistics, so ``rules_on`` takes one field order for
+all rows from them (the ``ChooseFieldOrder`` rule) instead of the UDF's per-batch GGR.
+
+    python bench/spark_queries.py [--quick] [--rows N] [--model DIR | --size tiny|24m] [--analyze]
 """
 from __future__ import annotations
 
@@ -57,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=8, help="longest llm() answer (default 8)")
     ap.add_argument("--kv-cache-memory", default="2GB")
     ap.add_argument("--master", default="local[2]")
+    ap.add_argument("--analyze", action="store_true",
+                    help="store beer as a catalog table with column statistics (ANALYZE ... FOR ALL COLUMNS), so "
+                         "that rules_on takes its field order from them (ChooseFieldOrder) instead of per batch")
     ap.add_argument("--out", default="bench/results")
     args = ap.parse_args(argv)
 
@@ -88,6 +94,16 @@ def main(argv: list[str] | None = None) -> int:
             .csv(str(DATA / "beer.csv")).limit(rows).cache())
     n = beer.count()
     beer.createOrReplaceTempView("beer")
+    if args.analyze:  # an external table in a temporary folder: no warehouse directory is left behind
+        import tempfile
+
+        where = Path(tempfile.mkdtemp(prefix="llm-sql-bench-")) / "beer"
+        beer.write.parquet(str(where))
+        spark.catalog.dropTempView("beer")
+        spark.sql(f"CREATE TABLE beer USING parquet LOCATION '{where}'")
+        spark.sql("ANALYZE TABLE beer COMPUTE STATISTICS FOR ALL COLUMNS")
+        spark.sql("CACHE TABLE beer")
+        log(f"beer stored at {where} with column statistics")
     partitions = beer.rdd.getNumPartitions()
     log(f"beer: {n} rows, {len(beer.columns)} columns, {partitions} partition(s)")
     warm = "SELECT llm_filter('Warm-up: is this a beer?', struct(`beer/name`)) AS w FROM (SELECT * FROM beer LIMIT 4)"
@@ -100,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
             spark.sql(warm).collect()
             spark_mode.reset_stats(spark)
             df = spark.sql(sql)
+            if cname == "rules_on":  # the field order the rules chose shows in the plan's LLM call
+                plan = df._jdf.queryExecution().optimizedPlan().toString()
+                log("  " + next((ln.strip() for ln in plan.splitlines() if "named_struct(" in ln), "")[:300])
             start = time.perf_counter()
             out = df.collect()
             seconds = time.perf_counter() - start
@@ -114,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{qname:16s} {cname:10s} {seconds:8.2f} s  calls {s.llm_calls:5d}  "
                 f"prompt {s.prompt_tokens:8d}  cached {s.cached_prompt_tokens:8d}  hit {s.prefix_hit_rate:.1%}")
     spark_mode.stop(spark)
+    if args.analyze:
+        import shutil
+
+        spark.sql("DROP TABLE beer")
+        shutil.rmtree(where.parent, ignore_errors=True)
     spark.stop()
 
     by = {(r["query"], r["config"]): r for r in results}
@@ -133,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                           ("hidden 256, 4 layers)" if args.size == "tiny" else "hidden 512, 8 layers)"))
     data = dict(benchmark="spark_queries", model=model,
                 model_note=note + ": answers are nonsense, only the mechanisms and timings are meaningful",
-                master=args.master, catalyst_extension=extension, partitions=partitions,
+                master=args.master, catalyst_extension=extension, partitions=partitions, analyzed=args.analyze,
                 max_tokens=args.max_tokens, kv_cache_memory=args.kv_cache_memory,
                 configs={k: dict(prefix_cache=v["prefix_cache"], llm_sql_optimize=v["optimize"], **v["options"])
                          for k, v in CONFIGS.items()},
