@@ -606,6 +606,70 @@ def test_cli_serve_answers_boto3_and_stops(tmp_path):
     assert rc == 0, process.stderr.read()
 
 
+def _start_cli(config: Path) -> tuple[subprocess.Popen, str]:
+    """``skystore serve`` as a subprocess, and its default region's endpoint once it is ready."""
+    process = subprocess.Popen(_cli("serve", "--config", str(config)), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        line = process.stdout.readline()
+        if not line or line.startswith("Ready"):
+            break
+        endpoint = next((w for w in line.split() if w.startswith("http://")), None)
+        if endpoint and "aws-us-east-1" in line:
+            first = endpoint
+    assert process.poll() is None, process.stderr.read()
+    return process, first
+
+
+def test_gateway_killed_mid_upload_and_restarted_loses_nothing(tmp_path):
+    """A PUT cut off by SIGKILL of the gateway: after a restart the key still holds its last completed write,
+    no partial object is visible, and the killed upload's bytes are collected by a later sweep."""
+    from skystore_connector.config import Config
+    from skystore_connector.store import SkyStore
+
+    config = _write_config(tmp_path, _free_port())
+    boto = dict(aws_access_key_id="AKIDCLITEST", aws_secret_access_key="cli-secret-key", region_name="aws-us-east-1",
+                config=BotoConfig(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
+    process, endpoint = _start_cli(config)
+    try:
+        client = boto3.client("s3", endpoint_url=endpoint, **boto)
+        client.create_bucket(Bucket="bkt")
+        client.put_object(Bucket="bkt", Key="k", Body=b"last completed write")
+        # a signed PUT announcing 4 MiB that sends 1 MiB and stops: the gateway is killed while it waits
+        request = AWSRequest("PUT", f"{endpoint}/bkt/k", headers={"Content-Length": str(4 << 20),
+                                                                "x-amz-content-sha256": "UNSIGNED-PAYLOAD"})
+        SigV4Auth(Credentials("AKIDCLITEST", "cli-secret-key"), "s3", "aws-us-east-1").add_auth(request)
+        host, port = endpoint.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as sock:
+            head = f"PUT /bkt/k HTTP/1.1\r\nHost: {host}:{port}\r\n" + "".join(
+                f"{k}: {v}\r\n" for k, v in request.headers.items() if k.lower() != "host") + "\r\n"
+            sock.sendall(head.encode() + b"x" * (1 << 20))
+            time.sleep(1.0)  # the gateway is writing the partial body to a pending blob
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    east = tmp_path / "regions" / "east" / "bkt"
+    assert len(list(east.iterdir())) == 2  # the completed object and the killed upload's leftover
+
+    process, endpoint = _start_cli(config)
+    try:
+        client = boto3.client("s3", endpoint_url=endpoint, **boto)
+        assert client.get_object(Bucket="bkt", Key="k")["Body"].read() == b"last completed write"
+        assert [o["Key"] for o in client.list_objects_v2(Bucket="bkt")["Contents"]] == ["k"]
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=20)
+    later = time.time() + 2 * 3600  # past pending_grace (1 h): the killed upload is abandoned
+    with SkyStore(Config.load(config), clock=lambda: later) as store:
+        counts = store.sweep()
+        assert counts["abandoned_writes"] == 1, counts
+        assert store.get_object("bkt", "k", "aws-us-east-1")[0].size == len(b"last completed write")
+    assert len(list(east.iterdir())) == 1
+
+
 def test_cli_refuses_taken_port_and_remote_host(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
