@@ -1,14 +1,15 @@
 """The fast reordering: GGR's recursion made cheaper and better-scoring, from two candidates.
 
-"split" (the usual winner): each recursion node counts every column once (``np.bincount`` over integer
-codes, or one C-level Counter on small nodes) and picks the COLUMN whose values would share the most, sum
-over its values of (len^2 + FD-inferred len^2) * (count - 1); all its repeated values split at once, each
-value's rows a child led by the column (and the columns it determines) recursing on the other columns, while
-rows whose value is unique stay together and recurse on all columns. Scoring whole columns stops a short
-column with a few very common values (a rating) from cutting a long one (a beer name) into pieces, which is
-where GGR's one-value greedy loses hits. In a lead, determined columns with fewer distinct values go first
-(a beer's style before its name) and children are sorted on the lead, so neighbouring children share those
-coarser cells too (the FD group stays contiguous).
+"split" (the usual winner): each recursion node counts every column once and picks the COLUMN whose values
+would share the most, sum over its values of (len^2 + FD-inferred len^2) * (count - 1); all its repeated
+values split at once, each value's rows a child led by the column (and the columns it determines) recursing
+on the other columns, while rows whose value is unique stay together and recurse on all columns. Scoring
+whole columns stops a short column with a few very common values (a rating) from cutting a long one (a beer
+name) into pieces, which is where GGR's one-value greedy loses hits. In a lead, determined columns with
+fewer distinct values go first (a beer's style before its name) and children are sorted on the lead, so
+neighbouring children share those coarser cells too (the FD group stays contiguous). It runs level by level
+(levels.py): all nodes of one recursion level are counted, scored and split together in numpy, as one
+Python call per node (thousands of small ones on beer) cost more than the counting itself.
 
 "value": GGR's one-value steps, but the value is taken from the column with the best whole-column score, and
 counts are kept up to date instead of recounted. It wins where one very common value should be split off
@@ -21,18 +22,17 @@ larger tables they are compared on a random sample and the winner runs on every 
 """
 from __future__ import annotations
 
-from collections import Counter
-from itertools import chain
 from operator import itemgetter
 
 import numpy as np
 
 from .ggr import Problem, ggr_node
+from .levels import solve_split
 
 TINY = 2    # nodes this small are finished directly
 SAMPLE = 2000  # up to this many rows the candidates run in full; above, they are compared on SAMPLE/2 rows
 GGR_ROWS = 500  # up to this many rows GGR itself is a candidate too (cheap there): fast is never below it
-SMALL = 40  # below this many rows plain Python beats numpy's per-call overhead (same algorithm)
+SMALL = 40  # below this many rows plain Python beats numpy's per-call overhead (value and ggr candidates)
 
 
 def _order_lead(prob: Problem, lead: list[int]) -> list[int]:
@@ -67,108 +67,6 @@ def _tiny(prob: Problem, rows: list[int], cols: list[int], prefix: tuple, out: l
             cols = same + [c for c in cols if c not in same]
     head = prefix + tuple(cols)
     out.extend((r, head) for r in rows)
-
-
-def py_node(prob: Problem, rows: list[int], cols: list[int], rdepth: int, cdepth: int,
-            prefix: tuple, out: list) -> None:
-    """fast_node's algorithm on Python lists, for small nodes: one C-level Counter over the node's cells."""
-    G, gcol, gcode, gl2 = prob.global_ids()
-    threshold = max(1, prob.min_score)
-    while True:
-        n = len(rows)
-        if n <= TINY or not cols:
-            if n == 1:
-                out.append((rows[0], prefix + tuple(cols)))
-                return
-            return _tiny(prob, rows, cols, prefix, out)
-        if len(cols) == 1:
-            cnt = Counter(G[r][cols[0]] for r in rows)
-        else:
-            cnt = Counter(chain.from_iterable(map(itemgetter(*cols), [G[r] for r in rows])))
-        limited = n < prob.min_rows or rdepth >= prob.row_stop or cdepth >= prob.col_stop
-        best, bc = 0, -1
-        if not limited:
-            repeated = [(gid, k - 1) for gid, k in cnt.items() if k > 1]
-            col_score: dict[int, int] = {}
-            for gid, k1 in repeated:
-                c = gcol[gid]
-                col_score[c] = col_score.get(c, 0) + gl2[gid] * k1
-            key = tuple(cols)
-            for c in col_score:  # add what the value determines (FD-inferred), only where c has some
-                if c in prob.deps:
-                    g = prob.split_plan(c, key, _order_lead)[2]
-                    col_score[c] = sum(g[gcode[gid]] * k1 for gid, k1 in repeated if gcol[gid] == c)
-            for c in cols:  # the first best column, in column order (as fast_node's argmax)
-                sc = col_score.get(c, 0)
-                if sc > best:
-                    best, bc = sc, c
-        if limited or best < threshold:
-            scores = dict.fromkeys(cols, 0)
-            for gid, k in cnt.items():
-                if k > 1 and gcol[gid] in scores:
-                    scores[gcol[gid]] += gl2[gid] * (k - 1)
-            order = prob.fallback_columns(scores, cols)
-            head = prefix + tuple(order)
-            out.extend((r, head) for r in sorted(rows, key=lambda r: [G[r][c] for c in order]))
-            return
-        c = bc
-        lead, rest, _ = prob.split_plan(c, cols, _order_lead)
-        grouped = [r for r in rows if cnt[G[r][c]] >= 2]
-        if len(lead) == 1:
-            grouped.sort(key=lambda r: G[r][c])
-        else:
-            grouped.sort(key=lambda r: [G[r][x] for x in lead])
-        head = prefix + tuple(lead)
-        i = 0
-        while i < len(grouped):
-            k = cnt[G[grouped[i]][c]]  # a value's rows are all here and adjacent
-            if k == 2 and rest:
-                _tiny(prob, grouped[i:i + 2], rest, head, out)
-            else:
-                py_node(prob, grouped[i:i + k], rest, rdepth, cdepth + 1, head, out)
-            i += k
-        rows = [r for r in rows if cnt[G[r][c]] < 2]
-        rdepth += 1
-
-
-def fast_node(prob: Problem, rows: np.ndarray, cols: list[int], rdepth: int, cdepth: int,
-              prefix: tuple, out: list) -> None:
-    enc = prob.enc
-    codes = enc.codes
-    while True:  # the rows with unique values loop here instead of recursing (row depth + 1)
-        if len(rows) <= SMALL or not cols:
-            return py_node(prob, rows.tolist(), cols, rdepth, cdepth, prefix, out)
-        sub = codes[rows][:, cols]
-        cnts = [np.bincount(sub[:, j], minlength=len(enc.values[c])) for j, c in enumerate(cols)]
-        if len(rows) < prob.min_rows or rdepth >= prob.row_stop or cdepth >= prob.col_stop:
-            return _fallback(prob, rows, cols, cnts, prefix, out)
-        best = (0, -1)
-        for j, c in enumerate(cols):
-            k = cnts[j]
-            s = int((prob.group_len2(c, cols) * np.maximum(k - 1, 0)).sum())
-            if s > best[0]:
-                best = (s, j)
-        if best[0] < max(1, prob.min_score):
-            return _fallback(prob, rows, cols, cnts, prefix, out)
-        j = best[1]
-        c = cols[j]
-        lead = _order_lead(prob, prob.lead(c, cols))
-        rest = [x for x in cols if x not in lead]
-        repeated = cnts[j][sub[:, j]] >= 2
-        group_rows = rows[repeated]
-        # children in lead order, so neighbours share the lead's coarser cells
-        keys = codes[np.ix_(group_rows, lead[::-1])].T
-        group_rows = group_rows[np.lexsort(keys)]
-        vals = codes[group_rows, c]
-        cuts = np.flatnonzero(vals[1:] != vals[:-1]) + 1
-        head = prefix + tuple(lead)
-        for g in np.split(group_rows, cuts):
-            if len(g) <= SMALL:
-                py_node(prob, g.tolist(), rest, rdepth, cdepth + 1, head, out)
-            else:
-                fast_node(prob, g, rest, rdepth, cdepth + 1, head, out)
-        rows = rows[~repeated]
-        rdepth += 1
 
 
 # --- the value-level candidate ------------------------------------------------------------------------
@@ -261,13 +159,11 @@ def hybrid_node(prob: Problem, rows: np.ndarray, cols: list[int], rdepth: int, c
         group = cand[alive[cand]]
         alive[group] = False
         n_alive -= len(group)
-        for jj in range(len(cols)):
+        for jj in range(len(cols)):  # take the group's cells out of the counts and scores
             vals = local[group, jj]
             np.subtract.at(cnts[jj], vals, 1)
-            u = np.unique(vals)
-            new = gl2[jj][u] * np.maximum(cnts[jj][u] - 1, 0)
-            colscore[jj] += int((new - contrib[jj][u]).sum())
-            contrib[jj][u] = new
+            contrib[jj][vals] = gl2[jj][vals] * np.maximum(cnts[jj][vals] - 1, 0)
+            colscore[jj] = int(contrib[jj].sum())
         c = cols[j]
         lead = _order_lead(prob, prob.lead(c, cols))
         hybrid_node(prob, rows[group], [x for x in cols if x not in lead], rdepth, cdepth + 1,
@@ -362,10 +258,12 @@ def _run(prob: Problem, candidate: str, rows: np.ndarray) -> list:
     if candidate == "ggr":
         ggr_node_inc(prob, rows, cols, 0, 0, out)
         return out
+    if candidate == "split":
+        return solve_split(prob, rows, _order_lead)
     if len(rows) <= SMALL:
-        (py_node if candidate == "split" else hybrid_py)(prob, rows.tolist(), cols, 0, 0, (), out)
+        hybrid_py(prob, rows.tolist(), cols, 0, 0, (), out)
     else:
-        (fast_node if candidate == "split" else hybrid_node)(prob, rows, cols, 0, 0, (), out)
+        hybrid_node(prob, rows, cols, 0, 0, (), out)
     return out
 
 

@@ -285,3 +285,69 @@ def test_bench_quick_runs(tmp_path):
     for name, r in data["tables"].items():
         assert r["fast"]["cell_hit_rate"] >= r["ggr"]["cell_hit_rate"] - 1e-9, name
         assert r["fast"]["cell_hit_rate"] > r["original"]["cell_hit_rate"], name
+
+
+# --- fast's level-by-level split against a per-node recursion ------------------------------------
+
+def _split_reference(prob, rows, cols, rdepth, cdepth, prefix, out):
+    """The "split" recursion written one node at a time, plainly: what optimizer/levels.py must plan."""
+    from collections import Counter
+    from itertools import groupby
+
+    from optimizer.fast import _order_lead
+
+    R, len2 = prob.rows, prob.enc.len2
+    while True:
+        if len(rows) <= 2 or not cols:
+            tail = list(cols)
+            if len(rows) == 2:  # the columns both rows agree on first, longest first
+                a, b = R[rows[0]], R[rows[1]]
+                same = sorted((c for c in cols if a[c] == b[c]), key=lambda c: -len2[c][a[c]])
+                tail = same + [c for c in cols if c not in same]
+            out.extend((r, prefix + tuple(tail)) for r in rows)
+            return
+        counts = {c: Counter(R[r][c] for r in rows) for c in cols}
+        plain = {c: sum(int(len2[c][v]) * (k - 1) for v, k in counts[c].items()) for c in cols}
+        score = {c: sum(int(prob.group_len2(c, cols)[v]) * (k - 1) for v, k in counts[c].items()) for c in cols}
+        best = max(cols, key=lambda c: (score[c], -cols.index(c)))  # the first best, in column order
+        limited = len(rows) < prob.min_rows or rdepth >= prob.row_stop or cdepth >= prob.col_stop
+        if limited or score[best] < max(1, prob.min_score):
+            order = prob.fallback_columns(plain, cols)
+            out.extend((r, prefix + tuple(order)) for r in sorted(rows, key=lambda r: [R[r][c] for c in order]))
+            return
+        lead = _order_lead(prob, prob.lead(best, cols))
+        rest = [c for c in cols if c not in lead]
+        grouped = sorted((r for r in rows if counts[best][R[r][best]] >= 2), key=lambda r: [R[r][c] for c in lead])
+        for _, child in groupby(grouped, key=lambda r: R[r][best]):
+            _split_reference(prob, list(child), rest, rdepth, cdepth + 1, prefix + tuple(lead), out)
+        rows = [r for r in rows if counts[best][R[r][best]] < 2]
+        rdepth += 1
+
+
+@pytest.mark.parametrize("limits", [{}, {"row_stop": 3, "col_stop": 2, "min_score": 20}, {"min_rows": 5}])
+def test_level_by_level_split_plans_as_the_per_node_recursion(limits):
+    from optimizer import fast, ggr
+    from optimizer.reorder import _fd_maps
+    from optimizer.stats import encode
+
+    for seed in range(15):
+        df = random_table(seed, n=int(np.random.default_rng(seed).integers(1, 400)))
+        enc = encode(df)
+        cols = list(range(len(enc.columns)))
+        deps, mutual = _fd_maps(enc, enc.columns, cols, "auto")
+        prob = ggr.Problem(enc, cols, deps, mutual, **limits)
+        want: list = []
+        _split_reference(prob, list(range(len(df))), cols, 0, 0, (), want)
+        assert fast._run(prob, "split", np.arange(len(df))) == want, seed
+
+
+def test_fast_falls_back_like_ggr_under_limits():
+    # as test_published_limits_fall_back_to_a_sort: min_score is never reached, so the whole table is one
+    # fallback node with non-zero column scores
+    df = pd.DataFrame({"a": ["x", "y", "x", "y"], "b": ["2", "1", "1", "2"]})
+    plan = reorder(df, method="fast", **PUBLISHED_LIMITS | {"distinct_threshold": 1.0})
+    assert plan.order == [2, 0, 1, 3] and plan.fields == [("a", "b")] * 4
+    big = random_table(3, n=2500)  # above SAMPLE: candidates compared on a sample, the winner run on all
+    plan = reorder(big, method="fast", row_stop=3, col_stop=2, min_score=50)
+    check_plan(big, plan)
+    assert prefix_hit_count(big, plan) > prefix_hit_count(big, reorder(big, method="original"))
