@@ -415,6 +415,17 @@ def test_field_order_from_column_statistics(spark, analyzed_reviews):
         spark.conf.set(jvm.OPTIMIZE_CONF, "true")
 
 
+def test_field_order_from_statistics_of_a_cached_table(spark, analyzed_reviews):
+    spark.sql(f"CACHE TABLE {analyzed_reviews}")  # the plan then reads an InMemoryRelation
+    try:
+        plan = _plan(spark.sql(f"SELECT llm_struct('x', struct(stars, beer, review), named_struct('max_tokens', 3)) "
+                               f"AS s FROM {analyzed_reviews}"))
+        assert "InMemoryRelation" in plan, plan
+        assert re.search(r"named_struct\(review, review#\d+, beer, beer#\d+, stars, stars#\d+\)", plan), plan
+    finally:
+        spark.sql(f"UNCACHE TABLE {analyzed_reviews}")
+
+
 def test_field_order_needs_statistics_and_the_switch(spark, analyzed_reviews):
     q = "SELECT llm_struct('x', struct(stars, beer, review), named_struct('max_tokens', 3)) AS s FROM {}"
     assert "reorder_fields" not in _plan(spark.sql(q.format("reviews")))  # a view without statistics

@@ -21,6 +21,7 @@ import org.apache.spark.sql.catalyst.expressions.Literal;
 import org.apache.spark.sql.catalyst.expressions.PythonUDF;
 import org.apache.spark.sql.catalyst.plans.logical.LogicalPlan;
 import org.apache.spark.sql.catalyst.rules.Rule;
+import org.apache.spark.sql.execution.columnar.InMemoryRelation;
 import org.apache.spark.sql.execution.datasources.LogicalRelation;
 import org.apache.spark.sql.internal.SQLConf;
 import org.apache.spark.sql.types.DataTypes;
@@ -95,6 +96,20 @@ public class ChooseFieldOrder extends Rule<LogicalPlan> {
             double len = ((Number) c.avgLen().get()).doubleValue();
             out.put(a.exprId(), new double[] {len * len * (rows - distinct) / rows});
           }
+        }
+      }
+    }
+    if (p instanceof InMemoryRelation) {
+      // a cached table (CACHE TABLE, df.cache()): its columns are those of the plan it caches, by position
+      LogicalPlan cached = ((InMemoryRelation) p).cacheBuilder().logicalPlan();
+      Map<ExprId, double[]> inner = new HashMap<>();
+      collectColumnStats(cached, inner);
+      List<Attribute> outer = LLMPlans.list(p.output());
+      List<Attribute> source = LLMPlans.list(cached.output());
+      for (int i = 0; i < Math.min(outer.size(), source.size()); i++) {
+        double[] score = inner.get(source.get(i).exprId());
+        if (score != null) {
+          out.put(outer.get(i).exprId(), score);
         }
       }
     }
