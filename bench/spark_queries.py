@@ -19,8 +19,9 @@ cached in memory (and counted) before. Statistics: ``llm_sql.last_stats(spark)``
 The model is the DuckDB benchmark's random-weight Llama (``make_tiny_model``), so its answers are nonsense:
 only the mechanisms (calls, tokens, prefix hits) and the timings mean something.
 
-With ``--analyze`` beer is a catalog table with column statistics, so ``rules_on`` takes one field order for
-all rows from them (the ``ChooseFieldOrder`` rule) instead of the UDF's per-batch GGR.
+With ``--analyze`` beer is a catalog table with column statistics and ``llm_sql.field_order=statistics``, so
+``rules_on`` takes one field order for all rows from them (the ``ChooseFieldOrder`` rule) instead of the UDF's
+per-batch GGR.
 
     python bench/spark_queries.py [--quick] [--rows N] [--model DIR | --size tiny|24m] [--analyze]
 """
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         spark.sql(f"CREATE TABLE beer USING parquet LOCATION '{where}'")
         spark.sql("ANALYZE TABLE beer COMPUTE STATISTICS FOR ALL COLUMNS")
         spark.sql("CACHE TABLE beer")
+        spark.conf.set("llm_sql.field_order", "statistics")  # rules_on: ChooseFieldOrder instead of per batch
         log(f"beer stored at {where} with column statistics")
     partitions = beer.rdd.getNumPartitions()
     log(f"beer: {n} rows, {len(beer.columns)} columns, {partitions} partition(s)")

@@ -392,8 +392,10 @@ def analyzed_reviews(spark, tmp_path):
     spark.sql(f"CREATE TABLE analyzed_reviews USING parquet LOCATION '{tmp_path / 't'}' AS SELECT * FROM reviews")
     spark.sql("ANALYZE TABLE analyzed_reviews COMPUTE STATISTICS FOR COLUMNS review, stars, beer")
     spark.conf.set("llm_sql.reorder_fields", "true")
+    spark.conf.set("llm_sql.field_order", "statistics")
     yield "analyzed_reviews"
     spark.conf.unset("llm_sql.reorder_fields")
+    spark.conf.unset("llm_sql.field_order")
     spark.sql("DROP TABLE analyzed_reviews")
 
 
@@ -429,5 +431,8 @@ def test_field_order_from_statistics_of_a_cached_table(spark, analyzed_reviews):
 def test_field_order_needs_statistics_and_the_switch(spark, analyzed_reviews):
     q = "SELECT llm_struct('x', struct(stars, beer, review), named_struct('max_tokens', 3)) AS s FROM {}"
     assert "reorder_fields" not in _plan(spark.sql(q.format("reviews")))  # a view without statistics
+    spark.conf.set("llm_sql.field_order", "batch")
+    assert "reorder_fields" not in _plan(spark.sql(q.format(analyzed_reviews)))  # left to the UDF's batches
+    spark.conf.set("llm_sql.field_order", "statistics")
     spark.conf.set("llm_sql.reorder_fields", "false")
     assert "reorder_fields" not in _plan(spark.sql(q.format(analyzed_reviews)))  # opt-in
