@@ -27,3 +27,26 @@ class Clock:
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
+
+
+def first_to_start_last_to_commit(slow_store, fast_store, bucket: str, key: str, slow_region: str,
+                                  fast_region: str):
+    """Two PUTs of one key: the first to start stalls until the second has committed. Returns the slow
+    writer's ObjectInfo; the key must now hold its bytes, ``b"first to start, last to commit"``."""
+    started, release = threading.Event(), threading.Event()
+
+    def slow_body():
+        yield b"first to start, "
+        started.set()
+        release.wait(10)
+        yield b"last to commit"
+
+    results = {}
+    slow = threading.Thread(target=lambda: results.update(
+        slow=slow_store.put_object(bucket, key, slow_body(), slow_region)))
+    slow.start()
+    assert started.wait(10)
+    fast_store.put_object(bucket, key, b"second to start, first to commit", fast_region)
+    release.set()
+    slow.join(10)
+    return results["slow"]

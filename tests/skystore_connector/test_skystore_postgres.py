@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import first_to_start_last_to_commit
 
 psycopg2 = pytest.importorskip("psycopg2", reason="the PostgreSQL driver is missing: pip install psycopg2-binary "
                                                   "(part of the test extra)")
@@ -302,23 +303,9 @@ def test_an_object_written_through_one_gateway_is_read_through_the_other(gateway
 
 def test_last_commit_wins_across_gateways(gateways):
     a, b = gateways
-    started, release = threading.Event(), threading.Event()
-
-    def slow_body():
-        yield b"first to start, "
-        started.set()
-        release.wait(10)
-        yield b"last to commit"
-
-    results = {}
-    slow = threading.Thread(target=lambda: results.update(slow=a.put_object("bkt", "k", slow_body(), EAST)))
-    slow.start()
-    assert started.wait(10)
-    b.put_object("bkt", "k", b"second to start, first to commit", WEST)
-    release.set()
-    slow.join(10)
+    slow = first_to_start_last_to_commit(a, b, "bkt", "k", EAST, WEST)
     assert read(a, "k") == read(b, "k") == b"first to start, last to commit"
-    assert b.head_object("bkt", "k", EAST) == results["slow"]
+    assert b.head_object("bkt", "k", EAST) == slow
     assert len(blobs(a, EAST)) == 1 and blobs(a, WEST) == []
 
 

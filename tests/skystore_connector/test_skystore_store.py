@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import first_to_start_last_to_commit
 
 from skystore_connector import errors
 from skystore_connector.config import Config
@@ -497,23 +498,9 @@ def test_unreferenced_blobs_are_collected_once_old(store, clock):
 # ---- concurrent writers -------------------------------------------------------------------------------------
 
 def test_last_write_to_commit_wins_not_the_first_to_start(store):
-    started, release = threading.Event(), threading.Event()
-
-    def slow_body():
-        yield b"first to start, "
-        started.set()
-        release.wait(10)
-        yield b"last to commit"
-
-    results = {}
-    slow = threading.Thread(target=lambda: results.update(slow=store.put_object("bkt", "k", slow_body(), EAST)))
-    slow.start()
-    assert started.wait(10)
-    store.put_object("bkt", "k", b"second to start, first to commit", WEST)
-    release.set()
-    slow.join(10)
+    slow = first_to_start_last_to_commit(store, store, "bkt", "k", EAST, WEST)
     assert read(store, "k") == b"first to start, last to commit"
-    assert store.head_object("bkt", "k", EAST) == results["slow"]
+    assert store.head_object("bkt", "k", EAST) == slow
     assert len(blobs(store, EAST)) == 1 and blobs(store, WEST) == []
 
 
