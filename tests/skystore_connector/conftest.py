@@ -1,8 +1,13 @@
 """Shared fixtures of the SkyStore tests."""
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +55,15 @@ def first_to_start_last_to_commit(slow_store, fast_store, bucket: str, key: str,
     release.set()
     slow.join(10)
     return results["slow"]
+
+
+def kill_when_writing(script: str, *args: str) -> None:
+    """Run ``script`` in a fresh Python, wait for its "writing" line, then SIGKILL it (a crash mid-upload)."""
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]))
+    child = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE, env=env)
+    try:
+        assert child.stdout.readline() == b"writing\n"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()

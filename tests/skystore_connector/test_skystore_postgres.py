@@ -10,10 +10,8 @@ import os
 import pwd
 import re
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import textwrap
 import threading
@@ -21,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import first_to_start_last_to_commit
+from conftest import first_to_start_last_to_commit, kill_when_writing
 
 psycopg2 = pytest.importorskip("psycopg2", reason="the PostgreSQL driver is missing: pip install psycopg2-binary "
                                                   "(part of the test extra)")
@@ -31,7 +29,6 @@ from skystore_connector import store as store_module  # noqa: E402
 from skystore_connector.config import Config  # noqa: E402
 from skystore_connector.store import SkyStore  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
 EAST, WEST, GCP = "aws-us-east-1", "aws-eu-west-1", "gcp-us-central1"
 REGIONS = [EAST, WEST, GCP]
 TTL = 100.0
@@ -390,14 +387,7 @@ CRASHING_WRITER = textwrap.dedent("""
 def test_a_killed_writer_is_collected_by_the_sweep(gateways, tmp_path, clock, pg_url):
     a, b = gateways
     a.put_object("bkt", "k", b"committed before", EAST)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    child = subprocess.Popen([sys.executable, "-c", CRASHING_WRITER, str(tmp_path), pg_url, *REGIONS],
-                             stdout=subprocess.PIPE, env=env)
-    try:
-        assert child.stdout.readline() == b"writing\n"
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
+    kill_when_writing(CRASHING_WRITER, str(tmp_path), pg_url, *REGIONS)
     assert read(b, "k") == b"committed before"
     assert b.meta.counts()["objects.pending"] == 1
     assert len(blobs(a, EAST)) == 2  # the committed blob and the killed writer's temporary file

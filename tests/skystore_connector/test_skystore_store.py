@@ -7,16 +7,13 @@ import hashlib
 import io
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import textwrap
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import first_to_start_last_to_commit
+from conftest import first_to_start_last_to_commit, kill_when_writing
 
 from skystore_connector import errors
 from skystore_connector.config import Config
@@ -24,7 +21,6 @@ from skystore_connector.pricing import Prices
 from skystore_connector import store as store_module
 from skystore_connector.store import SkyStore
 
-REPO = Path(__file__).resolve().parents[2]
 EAST, WEST, GCP = "aws-us-east-1", "aws-eu-west-1", "gcp-us-central1"
 REGIONS = [EAST, WEST, GCP]
 TTL = 100.0
@@ -467,14 +463,7 @@ def test_process_killed_mid_upload_leaves_no_object_and_its_blob_is_collected(tm
     with open_store(tmp_path, clock) as s:
         s.create_bucket("bkt", EAST)
         s.put_object("bkt", "k", b"committed before", EAST)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    child = subprocess.Popen([sys.executable, "-c", CRASHING_WRITER, str(tmp_path), *REGIONS],
-                             stdout=subprocess.PIPE, env=env)
-    try:
-        assert child.stdout.readline() == b"writing\n"
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
+    kill_when_writing(CRASHING_WRITER, str(tmp_path), *REGIONS)
     with open_store(tmp_path, clock) as s:
         assert read(s, "k") == b"committed before"
         assert len(blobs(s, EAST)) == 2  # the committed blob and the killed writer's temporary file
