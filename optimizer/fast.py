@@ -127,6 +127,17 @@ def hybrid_py(prob: Problem, rows: list[int], cols: list[int], rdepth: int, cdep
         limited = len(rows) < prob.min_rows or rdepth >= prob.row_stop
 
 
+def _rows_holding(sorters: dict, local: np.ndarray, j: int, v: int, alive: np.ndarray) -> np.ndarray:
+    """Positions (ascending: row order is kept) of the alive rows whose column ``j`` holds value ``v``; the
+    column's sort is built once per node (``sorters``) and reused by every pick from it."""
+    if j not in sorters:
+        k0 = np.bincount(local[:, j])
+        sorters[j] = (np.argsort(local[:, j], kind="stable"), np.concatenate([[0], np.cumsum(k0)[:-1]]), k0)
+    srt, start, k0 = sorters[j]
+    cand = srt[start[v]:start[v] + k0[v]]
+    return cand[alive[cand]]
+
+
 def hybrid_node(prob: Problem, rows: np.ndarray, cols: list[int], rdepth: int, cdepth: int,
                 prefix: tuple, out: list) -> None:
     if len(rows) <= SMALL or not cols:
@@ -150,13 +161,7 @@ def hybrid_node(prob: Problem, rows: np.ndarray, cols: list[int], rdepth: int, c
             return _fallback(prob, rows[alive], cols, cnts, prefix, out)
         j = int(np.argmax(colscore))
         v = int(np.argmax(contrib[j]))
-        if j not in sorters:
-            srt = np.argsort(local[:, j], kind="stable")
-            k0 = np.bincount(local[:, j], minlength=len(contrib[j]))
-            sorters[j] = (srt, np.concatenate([[0], np.cumsum(k0)[:-1]]), k0)
-        srt, start, k0 = sorters[j]
-        cand = srt[start[v]:start[v] + k0[v]]  # ascending positions: row order is kept
-        group = cand[alive[cand]]
+        group = _rows_holding(sorters, local, j, v, alive)
         alive[group] = False
         n_alive -= len(group)
         for jj in range(len(cols)):  # take the group's cells out of the counts and scores
@@ -214,13 +219,7 @@ def ggr_node_inc(prob: Problem, rows: np.ndarray, cols: list[int], rdepth: int, 
             return _ggr_fallback(prob, rows[alive], local[alive], cnts, cols, out)
         j = int(np.searchsorted(offs, i, side="right")) - 1
         v = i - int(offs[j])
-        if j not in sorters:
-            srt = np.argsort(local[:, j], kind="stable")
-            k0 = np.bincount(local[:, j], minlength=cards[j])
-            sorters[j] = (srt, np.concatenate([[0], np.cumsum(k0)[:-1]]), k0)
-        srt, start, k0 = sorters[j]
-        cand = srt[start[v]:start[v] + k0[v]]
-        group = cand[alive[cand]]
+        group = _rows_holding(sorters, local, j, v, alive)
         alive[group] = False
         n_alive -= len(group)
         for jj in range(len(cols)):
