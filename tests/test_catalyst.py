@@ -7,6 +7,7 @@ starts with ``llm``.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 
@@ -103,11 +104,20 @@ def dedup_off(spark):
     spark.conf.set("llm_sql.dedup", "true")
 
 
+@contextlib.contextmanager
+def optimizer_off(spark):
+    """llm_sql.optimize=false for the block (the plain plan), back on afterwards whatever happens."""
+    spark.conf.set(jvm.OPTIMIZE_CONF, "false")
+    try:
+        yield
+    finally:
+        spark.conf.set(jvm.OPTIMIZE_CONF, "true")
+
+
 @pytest.fixture
 def rules_off(spark):
-    spark.conf.set(jvm.OPTIMIZE_CONF, "false")
-    yield
-    spark.conf.set(jvm.OPTIMIZE_CONF, "true")
+    with optimizer_off(spark):
+        yield
 
 
 LLM_QUERIES = {
@@ -297,13 +307,10 @@ def test_dedup_calls_the_llm_once_per_distinct_input(spark):
     total = spark.sql("SELECT count(*) FROM reviews WHERE stars <= 3").first()[0]
     on = _rows(spark.sql(query))
     assert calls.value == distinct < total
-    spark.conf.set(jvm.OPTIMIZE_CONF, "false")
-    try:
+    with optimizer_off(spark):
         before = calls.value
         off = _rows(spark.sql(query))
         assert calls.value - before == total
-    finally:
-        spark.conf.set(jvm.OPTIMIZE_CONF, "true")
     assert on == off and len(on) == total
 
 
@@ -352,11 +359,8 @@ def _plain_session(spark):
 def test_limit_queries_are_left_alone(spark, query):
     # the plain plan calls the LLM on a few rows only; dedup would call it on every distinct tuple
     on = _plan(spark.sql(query))
-    spark.conf.set(jvm.OPTIMIZE_CONF, "false")
-    try:
+    with optimizer_off(spark):
         off = _plan(spark.sql(query))
-    finally:
-        spark.conf.set(jvm.OPTIMIZE_CONF, "true")
     assert _norm(on) == _norm(off)
 
 
@@ -369,11 +373,8 @@ def test_rules_off_gives_the_plain_plan(spark, rules_off):
 def test_results_equal_with_rules_off(spark, name):
     query = LLM_QUERIES[name]
     on = _rows(spark.sql(query))
-    spark.conf.set(jvm.OPTIMIZE_CONF, "false")
-    try:
+    with optimizer_off(spark):
         off = _rows(spark.sql(query))
-    finally:
-        spark.conf.set(jvm.OPTIMIZE_CONF, "true")
     assert on == off
     if name != "empty":
         assert on
@@ -410,11 +411,8 @@ def test_field_order_from_column_statistics(spark, analyzed_reviews):
     chosen = (f"SELECT id, llm_struct('x', struct(review, beer, stars), named_struct('max_tokens', 3, "
               f"'reorder_fields', false)) AS s FROM {analyzed_reviews}")
     optimised = _rows(spark.sql(q))
-    spark.conf.set(jvm.OPTIMIZE_CONF, "false")
-    try:
+    with optimizer_off(spark):
         assert optimised == _rows(spark.sql(chosen))
-    finally:
-        spark.conf.set(jvm.OPTIMIZE_CONF, "true")
 
 
 def test_field_order_from_statistics_of_a_cached_table(spark, analyzed_reviews):

@@ -7,13 +7,11 @@ import java.util.Map;
 
 import org.apache.spark.sql.SparkSession;
 import org.apache.spark.sql.catalyst.expressions.Alias;
-import org.apache.spark.sql.catalyst.expressions.Ascending$;
 import org.apache.spark.sql.catalyst.expressions.Attribute;
 import org.apache.spark.sql.catalyst.expressions.EqualNullSafe;
 import org.apache.spark.sql.catalyst.expressions.Expression;
 import org.apache.spark.sql.catalyst.expressions.NamedExpression;
 import org.apache.spark.sql.catalyst.expressions.PythonUDF;
-import org.apache.spark.sql.catalyst.expressions.SortOrder;
 import org.apache.spark.sql.catalyst.plans.Inner$;
 import org.apache.spark.sql.catalyst.plans.logical.Aggregate;
 import org.apache.spark.sql.catalyst.plans.logical.Filter;
@@ -21,8 +19,6 @@ import org.apache.spark.sql.catalyst.plans.logical.Join;
 import org.apache.spark.sql.catalyst.plans.logical.JoinHint;
 import org.apache.spark.sql.catalyst.plans.logical.LogicalPlan;
 import org.apache.spark.sql.catalyst.plans.logical.Project;
-import org.apache.spark.sql.catalyst.plans.logical.RepartitionByExpression;
-import org.apache.spark.sql.catalyst.plans.logical.Sort;
 import org.apache.spark.sql.catalyst.rules.Rule;
 
 /**
@@ -128,18 +124,7 @@ public class DeduplicateLLMCalls extends Rule<LogicalPlan> {
     }
     LogicalPlan distinct = new Aggregate(LLMPlans.seq(keys), LLMPlans.seq(keyAliases), child,
         scala.Option.empty());
-    List<SortOrder> order = new ArrayList<>();
-    for (Attribute a : keyAttrs) {
-      order.add(new SortOrder(a, Ascending$.MODULE$, Ascending$.MODULE$.defaultNullOrdering(),
-          LLMPlans.<Expression>seq(new ArrayList<>())));
-    }
-    // Range partitioning on the same keys puts tuples that share prefixes in the same partition.
-    List<Expression> rangeKeys = new ArrayList<>(order);
-    LogicalPlan spread = LLMPlans.flag(RANGE_KEY)
-        ? new RepartitionByExpression(LLMPlans.seq(rangeKeys), distinct, scala.Option.empty(),
-            scala.Option.empty())
-        : distinct;
-    LogicalPlan sorted = new Sort(LLMPlans.seq(order), false, spread, scala.Option.empty());
+    LogicalPlan sorted = LLMPlans.sortedOn(keyAttrs, distinct, LLMPlans.flag(RANGE_KEY));
 
     List<NamedExpression> rightList = new ArrayList<>(keyAttrs);
     Map<PythonUDF, Attribute> results = new IdentityHashMap<>();
@@ -186,16 +171,7 @@ public class DeduplicateLLMCalls extends Rule<LogicalPlan> {
    * answers them with one call (a tuple split by a batch boundary costs one extra call).
    */
   private static LogicalPlan colocate(LogicalPlan p, List<Expression> keys, LogicalPlan child) {
-    List<SortOrder> order = new ArrayList<>();
-    for (Expression k : keys) {
-      order.add(new SortOrder(k, Ascending$.MODULE$, Ascending$.MODULE$.defaultNullOrdering(),
-          LLMPlans.<Expression>seq(new ArrayList<>())));
-    }
-    LogicalPlan spread = LLMPlans.flag(RANGE_KEY)
-        ? new RepartitionByExpression(LLMPlans.seq(new ArrayList<Expression>(order)), child,
-            scala.Option.empty(), scala.Option.empty())
-        : child;
-    LogicalPlan sorted = new Sort(LLMPlans.seq(order), false, spread, scala.Option.empty());
+    LogicalPlan sorted = LLMPlans.sortedOn(keys, child, LLMPlans.flag(RANGE_KEY));
     if (p instanceof Filter) {
       return new Filter(OrderRowsForPrefixes.pin(((Filter) p).condition()), sorted);
     }

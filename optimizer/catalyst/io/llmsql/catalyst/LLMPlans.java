@@ -4,9 +4,13 @@ import java.util.ArrayList;
 import java.util.List;
 
 import org.apache.spark.sql.catalyst.expressions.And;
+import org.apache.spark.sql.catalyst.expressions.Ascending$;
 import org.apache.spark.sql.catalyst.expressions.Expression;
 import org.apache.spark.sql.catalyst.expressions.PythonUDF;
+import org.apache.spark.sql.catalyst.expressions.SortOrder;
 import org.apache.spark.sql.catalyst.plans.logical.LogicalPlan;
+import org.apache.spark.sql.catalyst.plans.logical.RepartitionByExpression;
+import org.apache.spark.sql.catalyst.plans.logical.Sort;
 import org.apache.spark.sql.internal.SQLConf;
 
 import scala.jdk.javaapi.CollectionConverters;
@@ -131,6 +135,24 @@ final class LLMPlans {
       acc = new And(acc, conjuncts.get(i));
     }
     return acc;
+  }
+
+  /**
+   * {@code child} sorted within partitions on {@code keys} (ascending, nulls first), the order in which
+   * prompts sharing prefixes come out adjacent; with {@code rangePartition} the rows are first
+   * range-partitioned on the same keys, so that such prompts also share a partition.
+   */
+  static LogicalPlan sortedOn(List<? extends Expression> keys, LogicalPlan child, boolean rangePartition) {
+    List<SortOrder> order = new ArrayList<>();
+    for (Expression k : keys) {
+      order.add(new SortOrder(k, Ascending$.MODULE$, Ascending$.MODULE$.defaultNullOrdering(),
+          LLMPlans.<Expression>seq(new ArrayList<>())));
+    }
+    LogicalPlan input = rangePartition
+        ? new RepartitionByExpression(seq(new ArrayList<Expression>(order)), child, scala.Option.empty(),
+            scala.Option.empty())
+        : child;
+    return new Sort(seq(order), false, input, scala.Option.empty());
   }
 
   /** A bottom-up plan rewrite written without Scala partial functions. */

@@ -1,5 +1,8 @@
 package io.llmsql.catalyst;
 
+import java.util.List;
+import java.util.function.Function;
+
 import org.apache.spark.sql.SparkSession;
 import org.apache.spark.sql.SparkSessionExtensions;
 import org.apache.spark.sql.catalyst.plans.logical.LogicalPlan;
@@ -19,38 +22,24 @@ import scala.runtime.BoxedUnit;
  */
 public class LLMSQLExtensions extends AbstractFunction1<SparkSessionExtensions, BoxedUnit> {
 
+  /** The rules, in the order they run within the pre-CBO batch. */
+  private static final List<Function<SparkSession, Rule<LogicalPlan>>> RULES = List.of(
+      ChooseFieldOrder::new,
+      CheapPredicatesFirst::new,
+      PullLLMOutOfAggregates::new,
+      DeduplicateLLMCalls::new,
+      OrderRowsForPrefixes::new);
+
   @Override
   public BoxedUnit apply(SparkSessionExtensions ext) {
-    ext.injectPreCBORule(new AbstractFunction1<SparkSession, Rule<LogicalPlan>>() {
-      @Override
-      public Rule<LogicalPlan> apply(SparkSession s) {
-        return new ChooseFieldOrder(s);
-      }
-    });
-    ext.injectPreCBORule(new AbstractFunction1<SparkSession, Rule<LogicalPlan>>() {
-      @Override
-      public Rule<LogicalPlan> apply(SparkSession s) {
-        return new CheapPredicatesFirst(s);
-      }
-    });
-    ext.injectPreCBORule(new AbstractFunction1<SparkSession, Rule<LogicalPlan>>() {
-      @Override
-      public Rule<LogicalPlan> apply(SparkSession s) {
-        return new PullLLMOutOfAggregates(s);
-      }
-    });
-    ext.injectPreCBORule(new AbstractFunction1<SparkSession, Rule<LogicalPlan>>() {
-      @Override
-      public Rule<LogicalPlan> apply(SparkSession s) {
-        return new DeduplicateLLMCalls(s);
-      }
-    });
-    ext.injectPreCBORule(new AbstractFunction1<SparkSession, Rule<LogicalPlan>>() {
-      @Override
-      public Rule<LogicalPlan> apply(SparkSession s) {
-        return new OrderRowsForPrefixes(s);
-      }
-    });
+    for (Function<SparkSession, Rule<LogicalPlan>> rule : RULES) {
+      ext.injectPreCBORule(new AbstractFunction1<SparkSession, Rule<LogicalPlan>>() {
+        @Override
+        public Rule<LogicalPlan> apply(SparkSession s) {
+          return rule.apply(s);
+        }
+      });
+    }
     return BoxedUnit.UNIT;
   }
 }

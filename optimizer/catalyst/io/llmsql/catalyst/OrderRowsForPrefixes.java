@@ -6,15 +6,12 @@ import java.util.List;
 import java.util.Set;
 
 import org.apache.spark.sql.SparkSession;
-import org.apache.spark.sql.catalyst.expressions.Ascending$;
 import org.apache.spark.sql.catalyst.expressions.Expression;
 import org.apache.spark.sql.catalyst.expressions.NamedExpression;
 import org.apache.spark.sql.catalyst.expressions.PythonUDF;
-import org.apache.spark.sql.catalyst.expressions.SortOrder;
 import org.apache.spark.sql.catalyst.plans.logical.Filter;
 import org.apache.spark.sql.catalyst.plans.logical.LogicalPlan;
 import org.apache.spark.sql.catalyst.plans.logical.Project;
-import org.apache.spark.sql.catalyst.plans.logical.Sort;
 import org.apache.spark.sql.catalyst.rules.Rule;
 
 /**
@@ -87,12 +84,7 @@ public class OrderRowsForPrefixes extends Rule<LogicalPlan> {
     if (keys.isEmpty()) {
       return p;
     }
-    List<SortOrder> order = new ArrayList<>();
-    for (Expression k : keys) {
-      order.add(new SortOrder(k, Ascending$.MODULE$, Ascending$.MODULE$.defaultNullOrdering(),
-          LLMPlans.<Expression>seq(new ArrayList<>())));
-    }
-    LogicalPlan sorted = new Sort(LLMPlans.seq(order), false, child, scala.Option.empty());
+    LogicalPlan sorted = LLMPlans.sortedOn(new ArrayList<>(keys), child, false);
     if (p instanceof Filter) {
       return new Filter(pin(((Filter) p).condition()), sorted);
     }
