@@ -1,7 +1,9 @@
 """The configuration of a SkyStore gateway: listeners, access keys, regions, metadata, placement policy.
 
 A config is a TOML file (``Config.load(path)``) or built in code (``Config.local(...)`` for tests and trials).
-Relative paths in a file are relative to the file's folder. A full example::
+Relative paths in a file are relative to the file's folder. Region names may be written in either spelling
+(``aws-us-east-1`` or SkyStore's ``aws:us-east-1``, see ``region_names``): a table ``[regions."aws:us-east-1"]``
+and ``default_region = "aws:us-east-1"`` name the region ``aws-us-east-1``. A full example::
 
     host = "127.0.0.1"              # listen address (default 127.0.0.1)
     port = 9000                     # the default region's listener; 0 = pick a free port (default 9000)
@@ -19,7 +21,7 @@ Relative paths in a file are relative to the file's folder. A full example::
     [access_keys]                   # access key -> secret key; empty or missing: one is generated and logged
     AKIDEXAMPLE = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
 
-    [regions.aws-us-east-1]         # region name: letters, digits and dashes
+    [regions.aws-us-east-1]         # region name: letters, digits and dashes; "aws:us-east-1" names it too
     cloud = "aws:us-east-1"         # identity in the price files
     url = "regions/aws-us-east-1"   # a local directory, or an fsspec URL (s3://, gs://, az://, memory://, ...)
     port = 9001                     # optional: a listener whose clients are in this region
@@ -36,9 +38,11 @@ import logging
 import re
 import secrets
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
+
+from .region_names import both_spellings, cloud_identity, find_region, region_name, resolve_region
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +92,10 @@ class Config:
         self.state_dir = Path(self.state_dir)
         if self.prices_dir is not None:
             self.prices_dir = Path(self.prices_dir)
+        self.regions = _keyed_by_region_name(self.regions)
         if not self.default_region and self.regions:
             self.default_region = next(iter(self.regions))
+        self.default_region = self.find_region(self.default_region) or self.default_region
         if not self.metadata_url:
             self.metadata_url = f"sqlite:///{self.state_dir / 'metadata.db'}"
         if not self.access_keys:
@@ -102,6 +108,15 @@ class Config:
     def clouds(self) -> dict[str, str]:
         """Region name -> cloud identity (what the policy and prices need)."""
         return {name: r.cloud for name, r in self.regions.items()}
+
+    def find_region(self, text: str) -> str | None:
+        """The configured region ``text`` names in either spelling (``aws:us-east-1`` or ``aws-us-east-1``, or
+        the cloud identity of just one region); None when it names none."""
+        return find_region(text, self.clouds)
+
+    def resolve_region(self, text: str) -> str:
+        """``find_region``, or ``UnknownRegionError`` listing the configured regions in both spellings."""
+        return resolve_region(text, self.clouds)
 
     def validate(self) -> None:
         if not self.regions:
@@ -118,7 +133,7 @@ class Config:
                 raise ConfigError(f"region {name!r}: url is empty")
         if self.default_region not in self.regions:
             raise ConfigError(f"default_region {self.default_region!r} is not a configured region "
-                              f"({', '.join(self.regions)})")
+                              f"({both_spellings(self.clouds.items())})")
         ports = [("port", self.port)] + [(f"regions.{n}.port", r.port) for n, r in self.regions.items()]
         seen: dict[int, str] = {}
         for where, port in ports:
@@ -169,21 +184,28 @@ class Config:
     def local(cls, root_dir: str | Path, regions: Iterable[str] | Mapping[str, str] = ("aws-us-east-1",),
               access_keys: Mapping[str, str] | None = None, **settings: Any) -> "Config":
         """One local-directory region per name under ``root_dir/regions``, state in ``root_dir/state``, port 0.
-        ``regions`` lists names (the cloud is derived: ``aws-us-east-1`` -> ``aws:us-east-1``) or maps names
-        to clouds."""
+        ``regions`` lists names in either spelling (the cloud is derived: ``aws-us-east-1`` and ``aws:us-east-1``
+        are the region ``aws-us-east-1`` in ``aws:us-east-1``) or maps names to clouds."""
         root = Path(root_dir)
-        clouds = dict(regions) if isinstance(regions, Mapping) else {n: cloud_of_name(n) for n in regions}
-        region_configs = {name: RegionConfig(name, cloud, str(root / "regions" / name))
-                          for name, cloud in clouds.items()}
+        clouds = dict(regions) if isinstance(regions, Mapping) else {n: cloud_identity(n) for n in regions}
+        region_configs = {name: RegionConfig(name, cloud, str(root / "regions" / region_name(name)))
+                          for name, cloud in clouds.items()}  # keyed by the dash form in __post_init__
         settings.setdefault("port", 0)
         return cls(state_dir=root / "state", regions=region_configs, access_keys=dict(access_keys or {}),
                    **settings)
 
 
-def cloud_of_name(name: str) -> str:
-    """The conventional cloud identity of a region name: the vendor, a colon, the rest."""
-    vendor, _, rest = name.partition("-")
-    return f"{vendor}:{rest}" if rest else name
+def _keyed_by_region_name(regions: Mapping[str, RegionConfig]) -> dict[str, RegionConfig]:
+    """The regions under their dash-form names, so ``aws:us-east-1`` and ``aws-us-east-1`` are one region."""
+    out: dict[str, RegionConfig] = {}
+    spelled: dict[str, str] = {}  # dash-form name -> the key it was given under
+    for key, region in regions.items():
+        name = region_name(key)
+        if name in out:
+            raise ConfigError(f"region {key!r} is configured twice (also as {spelled[name]!r})")
+        spelled[name] = key
+        out[name] = replace(region, name=region_name(region.name))
+    return out
 
 
 def _region_from_dict(name: str, spec: Any, base_dir: Path) -> RegionConfig:

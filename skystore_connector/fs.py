@@ -7,8 +7,9 @@
 
 Every argument falls back to an environment variable: ``endpoint_url`` to ``SKYSTORE_ENDPOINT``, ``key`` to
 ``SKYSTORE_ACCESS_KEY``, ``secret`` to ``SKYSTORE_SECRET_KEY``, ``region`` to ``SKYSTORE_REGION``. The region
-goes into the SigV4 credential scope; the gateway takes the client's region from the listener it connected to
-first, so with one endpoint per region it may be left out. Other keyword arguments go to ``S3FileSystem``.
+goes into the SigV4 credential scope, in either spelling (``aws:us-east-1`` is sent as ``aws-us-east-1``, the
+form botocore accepts); the gateway takes the client's region from the listener it connected to first, so with
+one endpoint per region it may be left out. Other keyword arguments go to ``S3FileSystem``.
 
 The protocol is registered through the ``fsspec.specs`` entry point of the package.
 """
@@ -19,6 +20,8 @@ import os
 from typing import Any
 
 from s3fs import S3FileSystem
+
+from .region_names import region_name
 
 DEFAULT_REGION = "us-east-1"
 
@@ -62,7 +65,7 @@ class SkyStoreFileSystem(S3FileSystem, metaclass=_ResolvedBeforeCaching):
                 "skystore:// needs credentials: pass key= and secret= or set SKYSTORE_ACCESS_KEY and "
                 "SKYSTORE_SECRET_KEY")
         client_kwargs = dict(kwargs.pop("client_kwargs", None) or {})
-        client_kwargs.setdefault("region_name", region or DEFAULT_REGION)
+        client_kwargs["region_name"] = region_name(client_kwargs.get("region_name") or region or DEFAULT_REGION)
         config_kwargs = dict(kwargs.pop("config_kwargs", None) or {})
         s3_config = dict(config_kwargs.get("s3") or {})
         s3_config.setdefault("addressing_style", "path")  # buckets are paths, the gateway has no DNS names

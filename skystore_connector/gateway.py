@@ -1,7 +1,9 @@
 """The S3 HTTP API (path-style ``/bucket/key``) over a ``SkyStore``, as an ASGI app (Starlette).
 
 ``make_app(store, region=None)`` returns the app of one listener; ``region`` fixes the region of its clients
-(otherwise: the SigV4 credential scope's region when it is configured, else the default region).
+(otherwise: the SigV4 credential scope's region when it names a configured one, else the default region).
+Region names from clients (the SigV4 scope, CreateBucket's LocationConstraint) may use either spelling,
+``aws-us-east-1`` or ``aws:us-east-1`` (``region_names``).
 
 Every request is authenticated with SigV4 (``sigv4.py``) before anything else happens. Store calls block
 (SQLite and files), so they run in worker threads; request bodies stream from the socket into the store
@@ -433,9 +435,7 @@ class S3Gateway:
     def __init__(self, store, *, region: str | None = None, verifier: SigV4Verifier | None = None):
         self.store = store
         self.config = store.config
-        if region is not None and region not in self.config.regions:
-            raise ValueError(f"unknown region {region!r} for a listener")
-        self.region = region
+        self.region = None if region is None else self.config.resolve_region(region)
         self.verifier = verifier or SigV4Verifier(self.config.access_keys)
 
     async def handle(self, request: Request) -> Response:
@@ -477,9 +477,7 @@ class S3Gateway:
     def client_region(self, signed: SignedRequest) -> str:
         if self.region is not None:
             return self.region
-        if signed.region in self.config.regions:
-            return signed.region
-        return self.config.default_region
+        return self.config.find_region(signed.region) or self.config.default_region
 
 
 def run(func, *args, **kwargs):
@@ -648,8 +646,8 @@ class _Call:
         data = b"".join(verified_body(self.signed, blocks, {k: v for k, v in self.headers.items()}))
         if data.strip():
             constraint = child_text(parse_xml(data, "CreateBucketConfiguration"), "LocationConstraint")
-            if constraint and constraint in self.gateway.config.regions:
-                region = constraint  # a configured region named explicitly wins; other names (AWS's) are hints
+            # a configured region named explicitly wins; other names (AWS's) are hints
+            region = (constraint and self.gateway.config.find_region(constraint)) or region
         await run(self.store.create_bucket, bucket, region)
         return Response(b"", 200, {"location": "/" + bucket})
 

@@ -2,7 +2,8 @@
 
 Cloud identities are ``vendor:region`` strings as in the price files (``aws:us-east-1``, ``azure:eastus``,
 ``gcp:us-central1-a``). GCP rows in the shipped files name a zone; ``gcp:us-central1`` is accepted and resolved
-to the single zone the tables hold for that region (``gcp:us-central1-a``).
+to the single zone the tables hold for that region (``gcp:us-central1-a``). Lookups also take the dash
+spelling of an identity (``aws-us-east-1``, see ``region_names``).
 
 Units: storage in $ per GB-month, egress in $ per GB moved, requests in $ per single request. A month is
 730 hours (365 * 24 / 12), the convention cloud bills use to turn GB-months into hourly charges.
@@ -28,19 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from .region_names import UnknownRegionError, both_spellings, cloud_identity, region_name
+
 SECONDS_PER_MONTH = 730 * 3600.0
 GB = 1e9  # price lists bill decimal gigabytes
 
 EGRESS_FILE = "egress_cost.csv"
 STORAGE_FILE = "storage_pricing.csv"
 STANDARD_TIERS = {"aws": "General Purpose", "azure": "Hot", "gcp": "Standard Storage"}
-
-
-class UnknownRegionError(LookupError):
-    """A cloud identity (or a pair of them) that the price tables do not cover."""
-
-    def __str__(self) -> str:  # LookupError would print the repr of the message
-        return str(self.args[0]) if self.args else "unknown region"
 
 
 @dataclass(frozen=True)
@@ -104,15 +100,17 @@ class Prices:
     # ---- lookups ------------------------------------------------------------------------------------------
 
     def resolve(self, cloud: str) -> str:
-        """The identity the tables use for ``cloud`` (zone alias applied); error if it is unknown."""
-        if cloud in self._storage:
-            return cloud
-        if cloud in self._aliases:
-            return self._aliases[cloud]
-        if self._fallback is not None and cloud:
-            return cloud
-        raise UnknownRegionError(f"no prices for region {cloud!r} in {self.source} "
-                                 f"(expected an identity like 'aws:us-east-1'; {len(self._storage)} known)")
+        """The identity the tables use for ``cloud``, in either spelling (``aws-us-east-1`` is
+        ``aws:us-east-1``; zone alias applied); error if it is unknown."""
+        identity = cloud_identity(cloud)
+        if identity in self._storage:
+            return identity
+        if identity in self._aliases:
+            return self._aliases[identity]
+        if self._fallback is not None and identity:
+            return identity
+        known = both_spellings((c, region_name(c)) for c in self.clouds())
+        raise UnknownRegionError(f"no prices for region {cloud!r} in {self.source}; known: {known}")
 
     def clouds(self) -> list[str]:
         """Identities with table prices (empty for list prices)."""

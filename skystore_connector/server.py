@@ -121,7 +121,8 @@ class GatewayServer:
         return [listener for listener, _ in self._sockets]
 
     def endpoint(self, region: str | None = None) -> str:
-        """The URL a client in ``region`` uses: that region's listener, else the main one."""
+        """The URL a client in ``region`` (either spelling) uses: that region's listener, else the main one."""
+        region = self.config.find_region(region) if region is not None else None
         for listener in self.listeners:
             if listener.region == region and region is not None:
                 return listener.url

@@ -21,9 +21,10 @@ T_even, i.e. each gap costs min(storage * gap, egress).
 
 Traces: the IBM Cloud Object Storage ``.ssv`` format, the multi-region CSV (``timestamp,op,issue_region,
 obj_key,size``) and a generic CSV (``time,op,region,key,size``; time in seconds). Single-region traces are spread
-over N regions (``spread_events``). Time starts at 0 at the first event; ``--time-scale X`` multiplies every time
-by X (the shipped traces span minutes, far shorter than T_even, which is days to months; scaling stretches the
-gaps so that TTLs matter).
+over N regions (``spread_events``). Regions are cloud identities; traces and ``--region-list`` may spell them
+either way (``aws:us-east-1`` or ``aws-us-east-1``, see ``region_names``). Time starts at 0 at the first event;
+``--time-scale X`` multiplies every time by X (the shipped traces span minutes, far shorter than T_even, which is
+days to months; scaling stretches the gaps so that TTLs matter).
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ from typing import Iterable, Mapping, Sequence
 
 from .policy import POLICY_NAMES, Policy, make_policy
 from .pricing import GB, Prices, UnknownRegionError
+from .region_names import cloud_identity
 
 OPS = ("write", "read", "delete")
 FORMATS = ("ibm", "multiregion", "csv")
@@ -360,7 +362,7 @@ def _read_csv_rows(path: str | Path, columns: Sequence[str]) -> list[Event]:
             continue
         try:
             t, op, region, key, size = (row[i] for i in index)
-            events.append(Event(_parse_timestamp(t), _normalise_op(op, f"{path}:{n}"), region.strip(),
+            events.append(Event(_parse_timestamp(t), _normalise_op(op, f"{path}:{n}"), cloud_identity(region),
                                 key.strip(), int(float(size))))
         except (IndexError, ValueError) as e:
             raise ValueError(f"{path}:{n}: bad row {row}: {e}") from None
@@ -492,6 +494,7 @@ def load_events(path: str | Path, fmt: str | None, regions: Sequence[str] | None
     """Read, order and scale a trace and place it on ``regions``: single-region traces (and any trace when
     ``spread`` is given) are spread; multi-region traces are mapped onto ``regions`` when given."""
     events = prepare(read_trace(path, fmt), time_scale)
+    regions = [cloud_identity(r) for r in regions] if regions else regions  # aws-us-east-1 is aws:us-east-1
     single_region = any(not e.region for e in events)
     if single_region or spread:
         regions = list(regions or REGION_MIX[:3])
@@ -528,7 +531,8 @@ def _parser() -> argparse.ArgumentParser:
                     help=f"policy spec, repeatable: {', '.join(POLICY_NAMES)} (default: learned)")
     where = ap.add_mutually_exclusive_group()
     where.add_argument("--regions", type=int, help=f"use the first N of the built-in mix {', '.join(REGION_MIX)}")
-    where.add_argument("--region-list", help="comma-separated cloud identities, e.g. aws:us-east-1,gcp:us-central1")
+    where.add_argument("--region-list", help="comma-separated regions in either spelling, e.g. "
+                                             "aws:us-east-1,gcp:us-central1 or aws-us-east-1,gcp-us-central1")
     ap.add_argument("--spread", choices=SPREADS, help="how reads of a single-region trace are placed (default: one)")
     ap.add_argument("--prices", help="folder with egress_cost.csv and storage_pricing.csv (default: built-in list "
                                      "prices)")

@@ -40,6 +40,7 @@ from .config import Config, ConfigError
 from .metadata import PENDING, BucketInfo, Copy, Metadata, Part, Version, new_id
 from .policy import Policy, make_policy
 from .pricing import Prices
+from .region_names import both_spellings
 from .regions import BlobNotFound, BlobWriter, Region, RegionUnavailable, open_region, read_chunks
 
 log = logging.getLogger(__name__)
@@ -660,7 +661,8 @@ class SkyStore:
 
     def _check_region(self, region: str) -> None:
         if region not in self.regions:
-            raise errors.InvalidArgument(f"unknown region {region!r} (configured: {', '.join(self.regions)})")
+            raise errors.InvalidArgument(f"unknown region {region!r} (configured: "
+                                         f"{both_spellings(self._clouds.items())})")
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------

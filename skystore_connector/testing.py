@@ -8,7 +8,8 @@
         assert gw.has_copy("aws-eu-west-1", "b", "k")
 
 Every region gets its own directory and its own listener (``endpoint(region)``); the main listener
-(``endpoint()``) places clients by their SigV4 region. The gateway serves from a background thread; no
+(``endpoint()``) places clients by their SigV4 region. Regions may be named in either spelling
+(``aws-us-east-1`` or ``aws:us-east-1``). The gateway serves from a background thread; no
 background sweeper runs (call ``gw.store.sweep()``, with an injected ``clock`` to move time).
 """
 
@@ -22,7 +23,8 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from .config import Config, cloud_of_name
+from .config import Config
+from .region_names import cloud_identity
 from .server import GatewayServer
 
 
@@ -41,19 +43,17 @@ class LocalGateway:
 
     def endpoint(self, region: str | None = None) -> str:
         """The URL a client in ``region`` uses (the main listener for None)."""
-        if region is not None and region not in self.config.regions:
-            raise KeyError(f"unknown region {region!r} (configured: {', '.join(self.config.regions)})")
-        return self.server.endpoint(region)
+        return self.server.endpoint(None if region is None else self.config.resolve_region(region))
 
     def region_dir(self, region: str) -> Path:
-        return Path(self.config.regions[region].url)
+        return Path(self.config.regions[self.config.resolve_region(region)].url)
 
     def has_copy(self, region: str, bucket: str, key: str) -> bool:
         """Whether ``region``'s directory holds a ready, unexpired copy of the key's current version."""
         found = self.store.meta.current(bucket, key)
         if found is None:
             return False
-        now = self.store.clock()
+        now, region = self.store.clock(), self.config.resolve_region(region)
         return any(c.region == region and c.live(now) and (self.region_dir(region) / c.path).is_file()
                    for c in found[1])
 
@@ -65,16 +65,17 @@ class LocalGateway:
         options = {"s3": {"addressing_style": "path"}, "retries": {"max_attempts": 2, "mode": "standard"},
                    "connect_timeout": 5, "read_timeout": 60}
         options.update(config_options)
+        region = self.config.default_region if region is None else self.config.resolve_region(region)
         return boto3.client("s3", endpoint_url=self.endpoint(region), aws_access_key_id=self.access_key,
-                            aws_secret_access_key=self.secret_key,
-                            region_name=region or self.config.default_region, config=BotoConfig(**options))
+                            aws_secret_access_key=self.secret_key, region_name=region,  # boto3 wants the dash form
+                            config=BotoConfig(**options))
 
 
 def _clouds(regions: Sequence[str], clouds: Mapping[str, str] | Sequence[str] | None) -> dict[str, str]:
     if clouds is None:
-        return {name: cloud_of_name(name) for name in regions}
+        return {name: cloud_identity(name) for name in regions}
     if isinstance(clouds, Mapping):
-        return {name: clouds.get(name) or cloud_of_name(name) for name in regions}
+        return {name: clouds.get(name) or cloud_identity(name) for name in regions}
     if len(clouds) != len(regions):
         raise ValueError("clouds must name one cloud per region")
     return dict(zip(regions, clouds))

@@ -147,6 +147,16 @@ def test_read_from_another_region(opts, gateway):
     assert gateway.has_copy(REGION, BUCKET, "regions/x.csv")  # the base copy, where it was written
 
 
+def test_region_option_in_the_colon_spelling(opts, gateway):
+    """``region="gcp:us-central1"`` reaches the main listener as the dash form in the SigV4 scope, which places
+    the write in that region."""
+    fs = SkyStoreFileSystem(**dict(opts, endpoint_url=gateway.endpoint(), region="gcp:us-central1"),
+                            skip_instance_cache=True)
+    assert fs.region == OTHER
+    fs.pipe(f"{BUCKET}/colon/x.txt", b"written from gcp")
+    assert gateway.has_copy(OTHER, BUCKET, "colon/x.txt") and not gateway.has_copy(REGION, BUCKET, "colon/x.txt")
+
+
 def test_environment_variables_configure_it(monkeypatch, gateway):
     monkeypatch.setenv("SKYSTORE_ENDPOINT", gateway.endpoint(REGION))
     monkeypatch.setenv("SKYSTORE_ACCESS_KEY", gateway.access_key)

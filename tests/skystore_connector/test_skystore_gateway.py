@@ -63,9 +63,11 @@ def status_of(info) -> int:
     return info.value.response["ResponseMetadata"]["HTTPStatusCode"]
 
 
-def raw(gw, method, path, *, body=b"", headers=None, query="", region=EAST, secret=None, payload=None):
-    """A request signed by botocore's signer but sent as is (httpx): for what boto3 refuses to send."""
-    url = gw.endpoint(region) + path + (f"?{query}" if query else "")
+def raw(gw, method, path, *, body=b"", headers=None, query="", region=EAST, secret=None, payload=None,
+        endpoint=None):
+    """A request signed by botocore's signer but sent as is (httpx): for what boto3 refuses to send. It goes to
+    ``region``'s listener unless ``endpoint`` names another (the main one places clients by the signed region)."""
+    url = (endpoint or gw.endpoint(region)) + path + (f"?{query}" if query else "")
     request = AWSRequest(method=method, url=url, data=body, headers=dict(headers or {}))
     credentials = Credentials(gw.access_key, secret or gw.secret_key)
     if payload is not None:
@@ -117,6 +119,41 @@ def test_bucket_region_from_listener_and_location_constraint(gw):
     gw.client(EAST).create_bucket(Bucket="constrained", CreateBucketConfiguration={"LocationConstraint": WEST})
     assert gw.client(EAST).head_bucket(Bucket="constrained")["ResponseMetadata"]["HTTPHeaders"][
         "x-amz-bucket-region"] == WEST
+
+
+WEST_COLON = "aws:eu-west-1"  # SkyStore's own spelling of WEST, as in the price files
+
+
+def test_location_constraint_in_the_colon_spelling(gw):
+    gw.client(EAST).create_bucket(Bucket="colon-constrained",
+                                  CreateBucketConfiguration={"LocationConstraint": WEST_COLON})
+    assert gw.client(EAST).get_bucket_location(Bucket="colon-constrained")["LocationConstraint"] == WEST
+
+
+def test_sigv4_scope_in_the_colon_spelling_places_the_client(gw, s3, bucket):
+    """What the Hadoop connector or curl send for fs.skystore.region=aws:eu-west-1 (boto3 allows no colon)."""
+    response = raw(gw, "PUT", f"/{bucket}/colon-scope", body=b"from a colon region", region=WEST_COLON,
+                   endpoint=gw.endpoint())
+    assert response.status_code == 200, response.text
+    assert gw.has_copy(WEST, bucket, "colon-scope") and not gw.has_copy(EAST, bucket, "colon-scope")
+    assert s3.get_object(Bucket=bucket, Key="colon-scope")["Body"].read() == b"from a colon region"
+
+
+def test_local_gateway_helpers_take_either_spelling(gw, bucket):
+    west = gw.client(WEST_COLON)
+    assert west.meta.region_name == WEST and gw.endpoint(WEST_COLON) == gw.endpoint(WEST)
+    west.put_object(Bucket=bucket, Key="helpers", Body=b"x")
+    assert gw.has_copy(WEST_COLON, bucket, "helpers") and gw.region_dir(WEST_COLON) == gw.region_dir(WEST)
+
+
+def test_unknown_listener_region_lists_both_spellings(gw):
+    from skystore_connector.gateway import make_app
+    from skystore_connector.region_names import UnknownRegionError
+
+    assert make_app(gw.store, region=WEST_COLON).state.gateway.region == WEST
+    with pytest.raises(UnknownRegionError) as caught:
+        make_app(gw.store, region="aws:mars-1")
+    assert f"{EAST} (aws:us-east-1), {WEST} ({WEST_COLON})" in str(caught.value)
 
 
 # --- objects -----------------------------------------------------------------------------------------------

@@ -95,6 +95,30 @@ def test_local_config(tmp_path):
     assert named.clouds == {"east": "aws:us-east-1"}
 
 
+def test_config_takes_region_names_in_either_spelling(tmp_path):
+    text = MINIMAL + '''[regions."aws:eu-west-1"]
+cloud = "aws:eu-west-1"
+url = "regions/west"
+'''
+    cfg = Config.load(write_toml(tmp_path, 'default_region = "aws:eu-west-1"\n' + text))
+    assert list(cfg.regions) == ["aws-us-east-1", "aws-eu-west-1"]
+    assert cfg.regions["aws-eu-west-1"].name == "aws-eu-west-1" and cfg.default_region == "aws-eu-west-1"
+    assert cfg.find_region("aws:us-east-1") == cfg.find_region("aws-us-east-1") == "aws-us-east-1"
+    local = Config.local(tmp_path, regions=["aws:us-east-1", "gcp:us-west1-a"])
+    assert local.clouds == {"aws-us-east-1": "aws:us-east-1", "gcp-us-west1-a": "gcp:us-west1-a"}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("default_region = 'aws:mars-1'\n" + MINIMAL, "(aws-us-east-1 (aws:us-east-1))"),
+    (MINIMAL + '[regions."aws:us-east-1"]\ncloud = "aws:us-east-1"\nurl = "regions/again"\n',
+     "region 'aws:us-east-1' is configured twice (also as 'aws-us-east-1')"),
+])
+def test_region_name_errors_show_both_spellings(tmp_path, text, message):
+    with pytest.raises(ConfigError) as caught:
+        Config.load(write_toml(tmp_path, text))
+    assert message in str(caught.value)
+
+
 # ---- metadata -----------------------------------------------------------------------------------------------
 
 @pytest.fixture

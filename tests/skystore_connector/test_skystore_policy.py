@@ -81,6 +81,16 @@ def test_t_even_from_shipped_prices():
         p.t_even("aws:us-east-1", "aws:nowhere-9")
 
 
+@needs_shared
+def test_shipped_prices_take_either_spelling_and_name_the_known_regions():
+    p = Prices.load(SHARED)
+    assert p.t_even("aws-us-east-1", "gcp-us-west1-a") == p.t_even("aws:us-east-1", "gcp:us-west1-a")
+    assert p.storage_gb_month("gcp-us-central1") == p.storage_gb_month("gcp:us-central1-a")  # the zone alias
+    with pytest.raises(UnknownRegionError) as caught:
+        p.storage_gb_month("aws-mars-1")
+    assert "'aws-mars-1'" in str(caught.value) and "aws:us-east-1 (aws-us-east-1)" in str(caught.value)
+
+
 def test_load_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="egress_cost.csv"):
         Prices.load(tmp_path)

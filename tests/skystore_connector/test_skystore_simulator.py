@@ -230,6 +230,19 @@ def test_cli_errors(tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_region_list_and_trace_in_the_dash_spelling(tmp_path, capsys):
+    path = tmp_path / "dash.csv"
+    path.write_text("time,op,region,key,size\n0,write,aws-us-east-1,k,1000000000\n10,read,aws-eu-west-1,k,1000000000\n")
+    results = []
+    for region_list in ("aws:us-east-1,aws:eu-west-1", "aws-us-east-1,aws-eu-west-1"):
+        assert main(["--trace", str(path), "--policy", "always-evict", "--region-list", region_list]) == 0
+        results.append(json.loads(capsys.readouterr().out))
+    assert results[0]["regions"] == results[1]["regions"] == ["aws:us-east-1", "aws:eu-west-1"]
+    assert results[0]["policies"] == results[1]["policies"]
+    assert results[1]["policies"]["always-evict"]["egress"] == pytest.approx(0.02)  # within AWS, not across vendors
+    assert read_csv_trace(path)[0].region == "aws:us-east-1"
+
+
 @needs_shared
 def test_cli_on_shipped_traces(capsys):
     code = main(["--trace", str(SHARED / "ibm_trace_sample.ssv"), "--policy", "learned", "--policy",

@@ -34,6 +34,7 @@ import org.apache.hadoop.util.Progressable;
  * fs.skystore.access.key      access key id                             (SKYSTORE_ACCESS_KEY)
  * fs.skystore.secret.key      secret key                                (SKYSTORE_SECRET_KEY)
  * fs.skystore.region          region of this client: SigV4 scope         (SKYSTORE_REGION, us-east-1)
+ *                             (aws-us-east-1 or aws:us-east-1: the gateway reads either spelling)
  * fs.skystore.multipart.size  part size of uploads, at least 5M (8M)
  * fs.skystore.readahead       bytes one GET fetches for small reads (1M)
  * fs.skystore.block.size      block size reported to split planners (128M)
