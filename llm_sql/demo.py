@@ -166,8 +166,35 @@ def _time_run(con, backend, sql: str, **options) -> tuple[float, "object"]:
     return time.perf_counter() - start, llm_sql.last_stats(con)
 
 
+def computed_prompt_tokens(stats) -> int:
+    """Prompt tokens the engine actually ran: those its prefix cache did not serve."""
+    return stats.prompt_tokens - stats.cached_prompt_tokens
+
+
+def _ratio(before: float, after: float, better: str, worse: str) -> str:
+    if before <= 0 or after <= 0:
+        return "-"
+    return f"{before / after:.1f}x {better}" if before >= after else f"{after / before:.1f}x {worse}"
+
+
+def comparison(plain_seconds: float, plain, opt_seconds: float, opt) -> str:
+    """The unoptimised and optimised runs side by side in what a user pays for: calls, computed tokens, time."""
+    fewer = ("d", "fewer", "more")
+    rows = [("LLM calls", plain.llm_calls, opt.llm_calls, *fewer),
+            ("prompt tokens computed", computed_prompt_tokens(plain), computed_prompt_tokens(opt), *fewer),
+            ("generated tokens", plain.generated_tokens, opt.generated_tokens, *fewer),
+            ("seconds", plain_seconds, opt_seconds, ".2f", "faster", "slower")]
+    lines = [f"  {'':24}{'unoptimised':>12}{'optimised':>11}  ratio"]
+    for label, before, after, fmt, better, worse in rows:
+        lines.append(f"  {label:<24}{before:>12{fmt}}{after:>11{fmt}}  {_ratio(before, after, better, worse)}")
+    # the optimised hit rate is lower although it computes fewer tokens: say why, so it does not read as a loss
+    lines.append(f"  prefix hit rate {plain.prefix_hit_rate:.1%} -> {opt.prefix_hit_rate:.1%}: it is over the prompts "
+                 "sent, and dedup sent fewer (the repeats it dropped were hits)")
+    return "\n".join(lines)
+
+
 def run_demo(model: str, csv: str | None = None, rows: int = 256, sample: int = 128, **engine_kwargs) -> int:
-    """An LLM filter over a table, optimised, with its statistics and the speedup over plain per-row evaluation."""
+    """An LLM filter over a table, optimised, with its statistics and a comparison with plain per-row evaluation."""
     import duckdb
 
     import llm_sql
@@ -191,7 +218,7 @@ def run_demo(model: str, csv: str | None = None, rows: int = 256, sample: int = 
         print()
         print(f"requests            {stats.llm_calls}  ({stats.errors} errors)")
         print(stats.summary())
-        computed = stats.prompt_tokens - stats.cached_prompt_tokens + stats.generated_tokens
+        computed = computed_prompt_tokens(stats) + stats.generated_tokens
         secs = stats.llm_seconds
         print(f"tokens/s            {computed / secs if secs else 0.0:.0f} computed, "
               f"{stats.generated_tokens / secs if secs else 0.0:.0f} generated")
@@ -204,10 +231,6 @@ def run_demo(model: str, csv: str | None = None, rows: int = 256, sample: int = 
         opt_s, opt = _time_run(con, backend, sample_sql)
         print()
         print(f"on a sample of {n_sample} rows (fresh prefix cache each):")
-        print(f"  unoptimised (per row)  {plain_s:7.2f} s  {plain.llm_calls:4d} LLM calls  "
-              f"prefix hit rate {plain.prefix_hit_rate:.1%}")
-        print(f"  optimised              {opt_s:7.2f} s  {opt.llm_calls:4d} LLM calls  "
-              f"prefix hit rate {opt.prefix_hit_rate:.1%}")
-        print(f"  speedup                {plain_s / opt_s if opt_s else float('inf'):.1f}x")
+        print(comparison(plain_s, plain, opt_s, opt))
     con.close()
     return 0

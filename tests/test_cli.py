@@ -109,3 +109,15 @@ def test_demo_end_to_end(tmp_path):
     assert "(0 errors)" in out
     hit = float(re.search(r"prefix hit rate\s+([0-9.]+)%", out).group(1))
     assert hit > 50  # every prompt shares the long instruction
+    # the comparison: the optimised run makes fewer calls and computes fewer prompt tokens than per-row evaluation
+    for label in ("LLM calls", "prompt tokens computed", "generated tokens"):
+        plain, optimised, ratio = _comparison_row(out, label)
+        assert optimised < plain and ratio == pytest.approx(plain / optimised, abs=0.051), label
+    assert "dedup sent fewer" in out  # the lower optimised hit rate comes with its reason
+
+
+def _comparison_row(out: str, label: str) -> tuple[int, int, float]:
+    """(unoptimised, optimised, ratio) from a row of the demo's comparison, e.g. "LLM calls  128  60  2.1x fewer"."""
+    found = re.search(rf"^  {label}\s+(\d+)\s+(\d+)\s+([0-9.]+)x fewer$", out, re.M)
+    assert found, f"no comparison row {label!r} in:\n{out}"
+    return int(found.group(1)), int(found.group(2)), float(found.group(3))
