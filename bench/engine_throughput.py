@@ -6,7 +6,12 @@ Workloads (same prompt lengths, short outputs, every request generates exactly `
 Baseline, measured in the same run on the same checkpoint: transformers' batched greedy
 ``generate`` (left padding, ``--hf-batch`` prompts per call). Ours: one ordered ``LLMEngine.generate``.
 
-    python bench/engine_throughput.py [--quick] [--prompts 300] [--out bench/results]
+The checkpoint carries a real vocabulary (``--tokenizer qwen2``, the default; ``gpt2``; ``trained``: the old
+512-token BPE), and each prompt is what a deployment sends: the checkpoint's chat template with the
+instruction as the system message and the row as the user message (``--no-chat``: the bare text).
+
+    python bench/engine_throughput.py [--quick] [--prompts 300] [--tokenizer qwen2|gpt2|trained] [--block-size 16]
+                                      [--out bench/results]
 """
 from __future__ import annotations
 
@@ -40,19 +45,25 @@ INSTRUCTION = (
     "Answer: positive\n")
 
 
-def make_prompts(n: int, shared: bool, seed: int = 0) -> list[str]:
+def make_prompts(n: int, shared: bool, seed: int = 0, tokenizer=None) -> list[str]:
+    """``tokenizer`` given: each prompt in its chat template (instruction as the system message)."""
     rng = random.Random(seed)
     prompts = []
     for i in range(n):
         row = " ".join(rng.choice(WORDS) for _ in range(12))
         head = INSTRUCTION if shared else " ".join(rng.choice(WORDS) for _ in range(len(INSTRUCTION.split())))
-        prompts.append(f"{head}\nReview {i}: {row}\nAnswer:")
+        if tokenizer is None:
+            prompts.append(f"{head}\nReview {i}: {row}\nAnswer:")
+        else:
+            prompts.append(tokenizer.apply_chat_template([{"role": "system", "content": head},
+                                                          {"role": "user", "content": f"Review {i}: {row}"}]))
     return prompts
 
 
-def run_ours(model_dir: str, prompts: list[str], max_tokens: int, prefix_caching: bool = True) -> dict:
+def run_ours(model_dir: str, prompts: list[str], max_tokens: int, prefix_caching: bool = True,
+             block_size: int = 16) -> dict:
     engine = LLMEngine(model=model_dir, kv_cache_memory="1GB", enable_prefix_caching=prefix_caching,
-                       max_num_batched_tokens=2048, max_num_seqs=256)
+                       max_num_batched_tokens=2048, max_num_seqs=256, block_size=block_size)
     engine.generate(prompts[:2], SamplingParams(max_tokens=2))  # warm-up, not timed
     engine.reset_prefix_cache()
     before = engine.stats()
@@ -100,6 +111,10 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=8)
     ap.add_argument("--hf-batch", type=int, default=32)
     ap.add_argument("--quick", action="store_true", help="a tiny model and few prompts (smoke test)")
+    ap.add_argument("--tokenizer", choices=("qwen2", "gpt2", "trained"), default="qwen2",
+                    help="the checkpoint's vocabulary (default qwen2; trained: the old 512-token BPE)")
+    ap.add_argument("--no-chat", action="store_true", help="bare prompts, without the chat template")
+    ap.add_argument("--block-size", type=int, default=16, help="tokens per KV page of our engine")
     ap.add_argument("--out", default="bench/results")
     args = ap.parse_args()
 
@@ -108,29 +123,40 @@ def main() -> int:
         dims = dict(hidden_size=64, num_hidden_layers=2, intermediate_size=128)
     else:
         dims = LLAMA_24M
-    model_dir = checkpoint_dir("throughput-quick" if args.quick else "throughput-24m")
+    name = "throughput-quick" if args.quick else "throughput-24m"
+    if args.tokenizer != "trained":  # a real vocabulary: the LM head tied to the (vocabulary x hidden) embedding
+        name, dims = f"{name}-{args.tokenizer}", dict(dims, tie_word_embeddings=True)
+    model_dir = checkpoint_dir(name)
     if not (model_dir / "config.json").exists():
-        make_tiny_model(model_dir, arch="llama", **dims)
+        make_tiny_model(model_dir, arch="llama", tokenizer=args.tokenizer, **dims)
     n_params = sum(p.numel() for p in load_model(str(model_dir)).parameters())
     print(f"checkpoint: {n_params / 1e6:.1f}M parameters, {args.prompts} prompts, {args.max_tokens} new tokens",
           file=sys.stderr)
+    from engine_backend.tokenizer import Tokenizer
 
-    results = {"parameters": n_params, "prompts": args.prompts, "max_tokens": args.max_tokens,
-               "hf_batch": args.hf_batch, "torch_threads": torch.get_num_threads(), "workloads": {}}
+    tokenizer = Tokenizer.from_dir(model_dir)
+
+    results = {"parameters": n_params, "tokenizer": args.tokenizer, "vocab_size": tokenizer.vocab_size,
+               "chat_template": not args.no_chat, "block_size": args.block_size, "prompts": args.prompts,
+               "max_tokens": args.max_tokens, "hf_batch": args.hf_batch, "torch_threads": torch.get_num_threads(),
+               "workloads": {}}
     for name, shared in (("shared_prefix", True), ("plain", False)):
-        prompts = make_prompts(args.prompts, shared)
+        prompts = make_prompts(args.prompts, shared, tokenizer=None if args.no_chat else tokenizer)
         print(f"[{name}] llm-sql engine ...", file=sys.stderr)
-        ours = run_ours(str(model_dir), prompts, args.max_tokens)
+        ours = run_ours(str(model_dir), prompts, args.max_tokens, block_size=args.block_size)
         print(f"[{name}] transformers generate ...", file=sys.stderr)
         hf = run_transformers(str(model_dir), prompts, args.max_tokens, args.hf_batch)
         results["workloads"][name] = {"engine": ours, "transformers": hf,
                                       "speedup": hf["seconds"] / ours["seconds"]}
 
-    rows = [[name, f"{w['transformers']['seconds']:.2f}", f"{w['engine']['seconds']:.2f}", f"{w['speedup']:.2f}x",
+    rows = [[name, f"{w['engine']['prompt_tokens'] / args.prompts:.1f}", f"{w['transformers']['seconds']:.2f}",
+             f"{w['engine']['seconds']:.2f}", f"{w['speedup']:.2f}x",
              f"{w['engine']['prefix_hit_rate']:.1%}", f"{w['engine']['tokens_per_s']:.0f}",
              f"{w['transformers']['tokens_per_s']:.0f}"]
             for name, w in results["workloads"].items()]
-    print_table(["workload", "transformers s", "engine s", "speedup", "hit rate", "engine tok/s", "hf tok/s"], rows)
+    print_table(["workload", "tokens/prompt", "transformers s", "engine s", "speedup", "hit rate", "engine tok/s",
+                 "hf tok/s"], rows, title=f"{n_params / 1e6:.1f}M parameters, {args.tokenizer} vocabulary, "
+                                          f"block {args.block_size}")
     write_json(results, args.out, "engine_throughput")
     save_bar_chart({name: {"transformers": w["transformers"]["seconds"], "llm-sql engine": w["engine"]["seconds"]}
                     for name, w in results["workloads"].items()},
