@@ -36,9 +36,9 @@ def default_cache_dir() -> Path:
     override = os.environ.get("LLM_SQL_CACHE_DIR")
     if override:
         return Path(override).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "llm-sql"
+    from llm_sql.models import cache_dir
+
+    return cache_dir()
 
 
 def default_cache_path() -> Path:

@@ -10,7 +10,8 @@ import os
 import sys
 from pathlib import Path
 
-from llm_sql.session import check_model_dir
+from llm_sql.config import check_model_dir
+from llm_sql.display import format_result
 
 
 class UsageError(Exception):
@@ -38,7 +39,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from llm_sql.demo import default_demo_model, run_demo
+    from llm_sql.demo import run_demo
+    from llm_sql.models import default_demo_model
 
     model = check_model_dir(args.model) if args.model else str(default_demo_model())
     csv = args.csv
@@ -47,23 +49,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.rows < 1 or args.sample < 1:
         raise UsageError("--rows and --sample must be at least 1")
     return run_demo(model, csv=csv, rows=args.rows, sample=args.sample, **_engine_kwargs(args))
-
-
-def format_result(columns: list[str], rows: list[tuple], max_rows: int = 50, width: int = 48) -> str:
-    """A plain aligned table (cells cut at ``width`` characters, at most ``max_rows`` rows)."""
-    def cell(v) -> str:
-        text = "NULL" if v is None else str(v).replace("\n", " ")
-        return text if len(text) <= width else text[: width - 1] + "…"
-
-    shown = [[cell(v) for v in r] for r in rows[:max_rows]]
-    head = [cell(c) for c in columns]
-    widths = [max([len(head[i])] + [len(r[i]) for r in shown]) for i in range(len(columns))]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip(),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in shown]
-    more = len(rows) - len(shown)
-    lines.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''}{f', {more} not shown' if more > 0 else ''})")
-    return "\n".join(lines)
 
 
 def cmd_query(args: argparse.Namespace) -> int:

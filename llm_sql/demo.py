@@ -1,15 +1,12 @@
-"""``llm-sql demo``: one batch of prompts with a long shared prefix through the embedded engine.
+"""``llm-sql demo``: an LLM filter in DuckDB on the embedded engine, optimised and plain.
 
-It shows the mechanism the project is built on (prefix-cache hits on prompts that share
-an instruction) with real token counts and timings. A later version runs the same
-workload as a DuckDB SQL query; ``run_demo`` is the piece to replace.
+It runs the query through the optimiser (dedup, row order, one ordered stream, prefix-cache hits) and
+compares a sample against the plain per-row evaluation by what a user pays for: LLM calls, prompt
+tokens computed, generated tokens and seconds, with real token counts and timings.
 """
 from __future__ import annotations
 
-import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -88,35 +85,6 @@ REVIEWS = [
     "Acrid smoke and ash, not in a good way.",
 ]
 LABELS = ["positive", "negative"]
-
-
-def cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/llm-sql`` (``~/.cache/llm-sql`` by default)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-    return Path(base) / "llm-sql"
-
-
-def default_demo_model() -> Path:
-    """A tiny random-weight Llama checkpoint, created once under the user cache dir."""
-    path = cache_dir() / "models" / "tiny-llama"
-    if (path / "config.json").is_file():
-        return path
-    from engine_backend.testing import make_tiny_model
-
-    print(f"llm-sql: creating a tiny random-weight model in {path} (once)", file=sys.stderr)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and rename, so an interrupted run never leaves half a model.
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-llama-", dir=path.parent))
-    try:
-        make_tiny_model(tmp, arch="llama")
-        try:
-            tmp.rename(path)
-        except OSError:  # another process finished first
-            if not (path / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
 
 
 STYLES = ["Pilsner", "Stout", "IPA", "Lager", "Amber Ale", "Porter", "Wheat Beer", "Sour"]
@@ -212,7 +180,7 @@ def run_demo(model: str, csv: str | None = None, rows: int = 256, sample: int = 
         rel = db.sql(sql)
         result = rel.fetchall()
         stats = llm_sql.last_stats(con)
-        from llm_sql.cli import format_result
+        from llm_sql.display import format_result
 
         print(format_result(list(rel.columns), result, max_rows=8, width=40))
         print()

@@ -104,9 +104,9 @@ class LLMConnection:
                          labels=stage.labels, options=stage.options)
         from udf.options import merge_options
 
-        model = merge_options(self.session.defaults, call.options).get("model")
-        out = evaluate(call, rows, self.session.get_backend(model), settings=self.session.settings,
-                       result_cache=self.session.result_cache, model_id=self.session.model_id_for(model))
+        target = self.session.route(merge_options(self.session.defaults, call.options).get("model"))
+        out = evaluate(call, rows, target.backend, settings=self.session.settings,
+                       result_cache=self.session.result_cache, model_id=target.model_id)
         values = out.values
         if dedup:
             out.stats.rows_in = int(self.con.sql(stage.count_sql).fetchall()[0][0])
@@ -269,7 +269,8 @@ def _is_query(sql: str) -> bool:
 def register(con: duckdb.DuckDBPyConnection | LLMConnection, **options: Any) -> LLMConnection:
     """Attach the LLM functions to ``con`` and return a wrapper whose ``.sql`` goes through the optimiser.
 
-    Options: ``model=DIR``, ``backend='embedded'|'openai'|'vllm'`` (or a Backend), ``base_url``, ``api_key``,
+    Options (``llm_sql.config``): ``model=DIR`` or ``models={name: DIR | URL | dict}`` with ``model=`` naming the
+    default, ``backend='embedded'|'openai'|'vllm'`` (or a Backend), ``base_url``, ``api_key``,
     ``optimize``, ``dedup``, ``reorder``, ``cache``, ``cache_path``, ``on_error='null'|'raise'``, ``progress``,
     engine options (``device``, ``dtype``, ``kv_cache_memory``, ``enable_prefix_caching``), and function
     defaults (``max_tokens``, ``temperature``, ``top_p``, ``top_k``, ``seed``, ``system``, ``max_field_chars``,
@@ -285,8 +286,8 @@ def register(con: duckdb.DuckDBPyConnection | LLMConnection, **options: Any) -> 
     if old is not None:
         old[1].close()
     session = Session(**options)
-    register_udfs(con, session.get_backend, session.udf_settings, result_cache=session.result_cache,
-                  model_id_for=session.model_id_for, on_stats=session.on_stats, on_output=session.on_output)
+    register_udfs(con, session.route, session.udf_settings, result_cache=session.result_cache,
+                  on_output=session.on_output)
     wrapper = LLMConnection(con, session)
     _SESSIONS[id(con)] = (con, wrapper)
     return wrapper

@@ -1,24 +1,20 @@
-"""Per-connection state: the backend, the settings, the result cache and the statistics of the last query.
+"""DuckDB mode's per-connection state: the models' backends, the settings, the result cache and the statistics
+of the last query.
 
-``Session`` is built by ``llm_sql.register`` from its keyword options (validated here, so a typo is a clear
-error before anything heavy happens). The backend is created on first use, except that a model directory
-that does not exist and an OpenAI-compatible server that does not answer are reported at ``register``.
+``Session`` is built by ``llm_sql.register`` from a ``llm_sql.config.Config`` (validated there, so a typo is
+a clear error before anything heavy happens). Each model's backend is created on first use, except that a
+model directory that does not exist and an OpenAI-compatible server that does not answer are reported at
+``register``.
 """
 from __future__ import annotations
 
-import sys
 import threading
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from udf.api import EvalSettings, StageStats
-
-BACKENDS = ("embedded", "openai", "vllm")
-# register(...) options that are not function defaults
-SESSION_OPTIONS = ("model", "backend", "base_url", "api_key", "optimize", "dedup", "reorder", "cache", "cache_path",
-                   "on_error", "progress", "device", "dtype", "kv_cache_memory", "enable_prefix_caching",
-                   "backend_options")
+from llm_sql.config import Config, ModelSpec, make_config
+from udf.api import StageStats
+from udf.arrow_calls import Target
 
 
 @dataclass
@@ -80,136 +76,73 @@ class QueryStats:
         return "\n".join(lines)
 
 
-def check_model_dir(model: str) -> str:
-    """The resolved path of a Hugging Face model directory, or FileNotFoundError saying what is wrong."""
-    p = Path(model).expanduser()
-    if not p.is_dir():
-        raise FileNotFoundError(f"model directory not found: {model}")
-    if not (p / "config.json").is_file():
-        raise FileNotFoundError(f"not a Hugging Face model directory (no config.json): {model}")
-    return str(p.resolve())
-
-
-def resolve_model(model: str | None) -> str:
-    """A checked model directory; without one, the demo's tiny random checkpoint, with a warning."""
-    if model is None:
-        from llm_sql.demo import default_demo_model
-
-        print("llm-sql: no model given: using a tiny random-weight model that answers nonsense "
-              "(pass model=DIR for real answers)", file=sys.stderr)
-        model = str(default_demo_model())
-    return check_model_dir(model)
-
-
-def model_identity(backend: str, model: str | None, base_url: str | None = None) -> str:
-    """What the result cache keys answers by: the backend kind and the model it serves (DuckDB and Spark
-    mode compute it alike, so one cache file serves both)."""
-    if backend == "openai":
-        return f"openai:{base_url}:{model or ''}"
-    return f"{backend}:{model}"
-
-
 class Session:
-    def __init__(self, *, model: str | None = None, backend: Any = "embedded", base_url: str | None = None,
-                 api_key: str | None = None, optimize: bool = True, dedup: bool = True, reorder: bool = True,
-                 cache: bool = True, cache_path: str | None = None, on_error: str = "null", progress: bool = True,
-                 device: str = "cpu", dtype: str | None = None, kv_cache_memory: Any = None,
-                 enable_prefix_caching: bool = True, backend_options: dict | None = None, **defaults: Any):
-        from udf.options import validate_options
-
-        if on_error not in ("null", "raise"):
-            raise ValueError(f"on_error must be 'null' or 'raise', got {on_error!r}")
-        try:
-            self.defaults = dict(validate_options(defaults, where="register() option"))
-        except ValueError as exc:
-            if "unknown" in str(exc):
-                raise TypeError(f"{exc}; session options: {', '.join(SESSION_OPTIONS)}") from None
-            raise
-        self.optimize = bool(optimize)
-        self.settings = EvalSettings(dedup=bool(dedup), reorder=bool(reorder), result_cache=bool(cache),
-                                     on_error=on_error, progress=bool(progress), defaults=self.defaults)
-        # The plain per-row path: every call through the UDF, no dedup, no reordering.
-        self.udf_settings = self.settings if self.optimize else EvalSettings(
-            dedup=False, reorder=False, result_cache=bool(cache), on_error=on_error, progress=bool(progress),
-            defaults=self.defaults)
-        self._backend = None
+    def __init__(self, config: Config | None = None, **options: Any):
+        """``Session(config)`` or ``Session(**register_options)``; a ``Backend`` instance as ``backend=`` is used
+        as the one model (and not closed by the session)."""
+        instance = options.get("backend") if not isinstance(options.get("backend", "embedded"), str) else None
+        self.config = config if config is not None else make_config(**options)
+        self.optimize = self.config.optimize
+        self.settings = self.config.settings
+        self.udf_settings = self.config.udf_settings
+        self.defaults = self.config.defaults
         self._lock = threading.Lock()
-        self.backend_kind = backend if isinstance(backend, str) else getattr(backend, "name", "custom")
-        self.base_url = base_url
-        self._backend_kwargs: dict[str, Any] = dict(backend_options or {})
-        self._owns_backend = isinstance(backend, str)  # a Backend passed in is the caller's to close
-        if not isinstance(backend, str):
-            self._backend = backend  # a ready Backend instance
-            self.model_id = f"{self.backend_kind}:{model or id(backend)}"
-        elif backend == "embedded":
-            model = resolve_model(model)
-            kw = {"device": device, "enable_prefix_caching": enable_prefix_caching}
-            if dtype:
-                kw["dtype"] = dtype
-            if kv_cache_memory:
-                kw["kv_cache_memory"] = kv_cache_memory
-            self._backend_kwargs = {"model": model, **kw, **self._backend_kwargs}
-            self.model_id = model_identity("embedded", model)
-        elif backend == "openai":
-            if not base_url:
-                raise ValueError("backend='openai' needs base_url='http://host:port'")
-            self._backend_kwargs = {"base_url": base_url, "api_key": api_key, "model": model,
-                                    **self._backend_kwargs}
-            self.model_id = model_identity("openai", model, base_url)
-            self._ping()
-        elif backend == "vllm":
-            self._backend_kwargs = {"model": check_model_dir(model) if model else model, **self._backend_kwargs}
-            self.model_id = model_identity("vllm", model)
-        else:
-            raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)} or pass a Backend")
-        self.result_cache = None
-        if cache:
-            from llm_sql.cache import ResultCache
-
-            self.result_cache = ResultCache(path=cache_path)
+        self._backends: dict[str, Any] = {}
+        self._borrowed: set[str] = set()  # a Backend passed in is the caller's to close
+        if instance is not None:
+            self._backends[self.config.default_model] = instance
+            self._borrowed.add(self.config.default_model)
+        for spec in self.config.models:
+            if spec.backend == "openai":
+                self._ping(spec)
+        self.result_cache = self.config.result_cache()
         self.last = QueryStats(optimized=self.optimize)
         self.current: QueryStats | None = None
         self.query_counter = 0
 
-    def _ping(self) -> None:
+    def _ping(self, spec: ModelSpec) -> None:
         """Fail at register time, naming the URL, when the server does not answer."""
         from engine_backend.backends import BackendError
 
-        backend = self.backend
+        backend = self.backend_of(spec.name)
         try:
             backend._model()  # lists the models: one cheap request
         except BackendError:
             raise
         except Exception as exc:  # pragma: no cover - anything else the client raises
-            raise BackendError(f"OpenAI-compatible server at {self.base_url} is not usable: {exc}") from None
+            raise BackendError(f"OpenAI-compatible server at {spec.base_url} is not usable: {exc}") from None
 
-    @property
-    def backend(self):
+    def backend_of(self, name: str | None = None):
+        """The backend of a model name (None = the default), created on first use."""
+        spec = self.config.model(name)
         with self._lock:
-            if self._backend is None:
+            backend = self._backends.get(spec.name)
+            if backend is None:
                 from engine_backend.backends import make_backend
 
-                self._backend = make_backend(self.backend_kind, **self._backend_kwargs)
-            return self._backend
+                backend = self._backends[spec.name] = make_backend(spec.backend, **spec.backend_kwargs())
+            return backend
 
-    def get_backend(self, model: str | None = None):
-        return self.backend
+    @property
+    def backend(self):  # the default model's
+        return self.backend_of(None)
 
-    def model_id_for(self, model: str | None = None) -> str:
-        return self.model_id if not model else f"{self.model_id}|{model}"
+    def route(self, model: str | None = None) -> Target:
+        """Where a call naming ``model`` runs, and the identity its answers are cached under."""
+        spec = self.config.model(model)
+        return Target(self.backend_of(spec.name), spec.identity)
 
-    def on_stats(self, s: StageStats) -> None:  # fallback UDF chunks
-        target = self.current or self.last
-        target.add(s)
-        target.fallback_chunks += 1
-
-    def on_output(self, call, out) -> None:
-        target = self.current or self.last
+    def on_output(self, call, out, target=None) -> None:  # fallback UDF chunks
+        stats = self.current or self.last
+        stats.add(out.stats)
+        stats.fallback_chunks += 1
         for e in out.errors:
-            if e is not None and len(target.error_reasons) < 20:
-                target.error_reasons.append(e)
+            if e is not None and len(stats.error_reasons) < 20:
+                stats.error_reasons.append(e)
 
     def close(self) -> None:
-        if self._backend is not None and self._owns_backend:
-            self._backend.close()
-        self._backend = None
+        with self._lock:
+            for name, backend in self._backends.items():
+                if name not in self._borrowed:
+                    backend.close()
+            self._backends = {}

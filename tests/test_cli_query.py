@@ -82,6 +82,6 @@ def test_demo_runs_with_the_tiny_model(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "random model answers nonsense" in proc.stderr
     out = proc.stdout
-    for label in ("LLM calls", "prefix hit rate", "speedup", "unoptimised", "rows in"):
+    for label in ("LLM calls", "prefix hit rate", "prompt tokens computed", "unoptimised", "rows in"):
         assert label in out
     assert int(re.search(r"LLM calls\s+(\d+)", out).group(1)) < 96  # dedup: 64 distinct reviews in 96 rows

@@ -1,19 +1,24 @@
-"""Arrow-batch arguments of the LLM functions, shared by the DuckDB and Spark UDFs.
+"""The Arrow-batch core of the LLM functions, shared by the DuckDB and Spark UDFs.
 
 Both engines hand a UDF its arguments as Arrow arrays with the same conventions (see
 ``udf.duckdb_udf``): an instruction, field columns (a STRUCT names its fields), labels for
 ``llm_classify``, an optional trailing options STRUCT. ``calls_of_batch`` turns one batch into
-the ``LLMCall``s it holds and the rows each one answers.
+the ``LLMCall``s it holds and the rows each one answers; ``answer_batch`` answers them through
+``udf.batch.evaluate``, each call on the model its ``model`` option names. A mode only supplies
+its ``route`` (model name -> ``Target``) and what to do with each call's output.
 """
 from __future__ import annotations
 
-from typing import Any
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import pyarrow as pa
 
-from udf.api import LLMCall
+from engine_backend.backends.base import Backend, BackendError
+from udf.api import EvalOutput, EvalSettings, LLMCall, ResultCache
 from udf.functions import make_call
-from udf.options import validate_options
+from udf.options import merge_options, validate_options
 
 ARROW_TYPES = {"llm": pa.string(), "llm_filter": pa.bool_(), "llm_classify": pa.string(), "llm_score": pa.int32()}
 
@@ -35,9 +40,8 @@ def split_args(function: str, args: tuple[Any, ...]) -> tuple[Any, list[Any], An
     args = list(args)
     instruction = labels = options = None
     if function != "llm_classify":
-        if len(args) < 2:
-            raise ValueError(f"{function}(instruction, field, ... [, options]) needs an instruction and at least "
-                             "one field")
+        if not args:
+            raise ValueError(f"{function}(instruction [, field, ...] [, options]) needs an instruction")
         instruction = args.pop(0)
         if len(args) >= 2 and _is_struct(args[-1]):
             options = args.pop()
@@ -70,8 +74,6 @@ def field_columns(columns: list[Any]) -> tuple[list[str], list[list[Any]]]:
     return names, cols
 
 
-
-
 def calls_of_batch(function: str, args: tuple[Any, ...]) -> tuple[int, list[tuple], list[tuple[LLMCall, list[int]]]]:
     """(rows in the batch, field tuples per row, [(call, row indices)]).
 
@@ -79,7 +81,8 @@ def calls_of_batch(function: str, args: tuple[Any, ...]) -> tuple[int, list[tupl
     whose instruction is NULL is in no call (its value is NULL). A bad options struct is a ValueError.
     """
     instruction_col, field_cols, labels_col, options_col = split_args(function, args)
-    n = len(field_cols[0]) if field_cols else 0
+    # No field: the instruction alone is the prompt (``llm('Say hi')``), one per row.
+    n = len(field_cols[0]) if field_cols else len(instruction_col) if instruction_col is not None else 0
     names, cols = field_columns(field_cols)
     instructions = instruction_col.to_pylist() if instruction_col is not None else [None] * n
     labels = labels_col.to_pylist() if labels_col is not None else [None] * n
@@ -98,3 +101,54 @@ def calls_of_batch(function: str, args: tuple[Any, ...]) -> tuple[int, list[tupl
                                    labels=lbl if function == "llm_classify" else None, options=opts)
         groups.setdefault(key, []).append(i)
     return n, rows, [(calls[k], idx) for k, idx in groups.items()]
+
+
+@dataclass
+class Target:
+    """Where a call's model runs: its backend, the identity its answers are cached under, and (Spark) the pid of
+    the node server it reached, for the statistics."""
+
+    backend: Backend
+    model_id: str = ""  # "" = the identity of the backend (udf.batch.backend_model_id)
+    server_pid: int | None = None
+
+
+Route = Callable[[str | None], Target]  # the model a call names (None = the session's default) -> its Target
+
+
+def answer_batch(function: str, args: tuple[Any, ...], route: Route, settings: EvalSettings, *,
+                 result_cache: ResultCache | None = None,
+                 on_output: Callable[[LLMCall, EvalOutput, Target], None] | None = None,
+                 retry_backend_errors: bool = False) -> pa.Array:
+    """One Arrow batch of ``function``'s arguments in, one value per row out (NULL where a row failed).
+
+    Each call of the batch goes to ``route(model)``, where ``model`` is its ``model`` option (or the session
+    default's). With ``retry_backend_errors`` a call whose backend failed (after the backend's own retries) is
+    routed again and evaluated once more from scratch, so no row is lost or answered twice; a second failure
+    raises. ``on_output(call, output, target)`` sees every call's output (statistics, per-row reasons).
+    """
+    from udf.batch import evaluate
+
+    n, rows, calls = calls_of_batch(function, args)
+    values: list[Any] = [None] * n
+    for call, idx in calls:
+        model = merge_options(settings.defaults, call.options).get("model")
+        batch_rows = [rows[i] for i in idx]
+        target = route(model)
+        try:
+            out = evaluate(call, batch_rows, target.backend, settings=settings, result_cache=result_cache,
+                           model_id=target.model_id)
+        except BackendError as exc:
+            if not retry_backend_errors:
+                raise
+            # The server went away mid-batch: routing again checks its health and restarts it.
+            print(f"llm-sql: {function}: backend failed ({exc}); reconnecting and retrying the batch",
+                  file=sys.stderr)
+            target = route(model)
+            out = evaluate(call, batch_rows, target.backend, settings=settings, result_cache=result_cache,
+                           model_id=target.model_id)
+        for i, v in zip(idx, out.values):
+            values[i] = v
+        if on_output is not None:
+            on_output(call, out, target)
+    return pa.array(values, type=ARROW_TYPES[function])

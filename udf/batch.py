@@ -2,7 +2,7 @@
 
 ``evaluate(call, rows, backend, settings=..., result_cache=..., model_id=...)``:
 
-1. a row whose fields are all NULL answers NULL without a call (``StageStats.null_inputs``);
+1. a row whose fields are all NULL answers NULL without a call (a call without fields is asked as is) (``StageStats.null_inputs``);
 2. the other rows are rendered (``udf.prompts``); with ``settings.dedup`` identical rendered tuples
    are asked once (without it every row is its own request, duplicates sent next to each other);
 3. with ``settings.reorder`` the distinct tuples go to ``optimizer.reorder(df, method="fast")`` as a
@@ -78,7 +78,7 @@ def plan_order(call: LLMCall, distinct: list[tuple[str, ...]], reorder: bool,
     """(row order over ``distinct``, field index order per output row, solve seconds)."""
     n_fields = len(call.field_names)
     identity = tuple(range(n_fields))
-    if not reorder or len(distinct) == 0:
+    if not reorder or len(distinct) == 0 or n_fields == 0:
         return list(range(len(distinct))), [identity] * len(distinct), 0.0
     if not reorder_fields:
         start = time.perf_counter()
@@ -136,7 +136,7 @@ def evaluate(call: LLMCall, rows: list[tuple], backend: Backend, *, settings: Ev
         if len(row) != n_fields:
             raise ValueError(f"{call.function}: row {r} has {len(row)} values but the call has {n_fields} fields "
                              f"{call.field_names!r}")
-        if all(is_null(v) for v in row):
+        if row and all(is_null(v) for v in row):  # no field at all: the instruction alone is the prompt
             stats.null_inputs += 1
             continue
         rendered = tuple(render_value(v, max_chars) for v in row)

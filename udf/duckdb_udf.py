@@ -32,60 +32,37 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import pyarrow as pa
-
-from engine_backend.backends.base import Backend
-from udf.api import FUNCTIONS, EvalOutput, EvalSettings, LLMCall, ResultCache, StageStats
-from udf.arrow_calls import ARROW_TYPES, calls_of_batch
-from udf.batch import evaluate
-from udf.options import merge_options
+from udf.api import FUNCTIONS, EvalOutput, EvalSettings, LLMCall, ResultCache
+from udf.arrow_calls import Route, Target, answer_batch
 
 _SQL_TYPES = {"llm": "VARCHAR", "llm_filter": "BOOLEAN", "llm_classify": "VARCHAR", "llm_score": "INTEGER"}
 
 
-def register_udfs(con: Any, get_backend: Callable[[str | None], Backend], settings: EvalSettings,
-                  result_cache: ResultCache | None = None,
-                  model_id_for: Callable[[str | None], str] | None = None,
-                  on_stats: Callable[[StageStats], None] | None = None,
-                  on_output: Callable[[LLMCall, EvalOutput], None] | None = None,
+def register_udfs(con: Any, route: Route, settings: EvalSettings, result_cache: ResultCache | None = None,
+                  on_output: Callable[[LLMCall, EvalOutput, Target], None] | None = None,
                   functions: tuple[str, ...] = FUNCTIONS) -> None:
     """Register the LLM functions on DuckDB connection ``con`` (replacing earlier registrations).
 
-    ``get_backend(model)`` gives the backend for a model name (None = the session's default);
-    ``model_id_for(model)`` the model identity used in result-cache keys (default: "", which
-    ``evaluate`` replaces by the identity of the backend that ``get_backend(model)`` returned).
-    ``on_stats`` receives each chunk's ``StageStats``; ``on_output`` each chunk's call and output
-    (per-row error reasons are in ``output.errors``).
+    ``route(model)`` gives the ``Target`` (backend and result-cache identity) of a model name (None = the
+    session's default); ``on_output(call, output, target)`` receives each chunk's output (its ``StageStats``
+    and per-row error reasons).
     """
-    model_id_for = model_id_for or (lambda model: "")
     for name in functions:
         if name not in FUNCTIONS:
             raise ValueError(f"unknown LLM function {name!r}; expected one of {', '.join(FUNCTIONS)}")
-        fn = _make_udf(name, get_backend, settings, result_cache, model_id_for, on_stats, on_output)
+
+        udf = _make_udf(name, route, settings, result_cache, on_output)
         try:
             con.remove_function(name)
         except Exception:
             pass
-        con.create_function(name, fn, None, _SQL_TYPES[name], type="arrow", null_handling="special")
+        con.create_function(name, udf, None, _SQL_TYPES[name], type="arrow", null_handling="special")
 
 
-def _make_udf(function: str, get_backend, settings: EvalSettings, result_cache, model_id_for, on_stats, on_output):
-    out_type = ARROW_TYPES[function]
-
-    def udf(*args: Any) -> pa.Array:
-        n, rows, calls = calls_of_batch(function, args)
-        values: list[Any] = [None] * n
-        for call, idx in calls:
-            model = merge_options(settings.defaults, call.options).get("model")
-            out = evaluate(call, [rows[i] for i in idx], get_backend(model), settings=settings,
-                           result_cache=result_cache, model_id=model_id_for(model))
-            for i, v in zip(idx, out.values):
-                values[i] = v
-            if on_stats is not None:
-                on_stats(out.stats)
-            if on_output is not None:
-                on_output(call, out)
-        return pa.array(values, type=out_type)
+def _make_udf(function: str, route: Route, settings: EvalSettings, result_cache, on_output):
+    # only *args: DuckDB reads the function's Python signature as the SQL one (VARARGS of ANY)
+    def udf(*args: Any):
+        return answer_batch(function, args, route, settings, result_cache=result_cache, on_output=on_output)
 
     udf.__name__ = function
     return udf

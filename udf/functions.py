@@ -62,8 +62,8 @@ def make_call(function: str, instruction: str | None = None, field_names: Iterab
 def validate_call(call: LLMCall) -> None:
     if call.function not in FUNCTIONS:
         raise ValueError(f"unknown LLM function {call.function!r}; expected one of {', '.join(FUNCTIONS)}")
-    if not call.field_names:
-        raise ValueError(f"{call.function} needs at least one field argument")
+    if not call.field_names and call.function == "llm_classify":
+        raise ValueError("llm_classify needs at least one field argument")
     if any(not isinstance(n, str) for n in call.field_names):
         raise ValueError(f"{call.function} field names must be strings: {call.field_names!r}")
     if call.function == "llm_classify":

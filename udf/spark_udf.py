@@ -23,8 +23,9 @@ SQL forms (the same as DuckDB's):
   argument. ``llm_classify``'s options come after the labels, ``array('pos', 'neg')``.
 * The DataFrame API (``llm_sql.functions``) calls the same UDFs with a struct of the given columns.
 
-Backend. ``get_backend()`` (a picklable callable baked into the UDF) returns ``(backend, server pid or
-None)`` inside the worker; ``llm_sql.spark_mode.worker_backend`` gives an ``OpenAIBackend`` on either the
+Backend. ``route(model)`` (a picklable callable baked into the UDF) returns a ``udf.arrow_calls.Target``
+(backend, result-cache identity, server pid) inside the worker for the model a call names;
+``llm_sql.spark_mode.WorkerRoute`` gives an ``OpenAIBackend`` on either the
 node's embedded engine server (``llm_sql.node_engine``: started on first use under a file lock, shared by all
 workers of the node, health-checked before each batch and restarted if it died) or an external
 OpenAI-compatible endpoint. (``udf`` does not import ``llm_sql``: the callable is injected.)
@@ -106,12 +107,12 @@ def usable_cache(cache: ResultCache | None) -> ResultCache | None:
 _CACHE_OK: dict[str, bool] = {}  # per worker process: repr(cache) (names its file) -> it opened
 
 
-def make_arrow_udf(function: str, get_backend: Callable[[], tuple[Any, int | None]], settings: EvalSettings,
-                   accumulator=None, *, result_cache: ResultCache | None = None, model_id: str = ""):
+def make_arrow_udf(function: str, route: Callable[[str | None], Any], settings: EvalSettings,
+                   accumulator=None, *, result_cache: ResultCache | None = None):
     """The Spark UDF for ``function`` (register it with ``spark.udf.register(name, udf)``).
 
-    ``result_cache`` (picklable, e.g. ``llm_sql.cache.ResultCache``) and ``model_id`` are passed to
-    ``udf.batch.evaluate`` in the workers, where ``settings.result_cache`` decides whether it is used.
+    ``route(model)`` (picklable) gives a ``udf.arrow_calls.Target`` inside the worker; ``result_cache``
+    (picklable, e.g. ``llm_sql.cache.ResultCache``) is used there when ``settings.result_cache`` says so.
     """
     import pyarrow as pa
     from pyspark.sql import functions as F
@@ -120,38 +121,21 @@ def make_arrow_udf(function: str, get_backend: Callable[[], tuple[Any, int | Non
         raise ImportError("llm-sql's Spark UDFs need pyspark >= 4.1 (pyspark.sql.functions.arrow_udf)")
     if function not in FUNCTIONS:
         raise ValueError(f"unknown LLM function {function!r}; expected one of {', '.join(FUNCTIONS)}")
-    from udf.arrow_calls import ARROW_TYPES, calls_of_batch
 
-    out_type = ARROW_TYPES[function]
+    def report(call, out, target) -> None:
+        reasons = [e for e in out.errors if e is not None]
+        for e in reasons[:5]:
+            print(f"llm-sql: {function}: row failed: {e}", file=sys.stderr)
+        if accumulator is not None:
+            accumulator.add(stats_delta(out.stats, reasons, os.getpid(), target.server_pid))
 
     def run(*args: pa.Array) -> pa.Array:
-        from engine_backend.backends.base import BackendError
-        from udf.batch import evaluate
+        from udf.arrow_calls import answer_batch
 
-        n, rows, calls = calls_of_batch(function, args)
-        values: list[Any] = [None] * n
-        for call, idx in calls:
-            batch_rows = [rows[i] for i in idx]
-            backend, server_pid = get_backend()
-            cache = usable_cache(result_cache)
-            try:
-                out = evaluate(call, batch_rows, backend, settings=settings, result_cache=cache, model_id=model_id)
-            except BackendError as exc:
-                # The server went away mid-batch (after the backend's own retries): get_backend() checks
-                # health and restarts it; the group is evaluated again from scratch, so no row is lost or
-                # answered twice. A second failure fails the task (Spark's task retry is the next level).
-                print(f"llm-sql: {function}: backend failed ({exc}); reconnecting and retrying the batch",
-                      file=sys.stderr)
-                backend, server_pid = get_backend()
-                out = evaluate(call, batch_rows, backend, settings=settings, result_cache=cache, model_id=model_id)
-            for i, v in zip(idx, out.values):
-                values[i] = v
-            reasons = [e for e in out.errors if e is not None]
-            for e in reasons[:5]:
-                print(f"llm-sql: {function}: row failed: {e}", file=sys.stderr)
-            if accumulator is not None:
-                accumulator.add(stats_delta(out.stats, reasons, os.getpid(), server_pid))
-        return pa.array(values, type=out_type)
+        # A server lost mid-batch is restarted by routing again and the call redone from scratch; a second
+        # failure fails the task (Spark's task retry is the next level).
+        return answer_batch(function, args, route, settings, result_cache=usable_cache(result_cache),
+                            on_output=report, retry_backend_errors=True)
 
     run.__name__ = function
     run.__annotations__ = {"args": pa.Array, "return": pa.Array}  # real types: this module defers annotations

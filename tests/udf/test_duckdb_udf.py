@@ -9,6 +9,7 @@ import pytest
 
 from llm_sql.cache import ResultCache
 from udf.api import EvalSettings
+from udf.arrow_calls import Target
 from udf.batch import evaluate
 from udf.duckdb_udf import register_udfs
 from udf.functions import make_call
@@ -26,12 +27,15 @@ def env(backend):
     settings = EvalSettings(progress=False)
     seen = {"stats": [], "outputs": [], "models": []}
 
-    def get_backend(model):
+    def route(model):
         seen["models"].append(model)
-        return backend
+        return Target(backend)
 
-    register_udfs(con, get_backend, settings, on_stats=seen["stats"].append,
-                  on_output=lambda call, out: seen["outputs"].append((call, out)))
+    def on_output(call, out, target):
+        seen["stats"].append(out.stats)
+        seen["outputs"].append((call, out))
+
+    register_udfs(con, route, settings, on_output=on_output)
     yield con, settings, seen
     con.close()
 
@@ -115,7 +119,7 @@ def test_errors_are_clear(env):
     with pytest.raises(duckdb.Error, match="labels"):
         con.sql("SELECT llm_classify(review) FROM t").fetchall()
     with pytest.raises(duckdb.Error, match="at least one field"):
-        con.sql("SELECT llm_filter('x') FROM t").fetchall()
+        con.sql("SELECT llm_classify(['a', 'b']) FROM t").fetchall()
 
 
 def test_null_instruction_blob_and_context_failure(env):
@@ -134,10 +138,10 @@ def test_result_cache_through_udf(backend, tmp_path):
     con.execute("CREATE TABLE t AS SELECT * FROM (VALUES ('a'), ('b'), ('a')) v(x)")
     stats = []
     cache = ResultCache(tmp_path / "r.sqlite")
-    register_udfs(con, lambda m: backend, EvalSettings(progress=False), result_cache=cache,
-                  model_id_for=lambda m: "tiny", on_stats=stats.append)
+    register_udfs(con, lambda m: Target(backend, "tiny"), EvalSettings(progress=False), result_cache=cache,
+                  on_output=lambda call, out, target: stats.append(out.stats))
     first = _col(con, "SELECT llm_score('sentiment', x) FROM t")
     second = _col(con, "SELECT llm_score('sentiment', x) FROM t")
     assert first == second and stats[0].llm_calls == 2 and stats[1].llm_calls == 0 and stats[1].cache_hits == 2
-    register_udfs(con, lambda m: backend, EvalSettings(progress=False))  # re-registering replaces
+    register_udfs(con, lambda m: Target(backend), EvalSettings(progress=False))  # re-registering replaces
     assert _col(con, "SELECT llm_score('sentiment', x) FROM t") == first

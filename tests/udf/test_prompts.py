@@ -133,7 +133,8 @@ def test_make_call_errors():
     with pytest.raises(ValueError, match="instruction"):
         make_call("llm", None, ("x",))
     with pytest.raises(ValueError, match="at least one field"):
-        make_call("llm", "hi", ())
+        make_call("llm_classify", None, (), ["a", "b"])
+    assert make_call("llm", "Say hi", ()).field_names == ()  # an instruction alone is a valid prompt
     with pytest.raises(ValueError, match="unknown LLM function"):
         make_call("llm_foo", "hi", ("x",))
     with pytest.raises(ValueError, match="unknown option"):
