@@ -32,9 +32,14 @@ Spark Connect: the rules run in the server's session, so Connect clients get the
 session (``SparkSession.builder.remote(...)``) too, except that Connect has no accumulators, so ``last_stats`` is
 not available there (the engine server's ``/metrics`` has the token counts).
 
-Backends: ``backend="embedded"`` (default) runs ``llm-sql serve`` once per node (``llm_sql.node_engine``; in
-local mode the driver starts it at ``register`` and stops it at exit or ``stop(spark)``); ``backend="openai",
-base_url=..., api_key=...`` sends every batch to an external OpenAI-compatible endpoint instead.
+Backends and models: the options are DuckDB mode's (``llm_sql.config``), so ``models={"small": DIR1, "large":
+DIR2}`` works here too and ``named_struct('model', 'large')`` routes a call. An embedded model runs as
+``llm-sql serve`` once per node and model (``llm_sql.node_engine``; in local mode the driver starts it at
+``register`` and stops it at exit or ``stop(spark)``); an ``openai`` model (``backend="openai", base_url=...``,
+or a URL in ``models``) sends its batches to that external OpenAI-compatible endpoint.
+
+Interpreter: local mode's Python workers run the driver's interpreter unless ``PYSPARK_PYTHON`` or
+``spark.pyspark.python`` says otherwise; see ``workers_run_this_python``.
 
 Statistics: ``last_stats(spark)`` sums what every UDF batch reported through a Spark accumulator since
 ``register`` or the last ``reset_stats(spark)`` (rows in, distinct inputs, LLM calls, NULL inputs, errors with
@@ -50,19 +55,21 @@ without it. ``register(spark, cache=False)`` turns it off.
 from __future__ import annotations
 
 import atexit
-import functools
 import os
+import re
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+from llm_sql.config import Config, ModelSpec, make_config
 from llm_sql.session import QueryStats
 from udf.api import FUNCTIONS, EvalSettings
+from udf.arrow_calls import Target
 
 EXTENSION_CLASS = "io.llmsql.catalyst.LLMSQLExtensions"
 OPTIMIZE_CONF = "llm_sql.optimize"
 REORDER_FIELDS_CONF = "llm_sql.reorder_fields"
-ENGINE_OPTIONS = ("device", "dtype", "kv_cache_memory", "enable_prefix_caching")
 _WARNED = {"extension": False}
 
 
@@ -116,7 +123,7 @@ class SparkStats(QueryStats):
 
 @dataclass
 class _Registration:
-    spec: BackendSpec
+    route: WorkerRoute
     settings: EvalSettings
     accumulator: Any
     baseline: dict[str, Any] = field(default_factory=dict)
@@ -138,67 +145,134 @@ def _warn_no_extension() -> None:
                       "and spark.jars before the session starts.", RuntimeWarning, stacklevel=3)
 
 
-def register(spark, *, model: str | None = None, backend: str = "embedded", base_url: str | None = None,
-             api_key: str | None = None, optimize: bool | None = None, dedup: bool = True, reorder: bool = True,
-             on_error: str = "null", progress: bool = False, cache: bool = True, cache_path: str | None = None,
-             device: str = "cpu",
-             dtype: str | None = None, kv_cache_memory: Any = None, enable_prefix_caching: bool = True,
-             backend_options: dict | None = None, start: bool | None = None, **defaults: Any):
+def _backend_spec(spec: ModelSpec, app_id: str) -> BackendSpec:
+    """How a worker reaches one of the session's models: its node engine server, or its external endpoint."""
+    from llm_sql import node_engine
+
+    if spec.backend == "openai":
+        return BackendSpec(kind="openai", model=spec.model, base_url=spec.base_url, api_key=spec.api_key,
+                           backend_options=spec.backend_options)
+    if spec.backend != "embedded":
+        raise ValueError(f"Spark mode supports backend='embedded' or 'openai', got {spec.backend!r} "
+                         f"(model {spec.name!r})")
+    engine_opts = dict(spec.engine_options)
+    return BackendSpec(kind="node", model=spec.model, key=node_engine.app_key(app_id, spec.model, engine_opts),
+                       engine_args=tuple(node_engine.engine_args_from(engine_opts)),
+                       backend_options=spec.backend_options)
+
+
+@dataclass(frozen=True)
+class WorkerRoute:
+    """The UDFs' route inside a Python worker (picklable): model name -> ``Target`` on that model's backend."""
+
+    config: Config
+    backends: tuple[tuple[str, BackendSpec], ...]  # model name -> how to reach it
+
+    def spec(self, model: str | None = None) -> BackendSpec:
+        return dict(self.backends)[self.config.model(model).name]
+
+    def __call__(self, model: str | None = None) -> Target:
+        spec = self.config.model(model)
+        backend, pid = worker_backend(dict(self.backends)[spec.name])
+        return Target(backend, spec.identity, pid)
+
+
+def register(spark, *, optimize: bool | None = None, progress: bool = False, start: bool | None = None,
+             **options: Any):
     """Register ``llm``, ``llm_filter``, ``llm_classify``, ``llm_score`` on ``spark``; returns ``spark``.
 
-    ``start`` (default: True in local mode) starts the node's engine server now, on the driver.
-    ``cache`` / ``cache_path``: the persistent result cache (see the module doc).
+    ``options`` are ``llm_sql.config.make_config``'s (the same as DuckDB mode's: ``model`` / ``models``,
+    ``backend``, ``cache``, function defaults, ...). ``start`` (default: True in local mode) starts the node's
+    engine servers now, on the driver. ``optimize`` (default: leave the session's setting) sets
+    ``llm_sql.optimize``; ``False`` also turns off the UDF's per-batch dedup and reordering.
     """
     from llm_sql import node_engine
-    from llm_sql.cache import ResultCache
-    from llm_sql.session import model_identity, resolve_model
-    from udf.options import validate_options
     from udf.spark_udf import make_arrow_udf, new_accumulator
 
-    if on_error not in ("null", "raise"):
-        raise ValueError(f"on_error must be 'null' or 'raise', got {on_error!r}")
-    defaults = dict(validate_options(defaults, where="register() option"))
+    config = make_config(optimize=optimize, progress=progress, **options)
     if optimize is not None:
         spark.conf.set(OPTIMIZE_CONF, "true" if optimize else "false")
-    if "reorder_fields" in defaults:  # read by the ChooseFieldOrder rule
-        spark.conf.set(REORDER_FIELDS_CONF, "true" if defaults["reorder_fields"] else "false")
-    if optimize is False:
-        dedup = reorder = False
-    settings = EvalSettings(dedup=bool(dedup), reorder=bool(reorder), result_cache=bool(cache), on_error=on_error,
-                            progress=bool(progress), defaults=defaults)
+    if "reorder_fields" in config.defaults:  # read by the ChooseFieldOrder rule
+        spark.conf.set(REORDER_FIELDS_CONF, "true" if config.defaults["reorder_fields"] else "false")
     app_id = _app_id(spark)
-    if backend == "openai":
-        if not base_url:
-            raise ValueError("backend='openai' needs base_url='http://host:port'")
-        spec = BackendSpec(kind="openai", model=model, base_url=base_url, api_key=api_key,
-                           backend_options=tuple(sorted((backend_options or {}).items())))
-        worker_backend(spec)[0]._model()  # fail now, naming the URL, if the server does not answer
-    elif backend == "embedded":
-        model = resolve_model(model)
-        engine_opts = {"device": device, "dtype": dtype, "kv_cache_memory": kv_cache_memory,
-                       "enable_prefix_caching": enable_prefix_caching}
-        spec = BackendSpec(kind="node", model=model, key=node_engine.app_key(app_id, model, engine_opts),
-                           engine_args=tuple(node_engine.engine_args_from(engine_opts)),
-                           backend_options=tuple(sorted((backend_options or {}).items())))
-        local = _master(spark).startswith("local")
-        if start if start is not None else local:
+    route = WorkerRoute(config, tuple((m.name, _backend_spec(m, app_id)) for m in config.models))
+    local = _master(spark).startswith("local")
+    for _, spec in route.backends:
+        if spec.kind == "openai":
+            worker_backend(spec)[0]._model()  # fail now, naming the URL, if the server does not answer
+        elif start if start is not None else local:
             node_engine.ensure_server(spec.key, spec.model, spec.engine_args, watch_pid=os.getpid())
             if local:
                 atexit.register(node_engine.stop_server, spec.key)
-    else:
-        raise ValueError(f"Spark mode supports backend='embedded' or 'openai', got {backend!r}")
+    workers_run_this_python(spark, local)
 
     acc = None if is_connect(spark) else new_accumulator(spark)  # Spark Connect has no accumulators
-    get_backend = functools.partial(worker_backend, spec)
-    result_cache = ResultCache(path=cache_path) if cache else None  # pickled to the workers; reopens there
-    model_id = model_identity("openai" if spec.kind == "openai" else "embedded", model, base_url)
+    result_cache = config.result_cache()  # pickled to the workers; reopens there
     for name in FUNCTIONS:
-        spark.udf.register(name, make_arrow_udf(name, get_backend, settings, acc, result_cache=result_cache,
-                                                model_id=model_id))
-    _REGISTRY[app_id] = _Registration(spec=spec, settings=settings, accumulator=acc)
+        spark.udf.register(name, make_arrow_udf(name, route, config.udf_settings, acc, result_cache=result_cache))
+    _REGISTRY[app_id] = _Registration(route=route, settings=config.udf_settings, accumulator=acc)
     if not extension_loaded(spark):
         _warn_no_extension()
     return spark
+
+
+# What the UDFs import in a worker; a worker interpreter without them fails every task.
+WORKER_MODULES = ("pyarrow", "numpy", "udf", "engine_backend", "llm_sql")
+
+
+def workers_run_this_python(spark, local: bool) -> None:
+    """Point the Python workers at an interpreter that has llm-sql, or say that they lack it.
+
+    PySpark starts workers with ``$PYSPARK_PYTHON`` or else ``python3`` from PATH, which is not the venv when
+    the driver was started by its path (IDEs, cron, notebook kernels). So in a classic local session, unless
+    the user chose one (``PYSPARK_PYTHON`` or ``spark.pyspark.python``), the workers run the driver's own
+    interpreter. Where they run another one (a cluster, the user's choice, or a Spark Connect server, whose
+    workers run the server's ``PYSPARK_PYTHON``), one tiny query checks that it can import what the UDFs need
+    and warns, naming what is missing, if it cannot.
+    """
+    if not is_connect(spark):
+        sc = spark.sparkContext
+        chosen = os.environ.get("PYSPARK_PYTHON") or sc.getConf().get("spark.pyspark.python", None)
+        if chosen:
+            sc.pythonExec = chosen
+        elif local:
+            sc.pythonExec = sys.executable
+        if sc.pythonExec == sys.executable:
+            return
+    missing = _missing_on_workers(spark)
+    if missing:
+        warnings.warn(f"llm-sql: Spark's Python workers {missing}: every LLM query will fail there. Install "
+                      "llm-sql for that interpreter, or point PYSPARK_PYTHON / spark.pyspark.python at one that "
+                      "has it (a Spark Connect server reads PYSPARK_PYTHON from its environment when it starts)",
+                      RuntimeWarning, stacklevel=3)
+
+
+def _missing_on_workers(spark) -> str | None:
+    """None if a worker imports everything in ``WORKER_MODULES``, else what went wrong, in words."""
+    import json
+
+    from pyspark.sql import functions as F
+
+    modules = WORKER_MODULES
+
+    def probe(_):  # runs in the worker: standard library only
+        import importlib.util
+        import json as worker_json
+        import sys as worker_sys
+
+        missing = [m for m in modules if importlib.util.find_spec(m) is None]
+        return worker_json.dumps([worker_sys.executable, missing])
+
+    try:
+        if is_connect(spark):
+            row = spark.range(1).select(F.udf(probe, "string")(F.col("id"))).collect()[0][0]
+        else:  # an RDD task: its worker needs nothing beyond the standard library and pyspark itself
+            row = spark.sparkContext.parallelize([0], 1).map(probe).collect()[0]
+    except Exception as exc:  # noqa: BLE001 - the workers could not even start
+        errors = re.findall(r"^\s*(\w+(?:Error|Exception): .+)$", str(exc), re.MULTILINE)
+        return f"could not run a test task ({errors[-1] if errors else type(exc).__name__})"
+    python, missing = json.loads(row)
+    return f"run {python}, which cannot import {', '.join(missing)}" if missing else None
 
 
 def is_connect(spark) -> bool:
@@ -247,20 +321,22 @@ def last_stats(spark) -> SparkStats:
     return s
 
 
-def server_info(spark) -> dict[str, Any] | None:
-    """The local node server's record (``server.json``: pid, port, url, ...), None with an external endpoint."""
+def server_info(spark, model: str | None = None) -> dict[str, Any] | None:
+    """The local node server's record (``server.json``: pid, port, url, ...) of a model (default: the session's
+    default), None for an external endpoint."""
     from llm_sql import node_engine
 
-    reg = _registration(spark)
-    return node_engine.read_state(reg.spec.key) if reg.spec.kind == "node" else None
+    spec = _registration(spark).route.spec(model)
+    return node_engine.read_state(spec.key) if spec.kind == "node" else None
 
 
 def stop(spark) -> bool:
-    """Stop this machine's engine server of the session (local mode); True if one was running."""
+    """Stop this machine's engine servers of the session (local mode); True if one was running."""
     from llm_sql import node_engine
 
-    reg = _registration(spark)
-    return reg.spec.kind == "node" and node_engine.stop_server(reg.spec.key)
+    stopped = [node_engine.stop_server(spec.key) for _, spec in _registration(spark).route.backends
+               if spec.kind == "node"]
+    return any(stopped)
 
 
 def spark_session(model: str | None = None, *, master: str = "local[*]", app_name: str = "llm-sql",
@@ -276,6 +352,11 @@ def spark_session(model: str | None = None, *, master: str = "local[*]", app_nam
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.master(master).appName(app_name)
+    if master.startswith("local") and not os.environ.get("PYSPARK_PYTHON"):
+        # the workers run this interpreter, not python3 from PATH (register() also sees to it)
+        for key in ("spark.pyspark.python", "spark.pyspark.driver.python"):
+            if key not in (conf or {}):
+                builder = builder.config(key, sys.executable)
     jars = list(extra_jars)
     try:
         from llm_sql.jvm import add_to_driver_classpath, extension_jar

@@ -56,14 +56,17 @@ print("RESULT " + json.dumps(out))
 
 
 @pytest.mark.slow
-def test_spark_connect_client_gets_the_rules_and_the_functions(tmp_path):
+def test_spark_connect_client_gets_the_rules_and_the_functions(tmp_path, env_without_this_python):
     from engine_backend.testing import make_tiny_model
 
     model = str(make_tiny_model(tmp_path / "tiny", arch="llama"))
     script = tmp_path / "connect.py"
     script.write_text(_CONNECT)
+    # A local Connect server's workers run the PYSPARK_PYTHON its JVM was started with (the Python side cannot
+    # change it afterwards), else python3 from PATH: a user sets it, as here, with a PATH that does not lead here.
+    env = {**env_without_this_python, "PYSPARK_PYTHON": sys.executable}
     proc = subprocess.run([sys.executable, str(script), model, json.dumps(ROWS)], capture_output=True, text=True,
-                          timeout=300, cwd=tmp_path)  # cwd: the local server's spark-warehouse goes there
+                          timeout=300, cwd=tmp_path, env=env)  # cwd: the local server's spark-warehouse goes there
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     assert line is not None, proc.stderr[-3000:]
     out = json.loads(line[len("RESULT "):])

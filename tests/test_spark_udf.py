@@ -181,12 +181,13 @@ def test_result_cache_answers_a_repeated_query(spark, model_dir, tmp_path):
     try:
         llm_sql.register(spark, model=model_dir, max_tokens=MAX_TOKENS, cache_path=str(tmp_path / "r.sqlite"))
         first = sorted(spark.sql(query).collect())
-        cold = llm_sql.last_stats(spark)
-        assert cold.llm_calls > 0 and cold.cache_hits == 0
+        # Cold: someone computed each answer first; the two workers share the cache file, so one may already
+        # hit what the other just wrote (how many is a race). Warm: every answer is in it.
+        assert llm_sql.last_stats(spark).llm_calls > 0
         spark_mode.reset_stats(spark)
         assert sorted(spark.sql(query).collect()) == first
         warm = llm_sql.last_stats(spark)
-        assert warm.llm_calls == 0 and warm.cache_hits == cold.llm_calls
+        assert warm.llm_calls == 0 and warm.cache_hits > 0
     finally:  # the module's other tests count LLM calls
         llm_sql.register(spark, model=model_dir, max_tokens=MAX_TOKENS, cache=False)
 
@@ -271,10 +272,11 @@ def test_stale_record_and_taken_port_recovered(model_dir, monkeypatch):
 
 
 def test_batch_is_retried_after_a_backend_failure(spark, plain):
-    """A server lost mid-batch: the UDF reconnects (get_backend restarts a dead server) and redoes the batch."""
+    """A server lost mid-batch: the UDF reconnects (routing again restarts a dead server) and redoes the batch."""
     import pyarrow as pa
 
     from engine_backend.backends import make_backend
+    from udf.arrow_calls import Target
     from udf.spark_udf import make_arrow_udf
 
     info = spark_mode.server_info(spark)
@@ -283,12 +285,12 @@ def test_batch_is_retried_after_a_backend_failure(spark, plain):
     good = make_backend("openai", base_url=info["url"], api_key=info["token"])
     handed = []
 
-    def get_backend():
-        handed.append(1)
-        return (dead if len(handed) == 1 else good), None
+    def route(model):
+        handed.append(model)
+        return Target(dead if len(handed) == 1 else good)
 
     settings = EvalSettings(result_cache=False, progress=False, defaults={"max_tokens": MAX_TOKENS})
-    fn = make_arrow_udf("llm", get_backend, settings).func
+    fn = make_arrow_udf("llm", route, settings).func
     reviews = [r for _, r, _ in ROWS]
     try:
         out = fn(pa.array(["Summarise"] * len(reviews)), pa.array(reviews)).to_pylist()
@@ -311,6 +313,69 @@ def test_dead_server_is_restarted_by_a_worker(spark, model_dir):
     assert new["pid"] != old["pid"] and new["starts"] == old["starts"] + 1 and node_engine.healthy(new)
     assert llm_sql.last_stats(spark).server_pids == [new["pid"]]
     assert len(_server_processes(model_dir)) == 1
+
+
+def test_workers_run_the_drivers_interpreter(spark):
+    """register() pointed the workers at this interpreter, not at python3 from PATH."""
+    assert spark.sparkContext.pythonExec == sys.executable
+    got = spark.sparkContext.parallelize([0], 1).map(lambda _: __import__("sys").executable).collect()
+    assert got == [sys.executable]
+
+
+def test_a_worker_interpreter_without_the_packages_is_named(spark, tmp_path, monkeypatch):
+    """The user chose a worker interpreter that lacks pyarrow and llm-sql: register() says so, naming them."""
+    import venv
+
+    bare = tmp_path / "bare"
+    venv.EnvBuilder(with_pip=False).create(bare)
+    monkeypatch.setenv("PYSPARK_PYTHON", str(bare / "bin" / "python"))
+    try:
+        with pytest.warns(RuntimeWarning, match=r"cannot import .*pyarrow"):
+            spark_mode.workers_run_this_python(spark, local=True)
+        assert spark.sparkContext.pythonExec == str(bare / "bin" / "python")
+    finally:
+        spark.sparkContext.pythonExec = sys.executable
+
+
+def test_two_models_and_an_instruction_without_a_field(spark, model_dir, tmp_path):
+    """models={...}: named_struct('model', 'large') answers with the second checkpoint's own tokens, the default
+    with the first; llm('Say hi') asks the instruction alone."""
+    from engine_backend.backends import make_backend
+    from engine_backend.testing import make_tiny_model
+
+    large = str(make_tiny_model(tmp_path / "large", arch="llama", seed=7))
+    reviews = sorted({r for _, r, _ in ROWS if r is not None})
+    settings = EvalSettings(dedup=False, reorder=False, result_cache=False, progress=False,
+                            defaults={"max_tokens": MAX_TOKENS})
+
+    def own(model, rows, instruction="Summarise", names=("review",)):
+        backend = make_backend("embedded", model=model)
+        try:
+            return evaluate(make_call("llm", instruction=instruction, field_names=names), rows, backend,
+                            settings=settings).values
+        finally:
+            backend.close()
+
+    try:
+        llm_sql.register(spark, models={"small": model_dir, "large": large}, model="small",
+                         max_tokens=MAX_TOKENS, cache=False)
+        df = spark.createDataFrame([(r,) for r in reviews], "review string").repartition(2)
+        df.createOrReplaceTempView("distinct_reviews")
+        got = spark.sql("SELECT review, llm('Summarise', struct(review)) AS a, "
+                        "llm('Summarise', struct(review), named_struct('model', 'large')) AS b "
+                        "FROM distinct_reviews").collect()
+        got = sorted((r["review"], r["a"], r["b"]) for r in got)
+        rows = [(r,) for r in reviews]
+        assert [a for _, a, _ in got] == own(model_dir, rows)
+        assert [b for _, _, b in got] == own(large, rows)
+        assert [a for _, a, _ in got] != [b for _, _, b in got]
+        hi = {r[0] for r in spark.sql("SELECT llm('Say hi') FROM distinct_reviews").collect()}
+        assert hi == set(own(model_dir, [()], instruction="Say hi", names=()))
+        with pytest.raises(Exception, match="unknown model 'huge'"):
+            spark.sql("SELECT llm('Summarise', struct(review), named_struct('model', 'huge')) "
+                      "FROM distinct_reviews").collect()
+    finally:  # the module's other tests use the one-model registration (the large server stops at exit)
+        llm_sql.register(spark, model=model_dir, max_tokens=MAX_TOKENS, cache=False)
 
 
 _WITH_RULES = r"""
@@ -341,8 +406,9 @@ print("RESULT " + json.dumps(out))
 
 
 @pytest.mark.slow
-def test_with_the_catalyst_rules_results_equal_rules_off(model_dir, tmp_path):
-    """End to end in a fresh process: spark_session() with the extension; rules on == rules off."""
+def test_with_the_catalyst_rules_results_equal_rules_off(model_dir, tmp_path, env_without_this_python):
+    """End to end in a fresh process started by the interpreter's path, with a PATH that does not lead to it
+    (as IDEs and cron start Python): spark_session() with the extension; rules on == rules off."""
     import json
 
     try:
@@ -354,7 +420,7 @@ def test_with_the_catalyst_rules_results_equal_rules_off(model_dir, tmp_path):
     script = tmp_path / "with_rules.py"
     script.write_text(_WITH_RULES)
     proc = subprocess.run([sys.executable, str(script), model_dir, json.dumps(ROWS)], capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, env=env_without_this_python)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     assert line is not None, proc.stderr[-3000:]
     out = json.loads(line[len("RESULT "):])
