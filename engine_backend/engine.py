@@ -135,11 +135,10 @@ class LLMEngine:
         """Run one scheduler step; return the requests that finished in it."""
         t0 = time.perf_counter()
         batch, failed = self.scheduler.schedule()
-        done: list[Sequence] = []
-        for seq in failed:
-            seq.finish_reason = "error"
-            seq.error = "the request needs more KV cache than the whole budget holds"
-            done.append(seq)
+        if not batch and not failed and self.scheduler.has_work():
+            # every step computes or finishes something; looping on here would hang generate() and the server
+            raise RuntimeError(f"the scheduler scheduled nothing while requests wait: {self.scheduler.describe()}")
+        done: list[Sequence] = list(failed)  # finished with an error that says what budget they need
         if batch:
             sample_seqs, logits = self.runner.run(batch)
             for seq, n in zip(batch.seqs, batch.num_new_tokens):

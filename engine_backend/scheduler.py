@@ -8,6 +8,13 @@ the cache instead of computing the same prefix twice.
 
 When pages run out, the most recently admitted running request is preempted through a
 ``PreemptionPolicy``; recompute is the default (Pie's swapping plugs in here).
+
+Every prefill chunk is cut so that the request would fit the whole budget alone
+(``KVCacheManager.max_chunk``, the rule behind the constructor's minimum budget), so an
+accepted request always runs once it is alone. If it still does not fit alone, cached pages
+are in the way: the prefix cache is emptied and the request reruns from nothing with no
+other request beside it. Only a request larger than the constructor promised finishes with
+an error, which says the budget it needs; a step never schedules nothing while work waits.
 """
 from __future__ import annotations
 
@@ -62,7 +69,7 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            n = min(seq.num_uncomputed, budget)
+            n = self._chunk(seq, budget)
             while not self.kv.allocate(seq, n):
                 if len(self.running) - 1 > i:  # preempt the newest other request
                     self._preempt(self.running.pop())
@@ -74,22 +81,27 @@ class Scheduler:
                 budget -= n
                 i += 1
                 continue
-            # not even alone does this request fit
-            if i == 0 and not batch.seqs:
-                self.running.pop(i)
+            if i == 0 and seq.exclusive:  # alone from an empty cache and still short: never fits
+                self.running.pop(0)
                 self._unpend(seq)
                 self.kv.free(seq)
-                failed.append(seq)
-            else:
+                failed.append(self._fail(seq))
+            else:  # alone but not exclusive, it starts over from an empty cache in _admit
                 self._preempt(self.running.pop(i))
             # the requests after i (if any) were preempted above
         if len(batch.seqs) == len(self.running):
-            self._admit(batch, budget)
+            self._admit(batch, budget, failed)
         return batch, failed
 
-    def _admit(self, batch: ScheduledBatch, budget: int) -> None:
+    def _chunk(self, seq: Sequence, budget: int) -> int:
+        """Tokens to compute for ``seq`` this step: within the step's budget, and few enough to fit alone."""
+        return self.kv.max_chunk(seq.num_computed, min(seq.num_uncomputed, budget))
+
+    def _admit(self, batch: ScheduledBatch, budget: int, failed: list[Sequence]) -> None:
         B = self.kv.block_size
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            if any(s.exclusive for s in self.running):
+                break
             seq = self.waiting[0]
             hit = self.kv.match_prefix(seq)
             next_block = hit // B
@@ -97,10 +109,17 @@ class Scheduler:
             if next_block < len(keys) and self._pending[keys[next_block]] and self.running:
                 self.kv.free(seq)  # wait for the running request to publish that block
                 break
-            n = min(seq.num_uncomputed, budget)
+            n = self._chunk(seq, budget)
             if not self.kv.allocate(seq, n):
                 self.kv.free(seq)
-                break
+                if self.running:
+                    break  # pages come back when running requests finish or are preempted
+                n = self._admit_alone(seq, budget)
+                if not n:
+                    self.waiting.popleft()
+                    failed.append(self._fail(seq))
+                    continue
+                hit, next_block = 0, 0
             self.waiting.popleft()
             if not seq.admitted:
                 seq.admitted = True
@@ -115,6 +134,39 @@ class Scheduler:
             batch.seqs.append(seq)
             batch.num_new_tokens.append(n)
             budget -= n
+
+    def _admit_alone(self, seq: Sequence, budget: int) -> int:
+        """Nothing runs and ``seq`` still does not fit: pages of the prefix cache are in the way
+        (a large page shared by a hit and evictable pages cannot go to another layer type). Empty
+        the cache and start ``seq`` from nothing, alone until it finishes, which the constructor's
+        minimum guarantees (``KVCacheManager.large_pages_for_one_request``). Returns the tokens
+        scheduled, or 0 if even that fails."""
+        self.kv.reset_prefix_cache()
+        self.kv.match_prefix(seq)  # no hit now; sets up empty block tables
+        n = self._chunk(seq, budget)
+        if not self.kv.allocate(seq, n):
+            self.kv.free(seq)
+            return 0
+        seq.exclusive = True
+        return n
+
+    def _fail(self, seq: Sequence) -> Sequence:
+        kv = self.kv
+        need = kv.large_pages_for_one_request(len(seq.token_ids))
+        seq.finish_reason = "error"
+        seq.error = (f"the request ({len(seq.token_ids)} tokens) needs {need} KV pages "
+                     f"({need * kv.large_page_bytes} bytes of kv_cache_memory) to run alone, but the budget "
+                     f"holds {kv.pool.num_pages} pages ({kv.pool.num_pages * kv.large_page_bytes} bytes)")
+        return seq
+
+    def describe(self) -> str:
+        """The queues and the pool, for an error that must say why nothing moved."""
+        head = self.waiting[0] if self.waiting else (self.running[0] if self.running else None)
+        where = "" if head is None else (
+            f"; first request {head.request_id}: {len(head.token_ids)} tokens, {head.num_computed} computed, "
+            f"needs {self.kv.large_pages_for_one_request(len(head.token_ids))} pages alone")
+        return (f"running {len(self.running)}, waiting {len(self.waiting)}, preemptions {self.num_preemptions}, "
+                f"large pages free {self.kv.pool.num_free} of {self.kv.pool.num_pages}{where}")
 
     def _preempt(self, seq: Sequence) -> None:
         self._unpend(seq)

@@ -40,6 +40,7 @@ class Sequence:
         self.pending_keys: list = []  # block keys this request is computing (see Scheduler)
         self.num_cached_tokens = 0  # prefix-cache hit at first admission
         self.admitted = False
+        self.exclusive = False  # restarted alone from an empty cache: nothing is admitted beside it
         self.finish_reason: str | None = None
         self.error: str | None = None
         self.stop_text_len: int | None = None  # where a stop string cut the text

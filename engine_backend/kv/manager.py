@@ -35,16 +35,52 @@ class KVCacheManager:
         self.peak_large_pages = 0
 
     # ---- capacity ------------------------------------------------------------------
-    def large_pages_for_one_request(self, num_tokens: int) -> int:
-        """Large pages one request of ``num_tokens`` tokens needs at its peak (for start-up checks)."""
+    # One rule for the constructor's minimum budget and the scheduler's chunk sizes: what one
+    # request alone holds while a step computes its tokens [start, start + n).
+    def large_pages_needed(self, start: int, num_new: int) -> int:
+        """Large pages one request alone holds while computing tokens ``[start, start + num_new)``.
+
+        Full attention holds every block up to the chunk's end; a sliding type only the blocks
+        from its window at ``start`` (it released the rest after the last step) to the chunk's end.
+        """
+        end_block = (start + num_new - 1) // self.block_size
         total = 0
         for s in self.specs:
-            blocks = s.blocks_for_tokens(num_tokens)
-            if s.window is not None:
-                blocks = min(blocks, s.blocks_for_tokens(s.window) + 1)
+            blocks = end_block - s.first_needed_block(start) + 1
             ratio = self.allocators[s.name].ratio
-            total += -(-blocks // ratio)
+            if s.window is None or ratio == 1:
+                total += -(-blocks // ratio)
+            else:  # a run of blocks that slides along its large pages may straddle one more
+                total += -(-(blocks - 1) // ratio) + 1
         return total
+
+    def large_pages_for_one_request(self, num_tokens: int) -> int:
+        """Large pages one request of ``num_tokens`` tokens needs at its peak, decoding one token a step.
+
+        The constructor refuses a budget below this; ``max_chunk`` keeps every prefill chunk within
+        the budget, so a request this size always runs alone. Full attention grows with the position
+        and a sliding window repeats every block, so the peak lies within the last block of positions.
+        """
+        last = max(num_tokens, 1)
+        return max(self.large_pages_needed(p, 1) for p in range(max(0, last - self.block_size), last))
+
+    def max_chunk(self, start: int, limit: int) -> int:
+        """The most tokens (at most ``limit``, at least one) a request at ``start`` computes in one step
+        and still fits the whole pool alone."""
+        if limit <= 1 or self.large_pages_needed(start, limit) <= self.pool.num_pages:
+            return max(limit, 1)
+        lo, hi = 1, limit  # fits(lo) is assumed (the constructor's promise), fits(hi) is false
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self.large_pages_needed(start, mid) <= self.pool.num_pages:
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
+    @property
+    def large_page_bytes(self) -> int:
+        return self.large_page_elems * self.specs[0].dtype.itemsize
 
     # ---- prefix matching --------------------------------------------------------------
     def match_prefix(self, seq) -> int:
@@ -191,6 +227,6 @@ class KVCacheManager:
             "large_pages_used": self.pool.num_used,
             "large_pages_active": sum(a.num_active_large_pages for a in self.allocators.values()),
             "large_pages_peak": self.peak_large_pages,
-            "large_page_bytes": self.large_page_elems * self.specs[0].dtype.itemsize,
+            "large_page_bytes": self.large_page_bytes,
             "types": per_type,
         }
