@@ -212,15 +212,21 @@ class LLMEngine:
         if use_tqdm:
             from tqdm import tqdm
             bar = tqdm(total=len(index), desc="generate", unit="req", delay=1.0)  # long runs only
-        while index:
-            for out in self.step():
-                i = index.pop(out.request_id, None)
-                if i is not None:
-                    results[i] = out
-                    if bar:
-                        bar.update(1)
-        if bar:
-            bar.close()
+        try:
+            while index:
+                for out in self.step():
+                    i = index.pop(out.request_id, None)
+                    if i is not None:
+                        results[i] = out
+                        if bar:
+                            bar.update(1)
+        except BaseException:
+            for request_id in index:  # a failed step leaves no request of this call behind
+                self.abort_request(request_id)
+            raise
+        finally:
+            if bar:
+                bar.close()
         return results
 
     # ---- reporting -------------------------------------------------------------------------------

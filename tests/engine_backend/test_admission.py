@@ -138,6 +138,12 @@ def test_a_step_without_progress_raises_instead_of_spinning(tiny_model_dir, monk
     monkeypatch.setattr(engine.scheduler, "_admit", lambda batch, budget, failed: None)  # a scheduler bug
     with pytest.raises(RuntimeError, match="scheduled nothing.*waiting 1"):
         engine.generate([[5, 6, 7]], SamplingParams(max_tokens=2))
+    assert not engine.has_unfinished_requests()  # generate() took its requests back out
+    from engine_backend.async_engine import AsyncLLMEngine, EngineError
+    with AsyncLLMEngine(engine) as aengine:  # the server's engine thread: the callers hear it, nobody hangs
+        with pytest.raises(EngineError, match="scheduled nothing"):
+            aengine.generate_sync([[5, 6, 7]], SamplingParams(max_tokens=2), timeout=30)
+        assert not engine.has_unfinished_requests()
 
 
 # ---- the property test -------------------------------------------------------------------------------------
