@@ -7,6 +7,22 @@ from importlib import metadata
 CUDA_DIST = re.compile(r"^(nvidia|cuda)[-_]", re.IGNORECASE)
 
 
+# "Downloading s3fs-2026.9.0-py3-none-any.whl", "Processing /opt/wheels/torch-2.13.0+cpu-cp311-....whl"
+FETCHED = re.compile(r"^(?:\s*Downloading|Processing) (?:\S*/)?([A-Za-z0-9_.]+)-(\d[^-]*?)(?:-py|-cp|\.tar\.gz|\.zip|-\d)",
+                     re.MULTILINE)
+
+
+def fetched_versions(pip_log: str) -> dict[str, set[str]]:
+    """Packages pip fetched at more than one version: the mark of backtracking (a re-check of one version,
+    which pip also announces as "looking at multiple versions", costs nothing and is not counted)."""
+    with open(pip_log, encoding="utf-8", errors="replace") as fh:
+        text = fh.read()
+    seen: dict[str, set[str]] = {}
+    for name, version in FETCHED.findall(text):
+        seen.setdefault(name.lower().replace("_", "-"), set()).add(version)
+    return {n: v for n, v in seen.items() if len(v) > 1}
+
+
 def main(pip_log: str) -> int:
     problems = []
     cuda = sorted(d.metadata["Name"] for d in metadata.distributions() if CUDA_DIST.match(d.metadata["Name"] or ""))
@@ -18,10 +34,10 @@ def main(pip_log: str) -> int:
     if torch.version.cuda and not has_gpu:
         problems.append(f"torch {torch.__version__} is a CUDA build (torch.version.cuda={torch.version.cuda}) "
                         "on a machine without a GPU")
-    with open(pip_log, encoding="utf-8", errors="replace") as fh:
-        backtracks = sorted(set(re.findall(r"pip is looking at multiple versions of (\S+)", fh.read())))
-    if backtracks:
-        problems.append(f"pip backtracked while resolving: {', '.join(backtracks)}")
+    backtracked = fetched_versions(pip_log)
+    if backtracked:
+        problems.append("pip backtracked while resolving (fetched several versions of one package): " +
+                        "; ".join(f"{name} {', '.join(sorted(v))}" for name, v in sorted(backtracked.items())))
     for p in problems:
         print(f"check_install: {p}", file=sys.stderr)
     if not problems:
