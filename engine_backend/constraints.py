@@ -4,6 +4,12 @@ The choices are tokenized and put in a trie; at each step only the children of t
 current node may be sampled. A node that ends a choice and has no children finishes
 the request; one that ends a choice and also continues (``yes`` vs ``yes!``) allows
 EOS as the way to stop there.
+
+Every output constraint speaks the same protocol to the engine and the sampler:
+``start()`` -> a request's state, ``mask_rows(logits, states)`` sets what the states
+forbid to -inf, ``step(state, token)`` -> (next state, output complete). ``bounded``
+says whether the constraint itself bounds the output's length (a finite choice list
+does; a grammar leaves it to ``max_tokens``). ``engine_backend.grammar`` is the other kind.
 """
 from __future__ import annotations
 
@@ -19,6 +25,8 @@ class _Node:
 
 
 class ChoiceTrie:
+    bounded = True
+
     def __init__(self, choices: list[str], tokenizer):
         self.root = _Node()
         self.max_len = 0
@@ -48,3 +56,16 @@ class ChoiceTrie:
         kept = logits_row[keep].clone()
         logits_row.fill_(float("-inf"))
         logits_row[keep] = kept
+
+    # -- the constraint protocol --------------------------------------------------------------------------
+    def start(self) -> _Node:
+        return self.root
+
+    def mask_rows(self, logits: torch.Tensor, nodes: list) -> None:
+        for i, node in enumerate(nodes):
+            self.mask_row(logits[i], node)
+
+    def step(self, node: _Node, token: int) -> tuple[_Node | None, bool]:
+        nxt = self.advance(node, token)
+        # EOS after a complete choice, or a choice that cannot go on
+        return nxt, nxt is None or (nxt.terminal and not nxt.children)

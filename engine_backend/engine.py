@@ -4,6 +4,7 @@ from __future__ import annotations
 import itertools
 import re
 import time
+from typing import Any
 
 import torch
 
@@ -72,7 +73,7 @@ class LLMEngine:
         self._rng = torch.Generator().manual_seed(seed)
         self._ids = itertools.count()
         self._seqs: dict[str, Sequence] = {}
-        self._tries: dict[str, ChoiceTrie] = {}
+        self._constraints: dict[str, Any] = {}  # request id -> output constraint (choices, grammar)
         self._eos = set(self.tokenizer.eos_token_ids)
         self._generated_tokens = 0
         self._finished = 0
@@ -109,10 +110,10 @@ class LLMEngine:
         if request_id in self._seqs:
             raise ValueError(f"request id {request_id!r} is already in use")
         seq = Sequence(request_id, ids, params, next(self._ids))
-        if params.choices:
-            trie = ChoiceTrie(params.choices, self.tokenizer)
-            self._tries[request_id] = trie
-            seq.constraint_node = trie.root
+        constraint = self._constraint_of(params)
+        if constraint is not None:
+            self._constraints[request_id] = constraint
+            seq.constraint_node = constraint.start()
         if params.temperature > 0:
             seed = params.seed if params.seed is not None else int(torch.randint(2**62, (1,), generator=self._rng))
             seq.generator = torch.Generator().manual_seed(seed)
@@ -124,7 +125,7 @@ class LLMEngine:
         seq = self._seqs.pop(request_id, None)
         if seq is not None:
             self.scheduler.finish(seq)
-            self._tries.pop(request_id, None)
+            self._constraints.pop(request_id, None)
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_work()
@@ -143,7 +144,7 @@ class LLMEngine:
             sample_seqs, logits = self.runner.run(batch)
             for seq, n in zip(batch.seqs, batch.num_new_tokens):
                 seq.num_computed += n
-            for seq, token in zip(sample_seqs, sample(logits, sample_seqs, self._tries)):
+            for seq, token in zip(sample_seqs, sample(logits, sample_seqs, self._constraints)):
                 self._append(seq, token)
             for seq in batch.seqs:
                 self.scheduler.after_step(seq)
@@ -153,7 +154,7 @@ class LLMEngine:
         for seq in done:
             self.scheduler.finish(seq)
             self._seqs.pop(seq.request_id, None)
-            self._tries.pop(seq.request_id, None)
+            self._constraints.pop(seq.request_id, None)
             self._finished += 1
             outputs.append(self._output(seq))
         self._step_seconds += time.perf_counter() - t0
@@ -163,12 +164,11 @@ class LLMEngine:
         seq.token_ids.append(token)
         self._generated_tokens += 1
         p = seq.params
-        trie = self._tries.get(seq.request_id)
-        if trie is not None:
-            node = trie.advance(seq.constraint_node, token)
-            if node is None or (node.terminal and not node.children):
-                seq.finish_reason = "stop"  # EOS after a complete choice, or a choice that cannot go on
-            seq.constraint_node = node
+        constraint = self._constraints.get(seq.request_id)
+        if constraint is not None:
+            seq.constraint_node, complete = constraint.step(seq.constraint_node, token)
+            if complete:
+                seq.finish_reason = "stop"
         elif (token in self._eos and not p.ignore_eos) or token in p.stop_token_ids:
             seq.finish_reason = "stop"
         elif p.stop:
@@ -178,10 +178,21 @@ class LLMEngine:
                 seq.stop_text_len = min(hits)
                 seq.finish_reason = "stop"
         if seq.finish_reason is None:
-            if trie is None and seq.num_output_tokens >= p.max_tokens:
+            if (constraint is None or not constraint.bounded) and seq.num_output_tokens >= p.max_tokens:
                 seq.finish_reason = "length"
             elif len(seq.token_ids) >= self.max_model_len:
                 seq.finish_reason = "length"
+
+    def _constraint_of(self, params: SamplingParams):
+        """The output constraint a request asks for, or None: a choice list or a grammar (cached per expression)."""
+        if params.choices:
+            return ChoiceTrie(params.choices, self.tokenizer)
+        if params.json_schema is not None or params.regex is not None:
+            from .grammar import compile_constraint
+
+            return compile_constraint(self.tokenizer, self.config.vocab_size, json_schema=params.json_schema,
+                                      regex=params.regex)
+        return None
 
     def _output(self, seq: Sequence) -> RequestOutput:
         text = ""

@@ -23,7 +23,10 @@ _BITS = torch.arange(32, dtype=torch.int32)
 
 
 class GrammarConstraint:
-    """A compiled expression over one tokenizer's vocabulary; ``start()`` gives a request its own state."""
+    """A compiled expression over one tokenizer's vocabulary; ``start()`` gives a request its own state (the
+    protocol of ``engine_backend.constraints``)."""
+
+    bounded = False  # an expression may allow long outputs: max_tokens still applies
 
     def __init__(self, regex: str, tokenizer, vocab_size: int):
         import outlines_core

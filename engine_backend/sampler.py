@@ -9,14 +9,20 @@ from __future__ import annotations
 import torch
 
 
-def sample(logits: torch.Tensor, seqs: list, tries: dict) -> list[int]:
-    """``logits``: [len(seqs), vocab] float32. ``tries`` maps request id -> ChoiceTrie."""
+def sample(logits: torch.Tensor, seqs: list, constraints: dict) -> list[int]:
+    """``logits``: [len(seqs), vocab] float32. ``constraints`` maps request id -> its output constraint
+    (``engine_backend.constraints``); each constraint masks all of its rows in one call."""
     if not seqs:
         return []
+    groups: dict[int, tuple[object, list[int]]] = {}
     for i, seq in enumerate(seqs):
-        trie = tries.get(seq.request_id)
-        if trie is not None:
-            trie.mask_row(logits[i], seq.constraint_node)
+        c = constraints.get(seq.request_id)
+        if c is not None:
+            groups.setdefault(id(c), (c, []))[1].append(i)
+    for c, rows in groups.values():
+        sub = logits[rows]
+        c.mask_rows(sub, [seqs[i].constraint_node for i in rows])
+        logits[rows] = sub
     tokens = logits.argmax(dim=-1).tolist()
     for i, seq in enumerate(seqs):
         p = seq.params

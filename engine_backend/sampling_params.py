@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -11,6 +12,10 @@ class SamplingParams:
     Greedy (``temperature=0``) is the default: SQL answers should be repeatable.
     ``choices`` constrains the output to be exactly one of the given strings
     (labels, yes/no); generation then stops as soon as a choice is complete.
+    ``json_schema`` (a dict or JSON text) or ``regex`` constrains it to JSON that
+    validates against the schema, or to text the expression matches
+    (``engine_backend.grammar``); it stops when the output is complete or at
+    ``max_tokens``. At most one of the three.
     """
 
     max_tokens: int = 16
@@ -22,6 +27,8 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     choices: list[str] | None = None
+    json_schema: Any = None
+    regex: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -46,6 +53,13 @@ class SamplingParams:
             raise ValueError("stop must be a list of non-empty strings")
         if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
             raise ValueError("stop_token_ids must be non-negative integers")
+        given = [n for n in ("choices", "json_schema", "regex") if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give at most one output constraint, got {' and '.join(given)}")
+        if self.json_schema is not None and not isinstance(self.json_schema, (dict, str)):
+            raise ValueError(f"json_schema must be a dict or JSON text, got {type(self.json_schema).__name__}")
+        if self.regex is not None and (not isinstance(self.regex, str) or not self.regex):
+            raise ValueError("regex must be a non-empty string")
         if self.choices is not None:
             if not isinstance(self.choices, (list, tuple)) or not self.choices:
                 raise ValueError("choices must be a non-empty list of strings")

@@ -45,7 +45,7 @@ class Sequence:
         self.error: str | None = None
         self.stop_text_len: int | None = None  # where a stop string cut the text
         self.generator = None  # torch.Generator for seeded sampling
-        self.constraint_node = None  # position in the choice trie
+        self.constraint_node = None  # the output constraint's state (choice-trie node, grammar guide)
 
     @property
     def output_token_ids(self) -> list[int]:

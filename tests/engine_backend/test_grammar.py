@@ -79,3 +79,72 @@ def test_bad_constraints_are_clear_errors(tokenizer):
         regex_for(json_schema="{nope")
     with pytest.raises(ValueError, match="non-empty"):
         regex_for(regex="")
+
+
+SCHEMA = {"type": "object", "properties": {"brewery": {"type": "string", "maxLength": 8},
+                                           "abv": {"type": "number"},
+                                           "style": {"enum": ["IPA", "Stout", "Lager"]}},
+          "required": ["brewery", "abv", "style"]}
+
+
+_REFERENCE: dict = {}
+
+
+def constrained_reference(model_dir, prompt_ids, constraint, max_new):
+    """transformers greedy decoding (its own KV cache) with the same constraint applied to its logits at every
+    step, through a logits processor that walks one guide per prompt."""
+    import transformers
+
+    key = (str(model_dir), tuple(map(tuple, prompt_ids)), constraint.regex, max_new)
+    if key in _REFERENCE:
+        return _REFERENCE[key]
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+
+    class Constrained(transformers.LogitsProcessor):
+        def __init__(self, start):
+            self.start, self.guide = start, None
+
+        def __call__(self, input_ids, scores):
+            if self.guide is None:
+                self.guide = constraint.start()
+            else:  # the token chosen at the previous step
+                self.guide, _ = constraint.step(self.guide, int(input_ids[0, -1]))
+            scores = scores.clone()
+            constraint.mask_rows(scores, [self.guide])
+            return scores
+
+    outs = []
+    for ids in prompt_ids:
+        with torch.no_grad():
+            g = model.generate(torch.tensor([ids]), max_new_tokens=max_new, do_sample=False, pad_token_id=0,
+                               eos_token_id=list(constraint.eos_ids),
+                               attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                               logits_processor=transformers.LogitsProcessorList([Constrained(len(ids))]))
+        outs.append(g[0, len(ids):].tolist())
+    _REFERENCE[key] = outs
+    return outs
+
+
+@pytest.mark.parametrize("prefix_caching", [True, False])
+def test_engine_json_schema_equals_transformers_with_the_same_mask(tiny_model_dir, prefix_caching):
+    from engine_backend import LLMEngine, SamplingParams
+
+    model_dir = tiny_model_dir("llama")
+    engine = LLMEngine(model=str(model_dir), enable_prefix_caching=prefix_caching)
+    prompts = [f"Extract the brewery from review {i}: a hoppy pale ale from Hill Farm." for i in range(3)]
+    ids = [engine.tokenizer.encode(p) for p in prompts]
+    outs = engine.generate(ids, SamplingParams(max_tokens=60, json_schema=SCHEMA))
+    constraint = compile_constraint(engine.tokenizer, engine.config.vocab_size, json_schema=SCHEMA)
+    ref = constrained_reference(model_dir, ids, constraint, 60)
+    def content(tokens):  # the engine stops where only EOS may follow; transformers goes on to sample the EOS
+        return tokens[:-1] if tokens and tokens[-1] in constraint.eos_ids else tokens
+
+    for out, want in zip(outs, ref):
+        assert content(out.token_ids) == content(want)
+        if out.finish_reason == "stop":  # complete: it parses and validates
+            jsonschema.validate(json.loads(out.text), SCHEMA)
+    assert any(o.finish_reason == "stop" for o in outs)
+    with pytest.raises(ValueError, match="at most one output constraint"):
+        SamplingParams(choices=["a"], regex="a")
+    bad = engine.generate([ids[0]], SamplingParams(json_schema="{nope"))[0]
+    assert bad.finish_reason == "error" and "not valid JSON" in bad.error
