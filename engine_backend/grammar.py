@@ -83,15 +83,35 @@ def regex_for(json_schema: Any = None, regex: str | None = None) -> str:
         return regex
     from outlines_core.json_schema import build_regex_from_schema
 
-    text = json_schema if isinstance(json_schema, str) else json.dumps(json_schema, sort_keys=True)
-    try:
-        json.loads(text)
-    except ValueError as exc:
-        raise ValueError(f"json_schema is not valid JSON: {exc}") from None
+    if isinstance(json_schema, str):
+        try:
+            json_schema = json.loads(json_schema)
+        except ValueError as exc:
+            raise ValueError(f"json_schema is not valid JSON: {exc}") from None
+    text = json.dumps(_enforceable(json_schema), sort_keys=True)
     try:
         return build_regex_from_schema(text, r"[ ]?")  # at most one space between tokens: short outputs
     except Exception as exc:
         raise ValueError(f"unsupported json_schema: {exc}") from None
+
+
+ENUM_RANGE_LIMIT = 1000  # an integer range up to this many values becomes an enum the grammar can enforce
+
+
+def _enforceable(schema: Any) -> Any:
+    """The schema with what the regex compiler ignores made explicit: a bounded integer range (``minimum`` /
+    ``maximum``, e.g. a 1..5 score) becomes the enum of its values, so the output validates."""
+    if isinstance(schema, list):
+        return [_enforceable(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _enforceable(v) for k, v in schema.items()}
+    if out.get("type") == "integer" and "minimum" in out and "maximum" in out:
+        lo, hi = out["minimum"], out["maximum"]
+        if isinstance(lo, int) and isinstance(hi, int) and 0 <= hi - lo < ENUM_RANGE_LIMIT:
+            rest = {k: v for k, v in out.items() if k not in ("type", "minimum", "maximum")}
+            return {**rest, "enum": list(range(lo, hi + 1))}
+    return out
 
 
 @functools.lru_cache(maxsize=8)

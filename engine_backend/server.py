@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import ipaddress
+import json
 import re
 import secrets
 import sys
@@ -93,7 +94,10 @@ class _SamplingFields(BaseModel):
     logprobs: Any = None
     choices: list[str] | None = None  # our extension: the output is exactly one of these
     guided_choice: list[str] | None = None  # vLLM's name for the same thing (before 0.12)
-    structured_outputs: dict[str, Any] | None = None  # vLLM's newer spelling: {"choice": [...]}
+    guided_json: dict[str, Any] | str | None = None  # vLLM's (before 0.12): a JSON schema
+    guided_regex: str | None = None
+    structured_outputs: dict[str, Any] | None = None  # vLLM's newer spelling: {"choice" | "json" | "regex": ...}
+    response_format: dict[str, Any] | None = None  # OpenAI's: {"type": "text" | "json_object" | "json_schema"}
 
 
 class CompletionRequest(_SamplingFields):
@@ -128,28 +132,51 @@ def _reject_unsupported(req: _SamplingFields) -> None:
         raise APIError(400, "suffix is not supported by this server", param="suffix")
 
 
+def _output_constraint(req: _SamplingFields) -> dict[str, Any]:
+    """The one output constraint the request asks for, under any of the names clients use, as SamplingParams
+    fields ({"choices": ...} | {"json_schema": ...} | {"regex": ...} | {}). Two different ones are a 400."""
+    asked: list[tuple[str, str, Any]] = []  # (where, kind, value)
+    for where, kind, value in (("choices", "choices", req.choices), ("guided_choice", "choices", req.guided_choice),
+                               ("guided_json", "json_schema", req.guided_json),
+                               ("guided_regex", "regex", req.guided_regex)):
+        if value is not None:
+            asked.append((where, kind, value))
+    if req.structured_outputs is not None:
+        so = req.structured_outputs
+        names = {"choice": "choices", "json": "json_schema", "regex": "regex"}
+        if not so or set(so) - set(names):
+            raise APIError(400, "structured_outputs takes one of choice, json, regex", param="structured_outputs")
+        asked += [(f"structured_outputs.{k}", names[k], v) for k, v in so.items()]
+    if req.response_format is not None:
+        rf = req.response_format
+        kind = rf.get("type")
+        if kind == "json_object":
+            asked.append(("response_format", "json_schema", {"type": "object"}))
+        elif kind == "json_schema":
+            spec = rf.get("json_schema")
+            if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+                raise APIError(400, "response_format json_schema needs {\"json_schema\": {\"name\": ..., "
+                                    "\"schema\": {...}}}", param="response_format")
+            asked.append(("response_format", "json_schema", spec["schema"]))
+        elif kind != "text":
+            raise APIError(400, f"response_format type must be text, json_object or json_schema, got {kind!r}",
+                           param="response_format")
+    distinct = {(kind, json.dumps(value, sort_keys=True)) for _, kind, value in asked}
+    if len(distinct) > 1:
+        raise APIError(400, f"{' and '.join(w for w, _, _ in asked)} ask for different outputs: give one",
+                       param=asked[1][0])
+    return {asked[0][1]: asked[0][2]} if asked else {}
+
+
 def _sampling_params(req: _SamplingFields, max_tokens: int | None) -> SamplingParams:
     """Map the OpenAI fields onto ``SamplingParams``; any invalid value is a 400 naming it."""
     _reject_unsupported(req)
-    choices = req.choices
-    others = [("guided_choice", req.guided_choice)]
-    if req.structured_outputs is not None:
-        so = req.structured_outputs
-        if set(so) - {"choice"} or not isinstance(so.get("choice"), list):
-            raise APIError(400, "structured_outputs supports only {\"choice\": [...]}", param="structured_outputs")
-        others.append(("structured_outputs.choice", so["choice"]))
-    for name, value in others:
-        if value is None:
-            continue
-        if choices is not None and list(choices) != list(value):
-            raise APIError(400, f"choices and {name} differ: give one of them", param="choices")
-        choices = value
     kwargs: dict[str, Any] = {
         "stop": [req.stop] if isinstance(req.stop, str) else list(req.stop or []),
         "stop_token_ids": list(req.stop_token_ids or []),
         "ignore_eos": bool(req.ignore_eos),
-        "choices": choices,
         "seed": req.seed,
+        **_output_constraint(req),
     }
     if max_tokens is not None:
         kwargs["max_tokens"] = max_tokens

@@ -8,6 +8,8 @@ costs the others.
 """
 from __future__ import annotations
 
+import json
+
 import os
 import random
 import sys
@@ -144,6 +146,12 @@ class OpenAIBackend(Backend):
             body["choices"] = list(p.choices)  # our server's name
             body["guided_choice"] = list(p.choices)  # vLLM's name before 0.12
             body["structured_outputs"] = {"choice": list(p.choices)}  # vLLM's name since 0.10.2
+        if p.json_schema is not None:  # OpenAI's name, which vLLM, SGLang and our server also read
+            schema = json.loads(p.json_schema) if isinstance(p.json_schema, str) else p.json_schema
+            body["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
+        if p.regex is not None:
+            body["guided_regex"] = p.regex  # vLLM's name before 0.12
+            body["structured_outputs"] = {"regex": p.regex}
         body.update(self.extra_body)
         return body
 

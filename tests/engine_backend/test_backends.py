@@ -99,6 +99,20 @@ def test_openai_backend_equals_embedded(server, embedded):
     assert backend.model == server.model_name  # discovered from /v1/models
 
 
+def test_openai_backend_sends_grammar_constraints(server, embedded):
+    """json_schema and regex reach the server (as response_format / structured_outputs) and decode as embedded."""
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "minimum": 1,
+                                                                                 "maximum": 5}},
+              "required": ["ok", "n"]}
+    reqs = [GenerationRequest(prompt=f"Row {i}: is it good?", params=SamplingParams(max_tokens=40, **c))
+            for i, c in enumerate([{"json_schema": schema}, {"regex": "(yes|no)[.!]"}, {"json_schema": schema}])]
+    expected = embedded.generate(reqs)
+    with make_backend("openai", base_url=server.url, api_key=KEY) as backend:
+        got = backend.generate(reqs)
+    assert comparable(got) == comparable(expected)
+    assert got[1].text in {"yes.", "yes!", "no.", "no!"}
+
+
 def test_openai_backend_concurrency_keeps_order(server, embedded):
     reqs = requests_mixed()
     expected = embedded.generate(reqs)

@@ -22,8 +22,11 @@ def tokenizer(tmp_path_factory):
 
 def random_schema(rng: random.Random, depth: int = 0) -> dict:
     """One schema of a fixed family: objects, enums, arrays, numbers, booleans, bounded strings, nesting."""
-    kinds = ["integer", "number", "boolean", "string", "enum"] + (["array", "object"] if depth < 2 else [])
+    kinds = ["integer", "number", "boolean", "string", "enum", "range"] + (["array", "object"] if depth < 2 else [])
     kind = rng.choice(kinds)
+    if kind == "range":  # bounds the regex compiler ignores: enforced as an enum (engine_backend.grammar)
+        lo = rng.randint(-5, 5)
+        return {"type": "integer", "minimum": lo, "maximum": lo + rng.randint(0, 20)}
     if kind == "string":
         return {"type": "string", "maxLength": rng.randint(1, 6)}
     if kind == "enum":

@@ -130,6 +130,50 @@ def test_choices_constraint(client, field):
     assert [c["text"] for c in body["choices"]] and all(c["text"] in labels for c in body["choices"])
 
 
+JSON_SCHEMA = {"type": "object", "properties": {"sentiment": {"enum": ["positive", "negative"]},
+                                               "stars": {"type": "integer", "minimum": 1, "maximum": 5}},
+               "required": ["sentiment", "stars"]}
+
+
+@pytest.mark.parametrize("fields", [
+    {"response_format": {"type": "json_schema", "json_schema": {"name": "review", "schema": JSON_SCHEMA}}},
+    {"guided_json": JSON_SCHEMA},
+    {"structured_outputs": {"json": JSON_SCHEMA}},
+], ids=["response_format", "guided_json", "structured_outputs"])
+def test_json_schema_outputs_validate_and_equal_the_engine(client, reference, fields):
+    import json
+
+    import jsonschema
+
+    body = complete(client, prompt=PROMPTS[:3], max_tokens=64, **fields)
+    expected = reference.generate(PROMPTS[:3], SamplingParams(max_tokens=64, json_schema=JSON_SCHEMA))
+    assert [c["text"] for c in body["choices"]] == [e.text for e in expected]
+    for choice in body["choices"]:
+        if choice["finish_reason"] == "stop":
+            jsonschema.validate(json.loads(choice["text"]), JSON_SCHEMA)
+    assert any(c["finish_reason"] == "stop" for c in body["choices"])
+
+
+def test_regex_and_json_object(client):
+    body = complete(client, prompt=PROMPTS[:2], max_tokens=8, guided_regex="(yes|no)")
+    assert all(c["text"] in ("yes", "no") for c in body["choices"])
+    body = complete(client, prompt=PROMPTS[:1], max_tokens=200, response_format={"type": "json_object"})
+    assert body["choices"][0]["text"].startswith("{")
+
+
+@pytest.mark.parametrize("body,needle", [
+    ({"prompt": "hi", "response_format": {"type": "xml"}}, "response_format type"),
+    ({"prompt": "hi", "response_format": {"type": "json_schema"}}, "json_schema needs"),
+    ({"prompt": "hi", "guided_json": JSON_SCHEMA, "guided_regex": "a+"}, "ask for different outputs"),
+    ({"prompt": "hi", "structured_outputs": {"grammar": "x"}}, "structured_outputs takes"),
+    ({"prompt": "hi", "guided_json": "{not json"}, "not valid JSON"),
+])
+def test_bad_output_constraints_are_400(client, body, needle):
+    resp = client.post("/v1/completions", json=body)
+    assert resp.status_code == 400, resp.text
+    assert needle in resp.json()["error"]["message"]
+
+
 @pytest.mark.parametrize("body,needle", [
     ({"prompt": "hi", "temperature": -1}, "temperature"),
     ({"prompt": "hi", "max_tokens": 0}, "max_tokens"),
