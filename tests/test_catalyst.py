@@ -25,7 +25,7 @@ from pyspark.sql import SparkSession  # noqa: E402
 from pyspark.sql.functions import pandas_udf  # noqa: E402
 from pyspark.sql.types import BooleanType, IntegerType, StringType  # noqa: E402
 
-from llm_sql import jvm  # noqa: E402
+from llm_sql import jvm, spark_mode  # noqa: E402
 
 ROWS = [
     (i, f"review {['good', 'bad', 'fine'][i % 3]} {i % 7}" if i % 11 else None, i % 5, f"beer{i % 4}")
@@ -74,6 +74,7 @@ def spark(jar, tmp_path_factory):
     )
     if jvm.EXTENSION_CLASS not in s.conf.get("spark.sql.extensions", ""):
         pytest.skip("another SparkSession without the llm-sql extension is still running in this process")
+    spark_mode.workers_run_this_python(s, local=True)  # as register() does: not python3 from PATH
     for f in (llm_filter, llm, llm_score, llm_struct):
         s.udf.register(f.__name__, f)
     path = str(tmp_path_factory.mktemp("reviews") / "reviews.parquet")
