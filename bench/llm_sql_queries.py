@@ -224,8 +224,9 @@ def prompt_estimates(prompts: list[str], tokenizer, block_size: int) -> dict:
 
 def run_queries(con, qs: dict[str, dict], counts: dict[str, int], model: str, configs: dict[str, dict], *,
                 block_size: int = 16, kv_cache_memory: str = "2GB", max_tokens: int = 8, chat: bool = True,
-                tag: str = "") -> list[dict]:
-    """Each (query, configuration) on a fresh prefix cache; one row of figures per run (see the module doc)."""
+                tag: str = "", keep_prompts: bool = False) -> list[dict]:
+    """Each (query, configuration) on a fresh prefix cache; one row of figures per run (see the module doc).
+    ``keep_prompts``: each row also holds the prompts as sent (``sent_prompts``)."""
     import llm_sql
     from engine_backend.backends import make_backend
 
@@ -256,6 +257,8 @@ def run_queries(con, qs: dict[str, dict], counts: dict[str, int], model: str, co
             if cfg["prefix_cache"]:
                 row.update({k: v for k, v in prompt_estimates(backend.prompts, backend.engine.tokenizer,
                                                               block_size).items() if k != "tokens_per_prompt"})
+            if keep_prompts:
+                row["sent_prompts"] = list(backend.prompts)
             results.append(row)
             log(f"{tag}{qname:20s} {cname:15s} {seconds:8.2f} s  calls {s.llm_calls:5d}  "
                 f"tok/prompt {row['tokens_per_prompt']:6.1f}  hit {s.prefix_hit_rate:.1%}"
