@@ -24,6 +24,7 @@ from optimizer.rules import field_names, llm_calls, parse_call
 from optimizer.rules.calls import Unliftable
 from optimizer.rules.lookup import OUT_COLUMN
 from udf.api import FUNCTIONS
+from udf.registry import REGISTRY
 from udf.arrow_calls import ARROW_TYPES
 
 _SESSIONS: dict[int, tuple[Any, Session]] = {}  # id(raw connection) -> (connection, session)
@@ -73,7 +74,7 @@ class LLMConnection:
     # -- the optimised path ------------------------------------------------------------------------------
     def plan(self, query: str) -> QueryPlan:
         self.session.query_counter += 1
-        return plan_query(query, FUNCTIONS, "duckdb", table_prefix=f"__llm_q{self.session.query_counter}_stage_",
+        return plan_query(query, {name: spec.weight for name, spec in REGISTRY.items()}, "duckdb", table_prefix=f"__llm_q{self.session.query_counter}_stage_",
                           cost=self._cost)
 
     def _cost(self, count_sql: str, per_row: float) -> float:

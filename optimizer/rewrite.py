@@ -14,7 +14,7 @@ inputs, to order LLM predicates; by default a static estimate from the function 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import sqlglot
 from sqlglot import exp
@@ -24,8 +24,8 @@ from optimizer.rules import (CallSpec, Unliftable, call_key, conjoin, contains_l
                              references_outside, selects_post_order, sources_of, split_conjuncts, stage_select,
                              unliftable_reason, visible_ctes)
 
-DEFAULT_FUNCTIONS = frozenset({"llm", "llm_filter", "llm_classify", "llm_score"})
-_FUNCTION_WEIGHT = {"llm_filter": 1.0, "llm_classify": 1.0, "llm_score": 1.0, "llm": 4.0}
+# name -> relative cost per row (free text generates more tokens than a label); callers pass their registry's
+DEFAULT_FUNCTIONS = {"llm": 4.0, "llm_filter": 1.0, "llm_classify": 1.0, "llm_score": 1.0}
 
 
 @dataclass
@@ -77,10 +77,10 @@ class QueryPlan:
         return "\n".join(lines)
 
 
-def static_cost(spec: CallSpec) -> float:
+def static_cost(spec: CallSpec, weights: Mapping[str, float] = DEFAULT_FUNCTIONS) -> float:
     """Rough tokens per row: instruction and labels plus a share per field, weighted by output length."""
     prompt = len(spec.instruction or "") / 4 + sum(len(label) for label in spec.labels or ()) / 4 + 32 * len(spec.fields)
-    return _FUNCTION_WEIGHT.get(spec.function, 1.0) * prompt
+    return weights.get(spec.function, 1.0) * prompt
 
 
 def _rows_sql(sel: exp.Select, dialect: str) -> str:
@@ -95,15 +95,19 @@ def _count_sql(sel: exp.Select, dialect: str) -> str:
     return exp.select("COUNT(*)").from_(rows.subquery("__llm_rows")).sql(dialect=dialect)
 
 
-def plan_query(sql: str, llm_functions: Iterable[str] = DEFAULT_FUNCTIONS, dialect: str = "duckdb", *,
-               table_prefix: str = "__llm_stage_", cost: Callable[[str, float], float] | None = None) -> QueryPlan:
-    names = frozenset(n.lower() for n in llm_functions)
+def plan_query(sql: str, llm_functions: Iterable[str] | Mapping[str, float] = DEFAULT_FUNCTIONS,
+               dialect: str = "duckdb", *, table_prefix: str = "__llm_stage_",
+               cost: Callable[[str, float], float] | None = None) -> QueryPlan:
+    """``llm_functions``: the LLM functions' names, or name -> relative cost per row (``DEFAULT_FUNCTIONS``)."""
+    weights = ({n.lower(): float(w) for n, w in llm_functions.items()} if isinstance(llm_functions, Mapping)
+               else {n.lower(): DEFAULT_FUNCTIONS.get(n.lower(), 1.0) for n in llm_functions})
+    names = frozenset(weights)
     tree = sqlglot.parse_one(sql, dialect=dialect)
     plan = QueryPlan(original_sql=sql, sql=sql)
     if not llm_calls(tree, names):
         return plan
     plan.has_llm_calls = True
-    planner = _Planner(names, dialect, table_prefix, cost, plan)
+    planner = _Planner(names, dialect, table_prefix, cost, plan, weights)
     for select in selects_post_order(tree):
         planner.plan_select(select)
     for call in llm_calls(tree, names):  # what is left is answered by the fallback UDFs
@@ -115,8 +119,9 @@ def plan_query(sql: str, llm_functions: Iterable[str] = DEFAULT_FUNCTIONS, diale
 
 
 class _Planner:
-    def __init__(self, names, dialect, prefix, cost, plan: QueryPlan):
+    def __init__(self, names, dialect, prefix, cost, plan: QueryPlan, weights: Mapping[str, float]):
         self.names, self.dialect, self.prefix, self.cost, self.plan = names, dialect, prefix, cost, plan
+        self.weights = weights
         self.by_key: dict[tuple[str, str], Stage] = {}
         self.reasons: dict[int, str] = {}
         self.table_of: dict[str, int] = {}
@@ -157,7 +162,7 @@ class _Planner:
                 spec = parse_call(call)
             except Unliftable:
                 continue
-            est = static_cost(spec)
+            est = static_cost(spec, self.weights)
             if self.cost is not None:
                 count_sql = exp.select("COUNT(*)").from_(
                     stage_select(select, spec.fields, cheap, ctes).subquery("__llm_count")).sql(dialect=self.dialect)

@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-FUNCTIONS = ("llm", "llm_filter", "llm_classify", "llm_score")
+from udf.registry import REGISTRY  # noqa: E402 - the one list of LLM functions
+
+FUNCTIONS = tuple(REGISTRY)
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,9 @@ from engine_backend.backends.base import Backend, BackendError
 from udf.api import EvalOutput, EvalSettings, LLMCall, ResultCache
 from udf.functions import make_call
 from udf.options import merge_options, validate_options
+from udf.registry import REGISTRY, spec_of
 
-ARROW_TYPES = {"llm": pa.string(), "llm_filter": pa.bool_(), "llm_classify": pa.string(), "llm_score": pa.int32()}
+ARROW_TYPES = {name: spec.arrow_type for name, spec in REGISTRY.items()}
 
 
 def _pylist(arr: Any) -> list[Any]:
@@ -39,7 +40,7 @@ def split_args(function: str, args: tuple[Any, ...]) -> tuple[Any, list[Any], An
     """(instruction column | None, field columns, labels column | None, options column | None)."""
     args = list(args)
     instruction = labels = options = None
-    if function != "llm_classify":
+    if spec_of(function).has_instruction:
         if not args:
             raise ValueError(f"{function}(instruction [, field, ...] [, options]) needs an instruction")
         instruction = args.pop(0)
@@ -90,15 +91,16 @@ def calls_of_batch(function: str, args: tuple[Any, ...]) -> tuple[int, list[tupl
     rows = list(zip(*cols)) if cols else [()] * n
     groups: dict[tuple, list[int]] = {}
     calls: dict[tuple, LLMCall] = {}
+    has_instruction = spec_of(function).has_instruction
     for i in range(n):
-        if function != "llm_classify" and instructions[i] is None:
+        if has_instruction and instructions[i] is None:
             continue
         lbl = labels[i]
         opts = validate_options(options[i])
         key = (instructions[i], None if lbl is None else tuple(lbl), opts)
         if key not in calls:
             calls[key] = make_call(function, instruction=instructions[i], field_names=names,
-                                   labels=lbl if function == "llm_classify" else None, options=opts)
+                                   labels=None if has_instruction else lbl, options=opts)
         groups.setdefault(key, []).append(i)
     return n, rows, [(calls[k], idx) for k, idx in groups.items()]
 

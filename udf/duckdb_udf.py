@@ -34,8 +34,7 @@ from typing import Any, Callable
 
 from udf.api import FUNCTIONS, EvalOutput, EvalSettings, LLMCall, ResultCache
 from udf.arrow_calls import Route, Target, answer_batch
-
-_SQL_TYPES = {"llm": "VARCHAR", "llm_filter": "BOOLEAN", "llm_classify": "VARCHAR", "llm_score": "INTEGER"}
+from udf.registry import spec_of
 
 
 def register_udfs(con: Any, route: Route, settings: EvalSettings, result_cache: ResultCache | None = None,
@@ -48,15 +47,14 @@ def register_udfs(con: Any, route: Route, settings: EvalSettings, result_cache: 
     and per-row error reasons).
     """
     for name in functions:
-        if name not in FUNCTIONS:
-            raise ValueError(f"unknown LLM function {name!r}; expected one of {', '.join(FUNCTIONS)}")
+        spec = spec_of(name)
 
         udf = _make_udf(name, route, settings, result_cache, on_output)
         try:
             con.remove_function(name)
         except Exception:
             pass
-        con.create_function(name, udf, None, _SQL_TYPES[name], type="arrow", null_handling="special")
+        con.create_function(name, udf, None, spec.duckdb_type, type="arrow", null_handling="special")
 
 
 def _make_udf(function: str, route: Route, settings: EvalSettings, result_cache, on_output):

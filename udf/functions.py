@@ -1,12 +1,6 @@
-"""The four SQL functions: what each asks the model, how it is constrained, how its answer is read.
+"""The LLM functions' calls: validation, decoding parameters, and how an answer is read.
 
-| function | SQL result | decoding | parse |
-|---|---|---|---|
-| ``llm(instruction, field, ...)`` | VARCHAR | free text, ``max_tokens`` (default 32), no stop string | the text, stripped of surrounding whitespace |
-| ``llm_filter(instruction, field, ...)`` | BOOLEAN | ``choices=[" yes", " no"]`` | yes -> true, no -> false |
-| ``llm_classify(field, ..., labels)`` | VARCHAR | ``choices=[" " + label, ...]`` | the label |
-| ``llm_score(instruction, field, ...)`` | INTEGER | ``choices=[" 1", ..., " 5"]`` | 1..5 |
-
+What each function is (SQL types, prompt cue, decoding constraint) is its entry in ``udf.registry``.
 Decoding is greedy (``temperature=0``) unless an option says otherwise. The constrained functions
 size ``max_tokens`` themselves (the longest choice's UTF-8 byte length + 2, which bounds its token
 count under a byte-level tokenizer), so a ``max_tokens`` option only affects ``llm``. Any output that
@@ -15,16 +9,12 @@ failure: NULL with the reason recorded.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from engine_backend.sampling_params import SamplingParams
-from udf.api import FUNCTIONS, LLMCall
+from udf.api import LLMCall
 from udf.options import DEFAULT_MAX_TOKENS, validate_options
-
-RETURN_TYPES = {"llm": "VARCHAR", "llm_filter": "BOOLEAN", "llm_classify": "VARCHAR", "llm_score": "INTEGER"}
-FILTER_CHOICES = {" yes": True, " no": False}
-SCORE_CHOICES = {f" {i}": i for i in range(1, 6)}
+from udf.registry import spec_of
 
 
 def validate_labels(labels: Any) -> tuple[str, ...]:
@@ -60,13 +50,12 @@ def make_call(function: str, instruction: str | None = None, field_names: Iterab
 
 
 def validate_call(call: LLMCall) -> None:
-    if call.function not in FUNCTIONS:
-        raise ValueError(f"unknown LLM function {call.function!r}; expected one of {', '.join(FUNCTIONS)}")
-    if not call.field_names and call.function == "llm_classify":
-        raise ValueError("llm_classify needs at least one field argument")
+    spec = spec_of(call.function)
+    if not call.field_names and not spec.has_instruction:
+        raise ValueError(f"{call.function} needs at least one field argument")
     if any(not isinstance(n, str) for n in call.field_names):
         raise ValueError(f"{call.function} field names must be strings: {call.field_names!r}")
-    if call.function == "llm_classify":
+    if not spec.has_instruction:
         validate_labels(call.labels)
     else:
         if call.instruction is None or not isinstance(call.instruction, str) or not call.instruction.strip():
@@ -76,13 +65,8 @@ def validate_call(call: LLMCall) -> None:
 
 def choice_map(call: LLMCall) -> dict[str, Any] | None:
     """Constrained outputs (as sent to the backend) -> SQL value; None for free text."""
-    if call.function == "llm_filter":
-        return dict(FILTER_CHOICES)
-    if call.function == "llm_score":
-        return dict(SCORE_CHOICES)
-    if call.function == "llm_classify":
-        return {" " + lbl: lbl for lbl in call.labels or ()}
-    return None
+    choices = spec_of(call.function).choices
+    return None if choices is None else choices(call)
 
 
 def sampling_params(call: LLMCall, opts: Mapping[str, Any]) -> SamplingParams:
@@ -125,12 +109,3 @@ def parse_output(call: LLMCall, text: str | None) -> tuple[Any, str | None]:
     allowed = ", ".join(repr(c.strip()) for c in choices)
     return None, f"unparsable output {text!r} for {call.function}: expected one of {allowed}"
 
-
-@dataclass(frozen=True)
-class FunctionSpec:
-    name: str
-    return_type: str
-    has_instruction: bool
-
-
-SPECS = {f: FunctionSpec(f, RETURN_TYPES[f], f != "llm_classify") for f in FUNCTIONS}

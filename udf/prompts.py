@@ -56,15 +56,11 @@ from typing import Any, Sequence
 
 from udf.options import DEFAULT_MAX_FIELD_CHARS
 from udf.presets import expand
+from udf.registry import REGISTRY
 
 DEFAULT_SYSTEM = "You are a careful data analyst. Read the input record and reply with the answer only."
 
-CUES = {
-    "llm": "Answer:",
-    "llm_filter": "Answer yes or no:",
-    "llm_classify": "Label:",
-    "llm_score": "Score 1-5:",
-}
+CUES = {name: spec.cue for name, spec in REGISTRY.items()}
 
 
 def _truncate(text: str, max_chars: int | None) -> str:

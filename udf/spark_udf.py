@@ -41,9 +41,8 @@ import os
 import sys
 from typing import Any, Callable
 
-from udf.api import FUNCTIONS, EvalSettings, ResultCache, StageStats
+from udf.api import EvalSettings, ResultCache, StageStats
 
-SPARK_TYPES = {"llm": "string", "llm_filter": "boolean", "llm_classify": "string", "llm_score": "int"}
 MAX_REASONS = 20
 _STAT_FIELDS = ("rows_in", "distinct_inputs", "llm_calls", "cache_hits", "null_inputs", "errors", "prompt_tokens",
                 "cached_prompt_tokens", "generated_tokens", "solve_seconds", "llm_seconds")
@@ -119,8 +118,9 @@ def make_arrow_udf(function: str, route: Callable[[str | None], Any], settings: 
 
     if not hasattr(F, "arrow_udf"):
         raise ImportError("llm-sql's Spark UDFs need pyspark >= 4.1 (pyspark.sql.functions.arrow_udf)")
-    if function not in FUNCTIONS:
-        raise ValueError(f"unknown LLM function {function!r}; expected one of {', '.join(FUNCTIONS)}")
+    from udf.registry import spec_of
+
+    spec = spec_of(function)
 
     def report(call, out, target) -> None:
         reasons = [e for e in out.errors if e is not None]
@@ -139,4 +139,4 @@ def make_arrow_udf(function: str, route: Callable[[str | None], Any], settings: 
 
     run.__name__ = function
     run.__annotations__ = {"args": pa.Array, "return": pa.Array}  # real types: this module defers annotations
-    return F.arrow_udf(run, SPARK_TYPES[function])
+    return F.arrow_udf(run, spec.spark_type)

@@ -1,0 +1,48 @@
+"""One registry of the LLM functions: every layer (prompts, decoding, parsing, DuckDB, Spark, Arrow, the
+rewriter's cost model) reads a function's facts from its ``FunctionSpec``, so a new function is one entry.
+
+| function | DuckDB | Spark | decoding | parse |
+|---|---|---|---|---|
+| ``llm(instruction, field, ...)`` | VARCHAR | string | free text, ``max_tokens`` (default 32) | the text, stripped |
+| ``llm_filter(instruction, field, ...)`` | BOOLEAN | boolean | ``choices=[" yes", " no"]`` | yes -> true |
+| ``llm_classify(field, ..., labels)`` | VARCHAR | string | ``choices=[" " + label, ...]`` | the label |
+| ``llm_score(instruction, field, ...)`` | INTEGER | int | ``choices=[" 1", ..., " 5"]`` | 1..5 |
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import pyarrow as pa
+
+FILTER_CHOICES = {" yes": True, " no": False}
+SCORE_CHOICES = {f" {i}": i for i in range(1, 6)}
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    name: str
+    duckdb_type: str  # the SQL type of its value in DuckDB
+    spark_type: str  # ... and in Spark
+    arrow_type: pa.DataType  # how the UDFs hand values back
+    cue: str  # the last line of its prompt, after the fields
+    has_instruction: bool  # its first argument is the instruction (llm_classify has labels instead)
+    choices: Callable[[Any], dict[str, Any]] | None = None  # call -> {constrained output: SQL value}; None: free
+    weight: float = 1.0  # relative cost per row (generated tokens), for ordering LLM predicates
+
+
+REGISTRY: dict[str, FunctionSpec] = {s.name: s for s in (
+    FunctionSpec("llm", "VARCHAR", "string", pa.string(), "Answer:", True, None, weight=4.0),
+    FunctionSpec("llm_filter", "BOOLEAN", "boolean", pa.bool_(), "Answer yes or no:", True,
+                 lambda call: dict(FILTER_CHOICES)),
+    FunctionSpec("llm_classify", "VARCHAR", "string", pa.string(), "Label:", False,
+                 lambda call: {" " + lbl: lbl for lbl in call.labels or ()}),
+    FunctionSpec("llm_score", "INTEGER", "int", pa.int32(), "Score 1-5:", True, lambda call: dict(SCORE_CHOICES)),
+)}
+
+
+def spec_of(function: str) -> FunctionSpec:
+    try:
+        return REGISTRY[function]
+    except KeyError:
+        raise ValueError(f"unknown LLM function {function!r}; expected one of {', '.join(REGISTRY)}") from None
