@@ -3,7 +3,12 @@
 A config is a TOML file (``Config.load(path)``) or built in code (``Config.local(...)`` for tests and trials).
 Relative paths in a file are relative to the file's folder. Region names may be written in either spelling
 (``aws-us-east-1`` or SkyStore's ``aws:us-east-1``, see ``region_names``): a table ``[regions."aws:us-east-1"]``
-and ``default_region = "aws:us-east-1"`` name the region ``aws-us-east-1``. A full example::
+and ``default_region = "aws:us-east-1"`` name the region ``aws-us-east-1``.
+
+A bucket belongs to the access key that created it. Other keys get 403 AccessDenied on it unless ``grants``
+names them; deleting the bucket and changing its CORS or ACL stay the owner's. ListBuckets lists the buckets
+a key owns. A bucket whose creator is no longer a configured key (or made before buckets had owners) belongs
+to the first key in ``[access_keys]``, the operator's. A full example::
 
     host = "127.0.0.1"              # listen address (default 127.0.0.1)
     port = 9000                     # the default region's listener; 0 = pick a free port (default 9000)
@@ -19,7 +24,16 @@ and ``default_region = "aws:us-east-1"`` name the region ``aws-us-east-1``. A fu
     min_part_size = 5242880         # bytes (5 MiB): every part of a multipart upload but the last
 
     [access_keys]                   # access key -> secret key; empty or missing: one is generated and logged
-    AKIDEXAMPLE = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
+    AKIDEXAMPLE = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"   # the first key: the operator's
+    AKIDREADER = "another-secret"
+    AKIDWRITER = "yet-another-secret"
+    AKIDBACKUP = "and-one-more"
+
+    [grants.shared-data]            # bucket -> access key -> "read" | "write": who besides its owner may use it
+    AKIDREADER = "read"             # read: GET/HEAD objects, listings, ACL, CORS and location reads
+    AKIDWRITER = "write"            # write: read, plus PUT/DELETE/copy/multipart of objects
+    [grants."*"]                    # every bucket
+    AKIDBACKUP = "read"
 
     [regions.aws-us-east-1]         # region name: letters, digits and dashes; "aws:us-east-1" names it too
     cloud = "aws:us-east-1"         # identity in the price files
@@ -31,6 +45,7 @@ and ``default_region = "aws:us-east-1"`` name the region ``aws-us-east-1``. A fu
     url = "gs://my-skystore/us-central1"
     [regions.gcp-us-central1.storage_options]   # passed to the fsspec filesystem
     project = "my-project"
+
 """
 from __future__ import annotations
 
@@ -51,6 +66,7 @@ MiB = 1024**2
 REGION_NAME = re.compile(r"^[A-Za-z0-9]+(-[A-Za-z0-9]+)*$")
 CLOUD_ID = re.compile(r"^[a-z0-9]+:[A-Za-z0-9-]+$")
 REGION_KEYS = {"cloud", "url", "port", "storage_options"}
+GRANT_LEVELS = ("read", "write")
 
 
 class ConfigError(ValueError):
@@ -87,6 +103,7 @@ class Config:
     multipart_expiry: float = 7 * 24 * 3600.0
     max_object_size: int = 5 * GiB
     min_part_size: int = 5 * MiB
+    grants: dict[str, dict[str, str]] = field(default_factory=dict)  # bucket or "*" -> access key -> level
 
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir)
@@ -148,6 +165,16 @@ class Config:
                              ("multipart_expiry", self.multipart_expiry)):
             if not value > 0:
                 raise ConfigError(f"{label} must be > 0 seconds, got {value!r}")
+        if not isinstance(self.grants, Mapping):
+            raise ConfigError("grants must be a table of bucket = {access key = \"read\" | \"write\"}")
+        for bucket, table in self.grants.items():
+            if not isinstance(table, Mapping):
+                raise ConfigError(f"grants.{bucket} must be a table of access key = \"read\" | \"write\"")
+            for key, level in table.items():
+                if key not in self.access_keys:
+                    raise ConfigError(f"grants.{bucket}: {key!r} is not one of the configured access_keys")
+                if level not in GRANT_LEVELS:
+                    raise ConfigError(f"grants.{bucket}.{key}: {level!r} is not \"read\" or \"write\"")
         for label, size in (("max_object_size", self.max_object_size), ("min_part_size", self.min_part_size)):
             if not isinstance(size, int) or size <= 0:
                 raise ConfigError(f"{label} must be a positive number of bytes, got {size!r}")

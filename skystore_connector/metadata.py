@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from sqlalchemy import (JSON, BigInteger, Boolean, Column, Float, ForeignKey, Index, Integer, MetaData, String,
-                        Table, and_, create_engine, delete, event, exists, func, or_, select, text, update)
+                        Table, and_, create_engine, delete, event, exists, func, inspect, or_, select, text, update)
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import IntegrityError
 
@@ -49,6 +49,8 @@ buckets = Table(
     Column("name", String(63), primary_key=True),
     Column("region", String(64), nullable=False),
     Column("created", Float, nullable=False),
+    Column("owner", String(128)),  # the access key that created it; NULL: made before buckets had owners
+    Column("cors", JSON),  # the CORS rules (a list of dicts), NULL when none are set
 )
 
 objects = Table(
@@ -62,6 +64,8 @@ objects = Table(
     Column("etag", String(64)),
     Column("content_type", String(255), nullable=False),
     Column("user_metadata", JSON, nullable=False),
+    Column("headers", JSON),  # stored HTTP headers (Cache-Control, Content-Encoding, ...), NULL: none
+    Column("part_sizes", JSON),  # a multipart object's part sizes in order (GET ?partNumber=N), else NULL
     Column("created", Float, nullable=False),
     Column("last_modified", Float),
     Index("objects_by_key", "bucket", "state", "key"),
@@ -94,6 +98,7 @@ uploads = Table(
     Column("region", String(64), nullable=False),
     Column("content_type", String(255), nullable=False),
     Column("user_metadata", JSON, nullable=False),
+    Column("headers", JSON),
     Column("initiated", Float, nullable=False),
     Index("uploads_by_bucket", "bucket", "key"),
 )
@@ -114,6 +119,17 @@ parts = Table(
     Index("parts_by_region", "region"),
 )
 
+# completed multipart uploads, so that a retried CompleteMultipartUpload answers as the first one did
+completed_uploads = Table(
+    "completed_uploads", schema,
+    Column("upload_id", String(32), primary_key=True),
+    Column("bucket", String(63), nullable=False),
+    Column("key", KeyString, nullable=False),
+    Column("etag", String(64), nullable=False),
+    Column("completed", Float, nullable=False),
+    Index("completed_uploads_by_time", "completed"),
+)
+
 
 @dataclass(frozen=True)
 class BucketInfo:
@@ -122,10 +138,13 @@ class BucketInfo:
     name: str
     created: float
     region: str
+    owner: str | None = None  # the access key that created it (None: made before buckets had owners)
+    cors: list | None = None  # CORS rules as stored (``cors.py``), None when none are set
 
     @classmethod
     def of(cls, row) -> "BucketInfo":
-        return cls(name=row.name, created=row.created, region=row.region)
+        m = row._mapping
+        return cls(name=m["name"], created=m["created"], region=m["region"], owner=m["owner"], cors=m["cors"])
 
 
 @dataclass(frozen=True)
@@ -141,6 +160,8 @@ class Version:
     metadata: dict
     created: float
     last_modified: float | None
+    headers: dict = field(default_factory=dict)  # stored HTTP headers (Cache-Control, Content-Encoding, ...)
+    part_sizes: tuple[int, ...] | None = None  # a multipart object's part sizes
 
 
 @dataclass(frozen=True)
@@ -168,6 +189,7 @@ class Upload:
     content_type: str
     metadata: dict
     initiated: float
+    headers: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -187,7 +209,8 @@ class Part:
 def _version(row) -> Version:
     m = row._mapping
     return Version(m["id"], m["version_id"], m["bucket"], m["key"], m["state"], m["size"], m["etag"],
-                   m["content_type"], dict(m["user_metadata"] or {}), m["created"], m["last_modified"])
+                   m["content_type"], dict(m["user_metadata"] or {}), m["created"], m["last_modified"],
+                   dict(m["headers"] or {}), tuple(m["part_sizes"]) if m["part_sizes"] else None)
 
 
 def _copy(row) -> Copy:
@@ -199,7 +222,7 @@ def _copy(row) -> Copy:
 def _upload(row) -> Upload:
     m = row._mapping
     return Upload(m["upload_id"], m["bucket"], m["key"], m["region"], m["content_type"],
-                  dict(m["user_metadata"] or {}), m["initiated"])
+                  dict(m["user_metadata"] or {}), m["initiated"], dict(m["headers"] or {}))
 
 
 def _part(row) -> Part:
@@ -238,6 +261,18 @@ def open_engine(url: str) -> Engine:
     return engine
 
 
+def _add_missing_columns(conn: Connection) -> None:
+    """Columns added to the schema since a database was created (all nullable): ALTER TABLE adds them, so
+    a gateway upgraded in place keeps its buckets and objects."""
+    inspector = inspect(conn)
+    for table in schema.sorted_tables:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in present and column.nullable:
+                kind = column.type.compile(dialect=conn.dialect)
+                conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+
+
 class Metadata:
     def __init__(self, url: str):
         self.url = url
@@ -248,6 +283,7 @@ class Metadata:
                 # transactional there, so under this lock the first creates them and the others find them
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
             schema.create_all(conn)
+            _add_missing_columns(conn)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -287,16 +323,22 @@ class Metadata:
 
     # ---- buckets ----------------------------------------------------------------------------------------
 
-    def create_bucket(self, name: str, region: str, now: float) -> BucketInfo:
+    def create_bucket(self, name: str, region: str, now: float, owner: str | None = None) -> BucketInfo:
         exists_already = BucketAlreadyOwnedByYou(f"bucket {name} already exists", resource=name)
         try:
             with self._write() as conn:
                 if conn.execute(select(buckets.c.name).where(buckets.c.name == name)).first() is not None:
                     raise exists_already
-                conn.execute(buckets.insert().values(name=name, region=region, created=now))
+                conn.execute(buckets.insert().values(name=name, region=region, created=now, owner=owner))
         except IntegrityError:  # PostgreSQL: another gateway inserted it between our check and our insert
             raise exists_already from None
-        return BucketInfo(name, now, region)
+        return BucketInfo(name, now, region, owner)
+
+    def set_cors(self, name: str, rules: list | None) -> None:
+        """Replace the bucket's CORS rules (None removes them)."""
+        with self._write() as conn:
+            self._lock_bucket(conn, name)
+            conn.execute(update(buckets).where(buckets.c.name == name).values(cors=rules))
 
     def bucket(self, name: str) -> BucketInfo | None:
         with self._read() as conn:
@@ -326,14 +368,15 @@ class Metadata:
     # ---- object versions --------------------------------------------------------------------------------
 
     def begin_version(self, bucket: str, key: str, version_id: str, content_type: str, metadata: dict,
-                      placements: list[tuple[str, str, bool]], now: float) -> tuple[Version, list[Copy]]:
+                      placements: list[tuple[str, str, bool]], now: float,
+                      headers: dict | None = None) -> tuple[Version, list[Copy]]:
         """A pending version with a pending copy per (region, path, is_base), recorded before any byte is
         written so that a crash leaves rows the sweeper finds."""
         with self._write() as conn:
             self._bucket_must_exist(conn, bucket)
             object_id = conn.execute(objects.insert().values(
                 version_id=version_id, bucket=bucket, key=key, state=PENDING, content_type=content_type,
-                user_metadata=metadata, created=now)).inserted_primary_key[0]
+                user_metadata=metadata, headers=headers or None, created=now)).inserted_primary_key[0]
             made = []
             for region, path, is_base in placements:
                 copy_id = conn.execute(copies.insert().values(
@@ -341,15 +384,18 @@ class Metadata:
                     created=now)).inserted_primary_key[0]
                 made.append(Copy(copy_id, object_id, region, path, PENDING, is_base, None, now))
         version = Version(object_id, version_id, bucket, key, PENDING, None, None, content_type, dict(metadata),
-                          now, None)
+                          now, None, dict(headers or {}))
         return version, made
 
     def commit_version(self, object_id: int, *, size: int, etag: str, ready: dict[int, float | None],
-                       now: float, upload_id: str | None = None) -> tuple[Version, list[Copy], list[Part]]:
+                       now: float, upload_id: str | None = None, condition=None,
+                       part_sizes: list[int] | None = None) -> tuple[Version, list[Copy], list[Part]]:
         """Make a pending version the key's current one. ``ready`` maps the ids of the copies that were written
         to their expiry; its other copies (never written) are dropped. Returns the version, the copies of the
         version it replaced (garbage now) and, when completing ``upload_id``, that upload's parts (whose rows are
-        removed here so that completion is atomic)."""
+        removed here so that completion is atomic). ``condition(etag or None)``, when given, is called with the
+        key's current version's etag under the commit's lock and raises to refuse the write (If-Match and
+        If-None-Match on PUT hold at the moment the write becomes visible, not only when it started)."""
         abandoned = InternalError("the write was abandoned before it completed (slower than pending_grace?)")
         with self._write() as conn:
             bucket = conn.execute(select(objects.c.bucket).where(objects.c.id == object_id)).scalar()
@@ -359,22 +405,29 @@ class Metadata:
             row = conn.execute(select(objects).where(objects.c.id == object_id)).first()
             if row.state != PENDING:
                 raise abandoned
+            if condition is not None:
+                condition(conn.execute(select(objects.c.etag).where(
+                    objects.c.bucket == row.bucket, objects.c.key == row.key, objects.c.state == COMMITTED)).scalar())
             finished_parts: list[Part] = []
             if upload_id is not None:
                 self._lock_upload(conn, upload_id)
                 finished_parts = [_part(r) for r in conn.execute(select(parts).where(parts.c.upload_id == upload_id))]
                 conn.execute(delete(parts).where(parts.c.upload_id == upload_id))
                 conn.execute(delete(uploads).where(uploads.c.upload_id == upload_id))
+                conn.execute(completed_uploads.insert().values(upload_id=upload_id, bucket=row.bucket, key=row.key,
+                                                               etag=etag, completed=now))
             garbage = self._retire_current(conn, row.bucket, row.key)
             done = conn.execute(update(objects).where(objects.c.id == object_id, objects.c.state == PENDING)
-                                .values(state=COMMITTED, size=size, etag=etag, last_modified=now))
+                                .values(state=COMMITTED, size=size, etag=etag, last_modified=now,
+                                        part_sizes=part_sizes))
             if done.rowcount != 1:  # retired by a sweeper between our read and this update
                 raise abandoned
             for copy_id, expires_at in ready.items():
                 conn.execute(update(copies).where(copies.c.id == copy_id).values(state=READY, expires_at=expires_at))
             conn.execute(delete(copies).where(copies.c.object_id == object_id, copies.c.id.not_in(list(ready))))
         version = Version(object_id, row.version_id, row.bucket, row.key, COMMITTED, size, etag, row.content_type,
-                          dict(row.user_metadata or {}), row.created, now)
+                          dict(row.user_metadata or {}), row.created, now, dict(row.headers or {}),
+                          tuple(part_sizes) if part_sizes else None)
         return version, garbage, finished_parts
 
     @staticmethod
@@ -501,14 +554,26 @@ class Metadata:
     # ---- multipart uploads ------------------------------------------------------------------------------
 
     def create_upload(self, bucket: str, key: str, region: str, content_type: str, metadata: dict,
-                      now: float) -> Upload:
-        upload = Upload(new_id(), bucket, key, region, content_type, dict(metadata), now)
+                      now: float, headers: dict | None = None) -> Upload:
+        upload = Upload(new_id(), bucket, key, region, content_type, dict(metadata), now, dict(headers or {}))
         with self._write() as conn:
             self._lock_bucket(conn, bucket)  # so that no upload is added to a bucket being deleted (PostgreSQL)
             conn.execute(uploads.insert().values(
                 upload_id=upload.upload_id, bucket=bucket, key=key, region=region, content_type=content_type,
-                user_metadata=metadata, initiated=now))
+                user_metadata=metadata, headers=headers or None, initiated=now))
         return upload
+
+    def completed_upload(self, bucket: str, key: str, upload_id: str) -> str | None:
+        """The etag a completed upload produced (None: not one completed for this bucket and key)."""
+        query = select(completed_uploads.c.etag).where(completed_uploads.c.upload_id == upload_id,
+                                                       completed_uploads.c.bucket == bucket,
+                                                       completed_uploads.c.key == key)
+        with self._read() as conn:
+            return conn.execute(query).scalar()
+
+    def forget_completed_uploads(self, before: float) -> int:
+        with self._write() as conn:
+            return conn.execute(delete(completed_uploads).where(completed_uploads.c.completed < before)).rowcount
 
     def upload(self, bucket: str, key: str, upload_id: str) -> Upload:
         with self._read() as conn:

@@ -163,6 +163,15 @@ def parse_amz_date(value: str) -> float:
 # --- request verification ----------------------------------------------------------------------------------
 
 
+def _signed_text(value: str) -> str:
+    """The header value the client signed. The server hands header bytes over as latin-1 text; a client that
+    sent UTF-8 (non-ASCII user metadata) signed the UTF-8 text, which the canonical request re-encodes."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return value
+
+
 class SigV4Verifier:
     """Checks SigV4 signatures against a fixed table of access keys."""
 
@@ -175,7 +184,7 @@ class SigV4Verifier:
         """Verify the request line and headers; ``headers`` as received (any case, repeats allowed)."""
         table: dict[str, list[str]] = {}
         for name, value in headers:
-            table.setdefault(name.lower(), []).append(value)
+            table.setdefault(name.lower(), []).append(_signed_text(value))
         query = parse_query(raw_query)
         names = {n for n, _ in query}
         auth = (table.get("authorization") or [""])[0].strip()
@@ -238,6 +247,25 @@ class SigV4Verifier:
         return self._check(method, raw_path, canonical_query(query, exclude="X-Amz-Signature"), table,
                            params["X-Amz-Credential"], params["X-Amz-SignedHeaders"], params["X-Amz-Signature"],
                            amz_date, payload, presigned=True)
+
+    def verify_policy(self, credential: str, amz_date: str, policy: str, signature: str) -> SignedRequest:
+        """A browser POST upload's form: ``signature`` must be the HMAC of the base64 ``policy`` under the
+        credential's signing key (the policy's own expiry and conditions are checked by the caller)."""
+        parts = credential.split("/")
+        if len(parts) != 5 or parts[4] != "aws4_request" or parts[3] != "s3" or parts[1] != amz_date[:8]:
+            raise AuthorizationHeaderMalformed(f"malformed x-amz-credential {credential!r}")
+        parse_amz_date(amz_date)
+        access_key, date, region, service, _ = parts
+        secret = self._credentials.get(access_key)
+        if secret is None:
+            raise InvalidAccessKeyId("The AWS Access Key Id you provided does not exist in our records.")
+        key = signing_key(secret, date, region, service)
+        expected = sign(key, policy)
+        if not hmac.compare_digest(expected, signature.strip().lower()):
+            raise SignatureDoesNotMatch("The request signature we calculated does not match the signature you "
+                                        "provided. Check your key and signing method.")
+        scope = f"{date}/{region}/{service}/aws4_request"
+        return SignedRequest(access_key, region, service, amz_date, scope, key, expected, UNSIGNED_PAYLOAD, False)
 
     @staticmethod
     def _header_date(table) -> str:

@@ -31,7 +31,7 @@ import secrets
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, Union
 
@@ -63,6 +63,30 @@ class ObjectInfo:
     last_modified: float
     content_type: str
     metadata: dict[str, str]
+    headers: dict[str, str] = field(default_factory=dict)  # stored Cache-Control, Content-Encoding, ...
+    part_sizes: tuple[int, ...] | None = None  # a multipart object's part sizes, in order
+
+
+@dataclass(frozen=True)
+class WriteCondition:
+    """A write's If-Match / If-None-Match: checked before any byte is written and again, under the commit's
+    lock, when the new version becomes current, so two conditional writers cannot both succeed."""
+
+    if_match: str | None = None  # the current version's etag must be this ("*": some version must exist)
+    if_none_match: bool = False  # no current version may exist (If-None-Match: *)
+
+    def check(self, current_etag: str | None, key: str) -> None:
+        if self.if_none_match and current_etag is not None:
+            raise errors.PreconditionFailed("At least one of the pre-conditions you specified did not hold",
+                                            resource="If-None-Match")
+        if self.if_match is None:
+            return
+        if current_etag is None:
+            raise errors.NoSuchKey("The specified key does not exist.", resource=key)
+        wanted = {tag.strip().strip('"').lower() for tag in self.if_match.split(",")}
+        if "*" not in wanted and current_etag.lower() not in wanted:
+            raise errors.PreconditionFailed("At least one of the pre-conditions you specified did not hold",
+                                            resource="If-Match")
 
 
 @dataclass(frozen=True)
@@ -143,10 +167,31 @@ class SkyStore:
 
     # ---- buckets ----------------------------------------------------------------------------------------
 
-    def create_bucket(self, name: str, region: str) -> BucketInfo:
+    def create_bucket(self, name: str, region: str, owner: str | None = None) -> BucketInfo:
+        """A new bucket owned by the access key ``owner``; 409 BucketAlreadyOwnedByYou when ``owner`` has it
+        already, BucketAlreadyExists when another key does."""
         _check_bucket_name(name)
         self._check_region(region)
-        return self.meta.create_bucket(name, region, self.clock())
+        try:
+            return self.meta.create_bucket(name, region, self.clock(), owner)
+        except errors.BucketAlreadyOwnedByYou:
+            existing = self.meta.bucket(name)
+            if existing is not None and self.owner_of(existing) != self.owner_of_key(owner):
+                raise errors.BucketAlreadyExists("The requested bucket name is not available. Select a "
+                                                 "different name and try again.", resource=name) from None
+            raise
+
+    def owner_of(self, bucket: BucketInfo) -> str:
+        """The access key a bucket belongs to: its creator while that key is configured; otherwise (made
+        before buckets had owners, or its key was removed) the first configured key, the operator's."""
+        return self.owner_of_key(bucket.owner)
+
+    def owner_of_key(self, key: str | None) -> str:
+        keys = self.config.access_keys
+        return key if key in keys else next(iter(keys))
+
+    def set_bucket_cors(self, name: str, rules: list | None) -> None:
+        self.meta.set_cors(name, rules)
 
     def delete_bucket(self, name: str) -> None:
         self._delete_parts(self.meta.delete_bucket(name))
@@ -164,7 +209,10 @@ class SkyStore:
 
     def put_object(self, bucket: str, key: str, body: Body, region: str, *,
                    content_type: str = DEFAULT_CONTENT_TYPE, metadata: dict[str, str] | None = None,
-                   content_md5: str | None = None, size: int | None = None) -> ObjectInfo:
+                   content_md5: str | None = None, size: int | None = None, headers: dict[str, str] | None = None,
+                   condition: WriteCondition | None = None) -> ObjectInfo:
+        """Write ``body`` as the key's new version. ``headers`` are stored HTTP headers (Cache-Control,
+        Content-Encoding, ...) returned with every read; ``condition`` refuses the write (412) unless it holds."""
         _check_key(key)
         self._check_region(region)
         expected_md5 = _parse_content_md5(content_md5)
@@ -175,7 +223,8 @@ class SkyStore:
         def write(writer: BlobWriter) -> tuple[int, str]:
             return _write_body(writer, body, size, expected_md5, limit)
 
-        return self._store(bucket, key, region, content_type, metadata or {}, write)
+        return self._store(bucket, key, region, content_type, metadata or {}, write, headers=headers,
+                           condition=condition)
 
     def get_object(self, bucket: str, key: str, region: str, *, start: int | None = None,
                    end: int | None = None) -> tuple[ObjectInfo, Iterator[bytes]]:
@@ -192,21 +241,32 @@ class SkyStore:
         self._delete_copies(self.meta.delete_key(bucket, key))
 
     def copy_object(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str, region: str, *,
-                    metadata: dict[str, str] | None = None, content_type: str | None = None) -> ObjectInfo:
-        """Copy to a new version of ``dst_key`` whose base copy is in ``region``; metadata and content type
-        default to the source's. Not a client read: no replica is left and the policy is not told."""
+                    metadata: dict[str, str] | None = None, content_type: str | None = None,
+                    headers: dict[str, str] | None = None,
+                    source_check: Callable[[ObjectInfo], None] | None = None) -> ObjectInfo:
+        """Copy to a new version of ``dst_key`` whose base copy is in ``region``; metadata, content type and
+        stored headers default to the source's. ``source_check`` sees the source version that will be copied
+        (x-amz-copy-source-if-*) and raises to refuse. Not a client read: no replica is left and the policy
+        is not told."""
         _check_key(dst_key)
         self._check_region(region)
         if (src_bucket, src_key) == (dst_bucket, dst_key) and metadata is None and content_type is None:
             raise errors.InvalidRequest("copying an object onto itself must change its metadata", resource=dst_key)
         self.head_bucket(dst_bucket)
         source, stream = self._read(src_bucket, src_key, region, None, None, client_read=False)
+        if source_check is not None:
+            try:
+                source_check(source)
+            except BaseException:
+                _close(stream)
+                raise
 
         def write(writer: BlobWriter) -> tuple[int, str]:
             return _write_body(writer, stream, None, None, math.inf)
 
         return self._store(dst_bucket, dst_key, region, content_type or source.content_type,
-                           source.metadata if metadata is None else metadata, write)
+                           source.metadata if metadata is None else metadata, write,
+                           headers=source.headers if headers is None else headers)
 
     def list_objects(self, bucket: str, *, prefix: str = "", delimiter: str | None = None,
                      marker: str | None = None, max_keys: int = 1000) -> ListResult:
@@ -255,10 +315,12 @@ class SkyStore:
 
     def create_multipart_upload(self, bucket: str, key: str, region: str, *,
                                 content_type: str = DEFAULT_CONTENT_TYPE,
-                                metadata: dict[str, str] | None = None) -> str:
+                                metadata: dict[str, str] | None = None,
+                                headers: dict[str, str] | None = None) -> str:
         _check_key(key)
         self._check_region(region)
-        upload = self.meta.create_upload(bucket, key, region, content_type, metadata or {}, self.clock())
+        upload = self.meta.create_upload(bucket, key, region, content_type, metadata or {}, self.clock(),
+                                         headers)
         return upload.upload_id
 
     def upload_part(self, bucket: str, key: str, upload_id: str, part_number: int, body: Body, *,
@@ -290,10 +352,22 @@ class SkyStore:
         return PartInfo(ready.number, ready.etag, ready.size, ready.last_modified)
 
     def complete_multipart_upload(self, bucket: str, key: str, upload_id: str,
-                                  parts: list[tuple[int, str]]) -> ObjectInfo:
+                                  parts: list[tuple[int, str]], *,
+                                  condition: WriteCondition | None = None) -> ObjectInfo:
         """Join the listed parts (ascending numbers, etags as returned by ``upload_part``) into the object.
-        ``max_object_size`` limits single puts and parts, not the joined object (as S3: 5 GiB vs 5 TiB)."""
-        upload = self.meta.upload(bucket, key, upload_id)
+        ``max_object_size`` limits single puts and parts, not the joined object (as S3: 5 GiB vs 5 TiB).
+        Completing an upload that already completed answers the etag it produced (an SDK's retry after a lost
+        response must succeed), with the object's current details when it is still that version."""
+        try:
+            upload = self.meta.upload(bucket, key, upload_id)
+        except errors.NoSuchUpload:
+            etag = self.meta.completed_upload(bucket, key, upload_id)
+            if etag is None:
+                raise
+            current = self.meta.current(bucket, key)
+            if current is not None and current[0].etag == etag:
+                return _object_info(current[0])
+            return ObjectInfo(bucket, key, 0, etag, self.clock(), DEFAULT_CONTENT_TYPE, {})
         if not parts:
             raise errors.MalformedXML("a multipart upload needs at least one part")
         ready = {p.number: p for p in self.meta.ready_parts(upload_id)}
@@ -324,7 +398,8 @@ class SkyStore:
             return sum(p.size for p in chosen), etag
 
         return self._store(bucket, key, upload.region, upload.content_type, upload.metadata, write,
-                           upload_id=upload_id)
+                           upload_id=upload_id, headers=upload.headers, condition=condition,
+                           part_sizes=[p.size for p in chosen])
 
     def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None:
         self.meta.upload(bucket, key, upload_id)
@@ -358,15 +433,27 @@ class SkyStore:
     # ---- the write path ---------------------------------------------------------------------------------
 
     def _store(self, bucket: str, key: str, region: str, content_type: str, metadata: dict[str, str],
-               write: Callable[[BlobWriter], tuple[int, str]], upload_id: str | None = None) -> ObjectInfo:
+               write: Callable[[BlobWriter], tuple[int, str]], upload_id: str | None = None,
+               headers: dict[str, str] | None = None, condition: WriteCondition | None = None,
+               part_sizes: list[int] | None = None) -> ObjectInfo:
         """Write a new version of ``key``: rows first (pending), then the base blob through ``write`` (which
-        returns size and etag), then the policy's extra initial copies, then one commit."""
+        returns size and etag), then the policy's extra initial copies, then one commit. A ``condition`` is
+        checked first (so a refused write reads no body) and again in the commit's transaction."""
         _check_metadata(metadata)
+        _check_metadata(headers or {})
+        check = None
+        if condition is not None:
+            current = self.meta.current(bucket, key)
+            condition.check(current[0].etag if current else None, key)
+
+            def check(etag: str | None) -> None:
+                condition.check(etag, key)
         now = self.clock()
         targets = self._initial_regions(region)
         version_id = new_id()
         placements = [(r, f"{bucket}/{version_id}.{secrets.token_hex(4)}", r == region) for r in targets]
-        version, pending = self.meta.begin_version(bucket, key, version_id, content_type, metadata, placements, now)
+        version, pending = self.meta.begin_version(bucket, key, version_id, content_type, metadata, placements, now,
+                                                   headers)
         base = pending[0]
         try:
             with _region_errors():
@@ -383,7 +470,8 @@ class SkyStore:
                 if ttl > 0 and self._copy_blob(base, copy):
                     ready[copy.id] = _expiry(now, ttl)
             version, garbage, parts = self.meta.commit_version(version.id, size=size, etag=etag, ready=ready,
-                                                               now=self.clock(), upload_id=upload_id)
+                                                               now=self.clock(), upload_id=upload_id,
+                                                               condition=check, part_sizes=part_sizes)
         except BaseException:
             self._delete_copies(self.meta.abandon_version(version.id))
             raise
@@ -601,6 +689,7 @@ class SkyStore:
         for upload in expired_uploads:
             self._delete_parts(self.meta.delete_upload(upload.upload_id))
         counts["expired_uploads"] = len(expired_uploads)
+        self.meta.forget_completed_uploads(now - self.config.multipart_expiry)
         counts["orphan_blobs"] = 0
         if now >= self._next_orphan_scan:
             # a scan lists every blob; blobs become collectable only pending_grace after they were left, so
@@ -669,7 +758,13 @@ class SkyStore:
 
 def _object_info(version: Version) -> ObjectInfo:
     return ObjectInfo(version.bucket, version.key, version.size, version.etag, version.last_modified,
-                      version.content_type, dict(version.metadata))
+                      version.content_type, dict(version.metadata), dict(version.headers), version.part_sizes)
+
+
+def _close(stream) -> None:
+    close = getattr(stream, "close", None)
+    if close is not None:
+        close()
 
 
 def _expiry(now: float, ttl: float) -> float | None:

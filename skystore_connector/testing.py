@@ -57,8 +57,9 @@ class LocalGateway:
         return any(c.region == region and c.live(now) and (self.region_dir(region) / c.path).is_file()
                    for c in found[1])
 
-    def client(self, region: str | None = None, **config_options):
-        """A boto3 S3 client of a client in ``region`` (path-style, few retries, the gateway's key)."""
+    def client(self, region: str | None = None, *, access_key: str | None = None, **config_options):
+        """A boto3 S3 client of a client in ``region`` (path-style, few retries), signing with the gateway's
+        first key or with ``access_key`` (one of ``local_gateway``'s ``access_keys``)."""
         import boto3
         from botocore.config import Config as BotoConfig
 
@@ -66,9 +67,32 @@ class LocalGateway:
                    "connect_timeout": 5, "read_timeout": 60}
         options.update(config_options)
         region = self.config.default_region if region is None else self.config.resolve_region(region)
-        return boto3.client("s3", endpoint_url=self.endpoint(region), aws_access_key_id=self.access_key,
-                            aws_secret_access_key=self.secret_key, region_name=region,  # boto3 wants the dash form
+        key = access_key or self.access_key
+        return boto3.client("s3", endpoint_url=self.endpoint(region), aws_access_key_id=key,
+                            aws_secret_access_key=self.config.access_keys[key], region_name=region,  # dash form
                             config=BotoConfig(**options))
+
+    def raw(self, method: str, path: str, *, body: bytes = b"", headers=None, query: str = "",
+            region: str | None = None, access_key: str | None = None, sign: bool = True):
+        """One request sent as is (httpx), signed by botocore's SigV4 signer unless ``sign`` is False: for
+        what boto3 will not send (odd headers, raw XML, unicode header bytes, browser-style requests)."""
+        import httpx
+        from botocore.auth import S3SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.credentials import Credentials
+
+        region = self.config.default_region if region is None else self.config.resolve_region(region)
+        url = self.endpoint(region) + path + (f"?{query}" if query else "")
+        headers = dict(headers or {})
+        if sign:
+            key = access_key or self.access_key
+            request = AWSRequest(method=method, url=url, data=body, headers=headers)
+            S3SigV4Auth(Credentials(key, self.config.access_keys[key]), "s3", region).add_auth(request)
+            prepared = request.prepare()
+            url, headers = prepared.url, dict(prepared.headers)
+        # non-ASCII header text goes out as UTF-8 bytes (signed as that text, as SDKs do)
+        headers = {k: v.encode() if isinstance(v, str) and not v.isascii() else v for k, v in headers.items()}
+        return httpx.request(method, url, headers=headers, content=body, timeout=30)
 
 
 def _clouds(regions: Sequence[str], clouds: Mapping[str, str] | Sequence[str] | None) -> dict[str, str]:
@@ -84,16 +108,19 @@ def _clouds(regions: Sequence[str], clouds: Mapping[str, str] | Sequence[str] | 
 @contextlib.contextmanager
 def local_gateway(regions: Sequence[str] = ("aws-us-east-1", "aws-eu-west-1"), *,
                   clouds: Mapping[str, str] | Sequence[str] | None = None, policy: str = "learned",
-                  clock=None, **config_overrides) -> Iterator[LocalGateway]:
+                  clock=None, access_keys: Mapping[str, str] | None = None,
+                  **config_overrides) -> Iterator[LocalGateway]:
     """Start the gateway on loopback (free ports) with one temporary directory per region; stop it and
-    delete everything on exit. ``config_overrides`` are ``Config`` settings (``min_part_size=...``)."""
+    delete everything on exit. ``config_overrides`` are ``Config`` settings (``min_part_size=...``,
+    ``grants=...``); ``access_keys`` are more keys besides the generated first one (``gw.client(access_key=)``)."""
     from .store import SkyStore
 
     names = list(regions)
     access_key = "SKYTEST" + secrets.token_hex(6).upper()
     secret_key = secrets.token_urlsafe(30)
     with tempfile.TemporaryDirectory(prefix="skystore-") as tmp:
-        config = Config.local(tmp, regions=_clouds(names, clouds), access_keys={access_key: secret_key},
+        keys = {access_key: secret_key, **(access_keys or {})}
+        config = Config.local(tmp, regions=_clouds(names, clouds), access_keys=keys,
                               policy=policy, **config_overrides)
         # one listener per region (port 0: a free one), so endpoint(region) places its clients
         config.regions = {name: dataclasses.replace(rc, port=0) for name, rc in config.regions.items()}
