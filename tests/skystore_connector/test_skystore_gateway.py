@@ -474,7 +474,7 @@ def test_oversize_and_malformed_requests(gw, bucket):
         assert response.status_code == 400 and error_code(response) == "MalformedXML", bad
     response = raw(gw, "GET", f"/{bucket}", query="list-type=2&max-keys=lots")
     assert response.status_code == 400 and error_code(response) == "InvalidArgument"
-    response = raw(gw, "GET", f"/{bucket}", query="acl")
+    response = raw(gw, "GET", f"/{bucket}", query="policy")
     assert response.status_code == 501 and error_code(response) == "NotImplemented"
 
 
