@@ -362,6 +362,7 @@ class Metadata:
             dropped = [_part(r) for r in conn.execute(select(parts).where(parts.c.upload_id.in_(upload_ids)))]
             conn.execute(delete(parts).where(parts.c.upload_id.in_(upload_ids)))
             conn.execute(delete(uploads).where(uploads.c.bucket == name))
+            conn.execute(delete(completed_uploads).where(completed_uploads.c.bucket == name))
             conn.execute(delete(buckets).where(buckets.c.name == name))
         return dropped
 
