@@ -10,6 +10,7 @@ slower, never wrong.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any
 
@@ -25,7 +26,7 @@ from optimizer.rules.calls import Unliftable
 from optimizer.rules.lookup import OUT_COLUMN
 from udf.api import FUNCTIONS
 from udf.registry import REGISTRY
-from udf.arrow_calls import ARROW_TYPES
+from udf.functions import arrow_type_of
 
 _SESSIONS: dict[int, tuple[Any, Session]] = {}  # id(raw connection) -> (connection, session)
 
@@ -70,6 +71,7 @@ class LLMConnection:
         self.con = con
         self.session = session
         self._views: list[str] = []
+        self._typed_udfs: set[str] = set()  # llm_extract UDFs registered, one per schema
 
     # -- the optimised path ------------------------------------------------------------------------------
     def plan(self, query: str) -> QueryPlan:
@@ -121,7 +123,7 @@ class LLMConnection:
         stats.add(out.stats)
         reasons = [e for e in out.errors if e is not None]
         stats.error_reasons.extend(reasons[: max(0, 20 - len(stats.error_reasons))])
-        table = inputs.append_column(OUT_COLUMN, pa.array(values, type=ARROW_TYPES[stage.function]))
+        table = inputs.append_column(OUT_COLUMN, pa.array(values, type=arrow_type_of(call, self.session.defaults)))
         self.con.register(stage.table, table)
         self._views.append(stage.table)
         s = out.stats
@@ -137,7 +139,7 @@ class LLMConnection:
         """Run the stages; return (the SQL to run, whether it is rewritten), or (None, False) for a query
         without LLM calls (it runs unchanged)."""
         if not self.session.optimize or parameters is not None:
-            sql = name_fields(query)
+            sql = self._fallback_sql(query)
             if sql == query and not _has_calls(query):
                 return None, False
             stats.fallback_reason = ("optimize=False: every call through the per-row UDF" if not self.session.optimize
@@ -154,8 +156,32 @@ class LLMConnection:
                 self._run_stage(stage, stats)
         except duckdb.Error as exc:
             self._fall_back(stats, exc)
-            return name_fields(query), False
-        return (name_fields(plan.sql) if plan.fallbacks else plan.sql), bool(plan.stages)
+            return self._fallback_sql(query), False
+        return (self._fallback_sql(plan.sql) if plan.fallbacks else plan.sql), bool(plan.stages)
+
+    def _fallback_sql(self, sql: str) -> str:
+        """``sql`` for the fallback UDFs: fields named (``name_fields``), and every ``llm_extract`` call renamed to
+        a UDF registered for its schema, whose SQL type is that schema's STRUCT."""
+        sql = name_fields(sql)
+        if "llm_extract" not in sql.lower():
+            return sql
+        from udf.duckdb_udf import register_typed_udf
+        from udf.functions import make_call, output_of
+
+        tree = sqlglot.parse_one(sql, dialect="duckdb")
+        for call in llm_calls(tree, ("llm_extract",)):
+            try:
+                spec = parse_call(call)
+                schema = output_of(make_call("llm_extract", "x", ("x",), options=spec.options), self.session.defaults)
+            except (Unliftable, ValueError) as exc:
+                raise ValueError(f"llm_extract needs a literal schema option: {exc}") from None
+            name = "llm_extract_" + hashlib.sha256(schema.duckdb_type.encode()).hexdigest()[:12]
+            if name not in self._typed_udfs:
+                register_typed_udf(self.con, name, "llm_extract", schema.duckdb_type, self.session.route,
+                                   self.session.udf_settings, self.session.result_cache, self.session.on_output)
+                self._typed_udfs.add(name)
+            call.set("this", name)
+        return tree.sql(dialect="duckdb")
 
     def _fall_back(self, stats: QueryStats, exc: Exception) -> None:
         self._cleanup()
@@ -183,7 +209,7 @@ class LLMConnection:
             if not rewritten:
                 raise
             self._fall_back(stats, exc)  # a shape the rules misjudged: the original on the fallback UDFs
-            return True, self._materialize(name_fields(query), parameters)
+            return True, self._materialize(self._fallback_sql(query), parameters)
 
     def _begin(self) -> QueryStats:
         self._cleanup()

@@ -66,6 +66,7 @@ from llm_sql.config import Config, ModelSpec, make_config
 from llm_sql.session import QueryStats
 from udf.api import FUNCTIONS, EvalSettings
 from udf.arrow_calls import Target
+from udf.registry import REGISTRY
 
 EXTENSION_CLASS = "io.llmsql.catalyst.LLMSQLExtensions"
 OPTIMIZE_CONF = "llm_sql.optimize"
@@ -209,6 +210,8 @@ def register(spark, *, optimize: bool | None = None, progress: bool = False, sta
     acc = None if is_connect(spark) else new_accumulator(spark)  # Spark Connect has no accumulators
     result_cache = config.result_cache()  # pickled to the workers; reopens there
     for name in FUNCTIONS:
+        if REGISTRY[name].typed_by_schema:
+            continue  # llm_extract: its type is its schema's; Spark mode does not have it yet
         spark.udf.register(name, make_arrow_udf(name, route, config.udf_settings, acc, result_cache=result_cache))
     _REGISTRY[app_id] = _Registration(route=route, settings=config.udf_settings, accumulator=acc)
     if not extension_loaded(spark):

@@ -153,4 +153,8 @@ def answer_batch(function: str, args: tuple[Any, ...], route: Route, settings: E
             values[i] = v
         if on_output is not None:
             on_output(call, out, target)
+    if spec_of(function).typed_by_schema:  # one registration per schema: every call of it has that type
+        from udf.functions import arrow_type_of
+
+        return pa.array(values, type=arrow_type_of(calls[0][0], settings.defaults) if calls else pa.null())
     return pa.array(values, type=ARROW_TYPES[function])

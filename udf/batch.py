@@ -210,7 +210,7 @@ def evaluate(call: LLMCall, rows: list[tuple], backend: Backend, *, settings: Ev
     # parse; successes (never failures) go to the result cache
     to_store: dict[str, str] = {}
     for u, (g, unit_rows) in enumerate(units):
-        value, err = (None, unit_err[u]) if unit_err[u] is not None else parse_output(call, raw[u])
+        value, err = (None, unit_err[u]) if unit_err[u] is not None else parse_output(call, raw[u], opts)
         if err is None and use_cache and not answered[u]:
             to_store[keys[g]] = raw[u]  # type: ignore[assignment]
         # 6. back to input order

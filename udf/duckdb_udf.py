@@ -44,17 +44,24 @@ def register_udfs(con: Any, route: Route, settings: EvalSettings, result_cache: 
 
     ``route(model)`` gives the ``Target`` (backend and result-cache identity) of a model name (None = the
     session's default); ``on_output(call, output, target)`` receives each chunk's output (its ``StageStats``
-    and per-row error reasons).
+    and per-row error reasons). Functions typed by their schema (``llm_extract``) are registered per schema
+    with ``register_typed_udf``.
     """
     for name in functions:
         spec = spec_of(name)
+        if not spec.typed_by_schema:
+            register_typed_udf(con, name, name, spec.duckdb_type, route, settings, result_cache, on_output)
 
-        udf = _make_udf(name, route, settings, result_cache, on_output)
-        try:
-            con.remove_function(name)
-        except Exception:
-            pass
-        con.create_function(name, udf, None, spec.duckdb_type, type="arrow", null_handling="special")
+
+def register_typed_udf(con: Any, sql_name: str, function: str, sql_type: str, route: Route, settings: EvalSettings,
+                       result_cache: ResultCache | None = None, on_output=None) -> None:
+    """Register ``function`` under ``sql_name`` with the SQL return type ``sql_type``."""
+    udf = _make_udf(function, route, settings, result_cache, on_output)
+    try:
+        con.remove_function(sql_name)
+    except Exception:
+        pass
+    con.create_function(sql_name, udf, None, sql_type, type="arrow", null_handling="special")
 
 
 def _make_udf(function: str, route: Route, settings: EvalSettings, result_cache, on_output):

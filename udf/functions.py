@@ -55,12 +55,30 @@ def validate_call(call: LLMCall) -> None:
         raise ValueError(f"{call.function} needs at least one field argument")
     if any(not isinstance(n, str) for n in call.field_names):
         raise ValueError(f"{call.function} field names must be strings: {call.field_names!r}")
+    if spec.typed_by_schema and dict(call.options).get("schema") is not None:
+        output_of(call)  # a malformed schema fails the query now, naming it (a missing one at evaluation)
     if not spec.has_instruction:
         validate_labels(call.labels)
     else:
         if call.instruction is None or not isinstance(call.instruction, str) or not call.instruction.strip():
             raise ValueError(f"{call.function} needs a non-empty instruction (text or a preset name)")
     validate_options(call.options)
+
+
+DEFAULT_EXTRACT_MAX_TOKENS = 256  # a JSON answer is longer than a label
+
+
+def output_of(call: LLMCall, defaults: Mapping[str, Any] | None = None):
+    """The ``udf.extract.OutputSchema`` of a schema-typed call (``llm_extract``); ValueError if it has none."""
+    from udf.extract import output_schema
+    from udf.options import merge_options
+
+    return output_schema(merge_options(defaults, call.options).get("schema"))
+
+
+def arrow_type_of(call: LLMCall, defaults: Mapping[str, Any] | None = None):
+    spec = spec_of(call.function)
+    return output_of(call, defaults).arrow_type if spec.typed_by_schema else spec.arrow_type
 
 
 def choice_map(call: LLMCall) -> dict[str, Any] | None:
@@ -75,7 +93,10 @@ def sampling_params(call: LLMCall, opts: Mapping[str, Any]) -> SamplingParams:
     kwargs: dict[str, Any] = dict(temperature=float(opts.get("temperature", 0.0)),
                                   top_p=float(opts.get("top_p", 1.0)), top_k=int(opts.get("top_k", 0)),
                                   seed=opts.get("seed"))
-    if choices is None:
+    if spec_of(call.function).typed_by_schema:
+        kwargs["json_schema"] = output_of(call, opts).json_schema
+        kwargs["max_tokens"] = int(opts.get("max_tokens", DEFAULT_EXTRACT_MAX_TOKENS))
+    elif choices is None:
         kwargs["max_tokens"] = int(opts.get("max_tokens", DEFAULT_MAX_TOKENS))
     else:
         kwargs["choices"] = list(choices)
@@ -85,14 +106,20 @@ def sampling_params(call: LLMCall, opts: Mapping[str, Any]) -> SamplingParams:
 
 def params_key(params: SamplingParams) -> dict[str, Any]:
     """The sampling parameters that can change an answer, for the result-cache key."""
-    return {"max_tokens": params.max_tokens, "temperature": params.temperature, "top_p": params.top_p,
-            "top_k": params.top_k, "seed": params.seed, "stop": list(params.stop), "choices": params.choices}
+    key = {"max_tokens": params.max_tokens, "temperature": params.temperature, "top_p": params.top_p,
+           "top_k": params.top_k, "seed": params.seed, "stop": list(params.stop), "choices": params.choices}
+    if params.json_schema is not None:  # only when set: earlier cache keys stay valid
+        key["json_schema"] = params.json_schema
+    return key
 
 
-def parse_output(call: LLMCall, text: str | None) -> tuple[Any, str | None]:
+def parse_output(call: LLMCall, text: str | None, defaults: Mapping[str, Any] | None = None
+                 ) -> tuple[Any, str | None]:
     """(value, None) or (None, reason) for one raw model output."""
     if text is None:
         return None, "the backend returned no text"
+    if spec_of(call.function).typed_by_schema:
+        return output_of(call, defaults).parse(text)
     choices = choice_map(call)
     if choices is None:
         return text.strip(), None

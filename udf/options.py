@@ -15,6 +15,7 @@ call's own options win over the session's. Unknown names and wrong types raise a
 | ``model`` | str | session model | which model answers (the session maps it to a backend) |
 | ``system`` | str | see ``udf.prompts`` | the system prompt at the head of every prompt |
 | ``max_field_chars`` | int >= 16 | 4000 | field values longer than this are truncated (see ``udf.prompts``) |
+| ``schema`` | str | none | ``llm_extract``'s output: a field list (``'brewery VARCHAR, abv DOUBLE, styles VARCHAR[]'``) or a JSON schema; see ``udf.extract`` |
 | ``reorder_fields`` | bool | false | let the optimiser also reorder the fields inside each prompt (GGR's per-row field order: higher prefix hit rates, but the prompt's wording changes, so a model may answer differently); false keeps the written field order and reorders rows only, so results equal the plain evaluation |
 """
 from __future__ import annotations
@@ -37,6 +38,7 @@ _SPECS: dict[str, tuple[tuple[type, ...], str, Any]] = {
     "system": ((str,), "a string", lambda v: True),
     "max_field_chars": ((int,), "an integer >= 16", lambda v: v >= 16),
     "reorder_fields": ((bool,), "a boolean", lambda v: True),
+    "schema": ((str,), "a field list like 'brewery VARCHAR, abv DOUBLE' or a JSON schema", lambda v: v.strip() != ""),
 }
 OPTION_NAMES: tuple[str, ...] = tuple(sorted(_SPECS))
 

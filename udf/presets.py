@@ -12,6 +12,7 @@ a different kind of question:
 | ``summarize`` | Summarize the input in one short sentence. | Can the input be summarized as a single clear point? | How informative is the input, from 1 (not at all) to 5 (very)? | Pick the label that best summarizes the input. |
 | ``extract`` | Extract the single most important fact from the input. Answer with the fact only. | Does the input contain a concrete, extractable fact? | How many concrete facts does the input contain, from 1 (none) to 5 (many)? | Pick the label that the input mentions or implies. |
 
+``llm_extract`` expands each preset to "Extract ... the facts the schema asks for" (see ``PRESETS``).
 ``llm_classify(field, labels)`` has no instruction argument; it always uses its ``classify``
 preset, followed by the list of labels (see ``udf.prompts``).
 """
@@ -25,24 +26,28 @@ PRESETS: dict[str, dict[str, str]] = {
         "llm_filter": "Does the input belong to the category it describes?",
         "llm_score": "How clearly does the input fit one category?",
         "llm_classify": "Classify the input into exactly one of the labels.",
+        "llm_extract": "Extract the input's category and the facts the schema asks for.",
     },
     "sentiment": {
         "llm": "Classify the sentiment of the input as positive, negative or neutral. Answer with one word.",
         "llm_filter": "Is the sentiment of the input positive?",
         "llm_score": "Rate the sentiment of the input from 1 (very negative) to 5 (very positive).",
         "llm_classify": "Classify the sentiment of the input into exactly one of the labels.",
+        "llm_extract": "Extract the sentiment of the input and the facts the schema asks for.",
     },
     "summarize": {
         "llm": "Summarize the input in one short sentence.",
         "llm_filter": "Can the input be summarized as a single clear point?",
         "llm_score": "How informative is the input, from 1 (not at all) to 5 (very)?",
         "llm_classify": "Pick the label that best summarizes the input.",
+        "llm_extract": "Extract a short summary of the input into the fields the schema asks for.",
     },
     "extract": {
         "llm": "Extract the single most important fact from the input. Answer with the fact only.",
         "llm_filter": "Does the input contain a concrete, extractable fact?",
         "llm_score": "How many concrete facts does the input contain, from 1 (none) to 5 (many)?",
         "llm_classify": "Pick the label that the input mentions or implies.",
+        "llm_extract": "Extract the facts the schema asks for from the input.",
     },
 }
 

@@ -7,6 +7,10 @@ rewriter's cost model) reads a function's facts from its ``FunctionSpec``, so a 
 | ``llm_filter(instruction, field, ...)`` | BOOLEAN | boolean | ``choices=[" yes", " no"]`` | yes -> true |
 | ``llm_classify(field, ..., labels)`` | VARCHAR | string | ``choices=[" " + label, ...]`` | the label |
 | ``llm_score(instruction, field, ...)`` | INTEGER | int | ``choices=[" 1", ..., " 5"]`` | 1..5 |
+| ``llm_extract(instruction, field, ..., {'schema': ...})`` | STRUCT of the schema | (not yet) | JSON schema grammar | the typed STRUCT |
+
+A function ``typed_by_schema`` has no fixed type: its value's type is its call's ``schema`` option
+(``udf.extract``), so each schema gets its own UDF registration (``llm_sql.duckdb_mode``).
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ class FunctionSpec:
     has_instruction: bool  # its first argument is the instruction (llm_classify has labels instead)
     choices: Callable[[Any], dict[str, Any]] | None = None  # call -> {constrained output: SQL value}; None: free
     weight: float = 1.0  # relative cost per row (generated tokens), for ordering LLM predicates
+    typed_by_schema: bool = False  # the value's type is the call's schema option (llm_extract)
 
 
 REGISTRY: dict[str, FunctionSpec] = {s.name: s for s in (
@@ -38,6 +43,8 @@ REGISTRY: dict[str, FunctionSpec] = {s.name: s for s in (
     FunctionSpec("llm_classify", "VARCHAR", "string", pa.string(), "Label:", False,
                  lambda call: {" " + lbl: lbl for lbl in call.labels or ()}),
     FunctionSpec("llm_score", "INTEGER", "int", pa.int32(), "Score 1-5:", True, lambda call: dict(SCORE_CHOICES)),
+    FunctionSpec("llm_extract", "VARCHAR", "string", pa.string(), "JSON:", True, None, weight=6.0,
+                 typed_by_schema=True),
 )}
 
 

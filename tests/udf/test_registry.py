@@ -24,4 +24,7 @@ def test_duckdb_functions_have_the_registry_types(backend):
     register_udfs(con, lambda m: Target(backend), EvalSettings(progress=False))
     for name, spec in REGISTRY.items():
         row = con.execute("SELECT return_type FROM duckdb_functions() WHERE function_name = ?", [name]).fetchone()
-        assert row is not None and row[0] == spec.duckdb_type
+        if spec.typed_by_schema:  # registered per schema by the connection wrapper (tests/test_extract.py)
+            assert row is None
+        else:
+            assert row is not None and row[0] == spec.duckdb_type
