@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import enum
+import hashlib
+from array import array
 from dataclasses import dataclass
 
 from .sampling_params import SamplingParams
@@ -63,10 +65,14 @@ class Sequence:
     def is_finished(self) -> bool:
         return self.status == SequenceStatus.FINISHED
 
-    def block_keys(self, block_size: int, num_blocks: int) -> list:
-        """Chained keys of the first ``num_blocks`` full blocks: a block's key names its whole prefix."""
+    def block_keys(self, block_size: int, num_blocks: int) -> list[bytes]:
+        """Chained keys of the first ``num_blocks`` full blocks: a block's key names its whole prefix.
+
+        ``sha256(parent key + the block's token ids)``: one engine serves every client holding the token, so a
+        key must not be forgeable; Python's ``hash`` of int tuples is not seeded and collisions can be built,
+        which would hand one request another's KV."""
         keys = self._block_keys
         for b in range(len(keys), num_blocks):
-            parent = hash(keys[b - 1]) if b else None
-            keys.append((parent, tuple(self.token_ids[b * block_size:(b + 1) * block_size])))
+            block = array("q", self.token_ids[b * block_size:(b + 1) * block_size]).tobytes()
+            keys.append(hashlib.sha256((keys[b - 1] if b else b"") + block).digest())
         return keys[:num_blocks] if num_blocks < len(keys) else keys

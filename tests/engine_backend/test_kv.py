@@ -141,6 +141,20 @@ def test_prefix_hit_rules_per_type():
     assert_no_leak(kv)
 
 
+def test_block_keys_are_a_sha256_chain():
+    """A key is sha256(parent key + the block's int64 token ids): it names the whole prefix, and (unlike
+    Python's unseeded hash of int tuples) no client can craft two prefixes that share one."""
+    import hashlib
+    from array import array
+
+    keys = seq("x", range(40)).block_keys(B, 2)
+    first = hashlib.sha256(array("q", range(B)).tobytes()).digest()
+    assert keys == [first, hashlib.sha256(first + array("q", range(B, 2 * B)).tobytes()).digest()]
+    other = seq("y", [1] + list(range(1, 40))).block_keys(B, 2)  # differs in block 0 only
+    assert other[0] != keys[0] and other[1] != keys[1]  # every later key differs too
+    assert seq("z", range(40)).block_keys(B, 2) == keys
+
+
 def test_sliding_hit_needs_the_window_blocks():
     kv = KVCacheManager(hetero_specs(window=8), num_large_pages=64)
     a = seq("a", range(33))
