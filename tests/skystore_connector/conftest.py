@@ -67,3 +67,13 @@ def kill_when_writing(script: str, *args: str) -> None:
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
+
+
+def code(info) -> str:
+    """The S3 error code of a ``pytest.raises(botocore ClientError)`` result."""
+    return info.value.response["Error"]["Code"]
+
+
+def status(info) -> int:
+    """Its HTTP status."""
+    return info.value.response["ResponseMetadata"]["HTTPStatusCode"]

@@ -11,6 +11,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from skystore_connector.testing import local_gateway
+from conftest import code, status  # noqa: E402
 
 EAST = "aws-us-east-1"
 OTHER = "SKYOTHERKEY2"
@@ -36,14 +37,6 @@ def bucket(s3):
     name = f"a-{next(_names)}"
     s3.create_bucket(Bucket=name)
     return name
-
-
-def code(info) -> str:
-    return info.value.response["Error"]["Code"]
-
-
-def status(info) -> int:
-    return info.value.response["ResponseMetadata"]["HTTPStatusCode"]
 
 
 def multipart(s3, bucket, key, parts: list[bytes]) -> tuple[str, list[dict]]:

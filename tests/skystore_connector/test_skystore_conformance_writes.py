@@ -13,6 +13,7 @@ from botocore.exceptions import ClientError
 
 from skystore_connector.config import Config, ConfigError
 from skystore_connector.testing import local_gateway
+from conftest import code, status  # noqa: E402
 
 EAST = "aws-us-east-1"
 OTHER, READER, WRITER = "SKYOTHERKEY", "SKYREADERKEY", "SKYWRITERKEY"
@@ -39,14 +40,6 @@ def bucket(s3):
     name = f"w-{next(_names)}"
     s3.create_bucket(Bucket=name)
     return name
-
-
-def code(info) -> str:
-    return info.value.response["Error"]["Code"]
-
-
-def status(info) -> int:
-    return info.value.response["ResponseMetadata"]["HTTPStatusCode"]
 
 
 def body_of(s3, bucket, key) -> bytes:
