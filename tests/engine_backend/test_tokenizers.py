@@ -87,8 +87,8 @@ def test_qwen2_matches_reference_encoder(qwen_dir, corpus):
 
     ref = get_tokenizer("qwen2.5-72b-instruct")  # the package's Qwen (1/2/2.5) encoder over qwen.tiktoken
     ours = Tokenizer.from_dir(qwen_dir)
-    chat = ["<|im_start|>system\nYou are a careful data analyst.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
-            "<|im_start|>assistant\n", "text<|endoftext|>more", "<|extra_0|><|extra_204|>"]
+    chat = [("<|im_start|>system\nYou are a careful data analyst.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
+             "<|im_start|>assistant\n"), "text<|endoftext|>more", "<|extra_0|><|extra_204|>"]
     bad = _mismatches(ours, ref.encode, corpus + chat)
     assert not bad, f"{len(bad)} of {len(corpus)} texts differ, e.g. {bad[:3]}"
     # special tokens sit where the reference puts them
