@@ -32,7 +32,10 @@ def sample(logits: torch.Tensor, seqs: list, constraints: dict) -> list[int]:
 
 
 def _sample_row(row: torch.Tensor, temperature: float, top_k: int, top_p: float, generator) -> int:
-    row = row / temperature
+    scaled = row / temperature
+    if not torch.isfinite(scaled.max()):  # a tiny temperature overflows float32: scale the gaps to the best
+        scaled = ((row - row.max()).double() / temperature).float()  # logit in float64 (the best one stays 0)
+    row = scaled
     if 0 < top_k < row.numel():
         kth = torch.topk(row, top_k).values[-1]
         row = row.masked_fill(row < kth, float("-inf"))
@@ -42,6 +45,7 @@ def _sample_row(row: torch.Tensor, temperature: float, top_k: int, top_p: float,
         cumulative = torch.cumsum(sorted_probs, dim=-1)
         # keep the smallest set whose mass reaches top_p (the token crossing it included)
         drop = cumulative - sorted_probs >= top_p
+        drop[0] = False  # the most likely token always stays (a top_p below float32's least positive value is 0)
         sorted_probs[drop] = 0.0
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
     return int(torch.multinomial(probs, 1, generator=generator).item())

@@ -256,6 +256,27 @@ def test_disconnect_aborts_and_frees_pages(server, aengine):
     assert stats["generated_tokens"] - before["generated_tokens"] < 1900  # stopped early, not finished
 
 
+
+@pytest.mark.parametrize("fields", [{"temperature": 1e-300}, {"temperature": 1e-40},
+                                    {"temperature": 1.0, "top_p": 1e-300}, {"temperature": 1.0, "top_p": 1e-50}],
+                         ids=["temperature-1e-300", "temperature-1e-40", "top_p-1e-300", "top_p-1e-50"])
+def test_extreme_sampling_values_are_greedy_not_500(server, client, reference, fields):
+    """Found by bench/engine_soak.py: a temperature that overflows float32 logits, or a top_p that rounds to 0 in
+    float32, made the sampler raise, and the failed step answered 500 to every request sharing it. Both are valid
+    OpenAI values; they mean "the most likely token"."""
+    expected = reference.generate(PROMPTS[:3], SamplingParams(max_tokens=4))
+    box: list = []  # the other client's answer
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as other:
+        bystander = threading.Thread(target=lambda: box.append(other.post(
+            "/v1/completions", json={"prompt": PROMPTS[1:3], "max_tokens": 4})))
+        bystander.start()
+        body = complete(client, prompt=PROMPTS[0], max_tokens=4, seed=7, **fields)
+        bystander.join(60)
+    assert body["choices"][0]["token_ids"] == expected[0].token_ids
+    assert box and box[0].status_code == 200, box and box[0].text
+    assert [c["token_ids"] for c in box[0].json()["choices"]] == [o.token_ids for o in expected[1:]]
+
+
 _SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*",?)*\})? '
                      r'(-?[0-9.eE+-]+|NaN|[+-]Inf)$')
 
