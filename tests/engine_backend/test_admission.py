@@ -16,7 +16,7 @@ from engine_backend.scheduler import Scheduler
 from engine_backend.sequence import Sequence
 from engine_backend.testing import ARCHS, HF_ARCHS
 
-CASES = int(os.environ.get("LLMSQL_PROPERTY_CASES", "70"))
+CASES = int(os.environ.get("LLMSQL_PROPERTY_CASES", "42"))
 SEED = int(os.environ.get("LLMSQL_PROPERTY_SEED", "0"))
 TIE = 1e-4  # logits this close to the oracle's best are a near-tie float noise may break either way
 
