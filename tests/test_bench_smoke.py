@@ -131,3 +131,19 @@ def test_block_size_ceiling_quick(tmp_path):
         c = ceil[cfg]
         assert c["prompts"] == 200 and 0 < c["16"] <= c["4"] <= c["1"] < 1  # smaller blocks never hit less
     assert ceil["optimized"]["16"] > ceil["cache_original"]["16"]  # reordering shares more
+
+
+def test_engine_soak_quick(tmp_path):
+    """64 clients on ``llm-sql serve`` for 10 s, with disconnects and malformed requests: every check holds."""
+    data, proc = run_bench("engine_soak", tmp_path)
+    assert data["passed"] is True, data["checks"]
+    assert data["server_errors"] == 0 and data["wrong_answers"] == 0 and data["server_tracebacks"] == 0
+    assert not any(int(code) >= 500 for code in data["statuses"])
+    assert set(data["by_kind"]) == {"normal", "disconnect", "malformed", "auth"}
+    assert data["statuses"]["200"] > 0 and data["statuses"]["400"] > 0 and data["statuses"]["401"] > 0
+    kv = data["kv"]
+    assert kv["idle_after"]["llm_sql_kv_pages_used"] == 0 and kv["max_pages_used_under_load"] > 0
+    assert kv["engine_counters_during_soak"]["requests_aborted_total"] > 0  # the disconnects were aborted
+    assert data["fds"]["idle_after"] <= data["fds"]["idle_before"] + 4 < data["fds"]["max_under_load"]
+    assert data["final_request_ok"] is True
+    assert "no leaked KV page" in proc.stdout
