@@ -147,3 +147,11 @@ def test_engine_soak_quick(tmp_path):
     assert data["fds"]["idle_after"] <= data["fds"]["idle_before"] + 4 < data["fds"]["max_under_load"]
     assert data["final_request_ok"] is True
     assert "no leaked KV page" in proc.stdout
+
+
+def test_constrained_decoding_quick(tmp_path):
+    data, _ = run_bench("constrained_decoding", tmp_path)
+    for run in data["runs"].values():
+        # free decoding ran its whole budget; the constrained run generated tokens too and was timed per token
+        assert run["free"]["generated_tokens"] > 0 and run["json_schema"]["generated_tokens"] > 0
+        assert run["json_schema"]["ms_per_token"] > 0 and run["choices_trie"]["finished_early"] > 0
