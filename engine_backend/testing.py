@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .config import FULL, SLIDING, ModelConfig
+from .tokenizer import bytes_to_unicode
 
 ARCHS = ("llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3_text", "llmsql_hetero")
 HF_ARCHS = ARCHS[:-1]  # the ones transformers can load
@@ -189,19 +190,6 @@ def _package_dir(module: str, dist: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character table, which byte-level BPE vocabularies are written in."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {b: chr(c) for b, c in zip(bs, cs)}
-
-
 def _tiktoken_vocab_merges(ranks: dict[bytes, int]) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """A tiktoken rank file as a byte-level BPE vocabulary and merge list (as transformers' TikTokenConverter).
 
@@ -209,7 +197,7 @@ def _tiktoken_vocab_merges(ranks: dict[bytes, int]) -> tuple[dict[str, int], lis
     pair with the lowest merge priority. Every split of a token into two ranked pieces becomes a merge,
     prioritised by the merged token's rank (then the pieces' ranks), so both pick the same merge.
     """
-    table = _bytes_to_unicode()
+    table = bytes_to_unicode()
 
     def text(b: bytes) -> str:
         return "".join(table[x] for x in b)
