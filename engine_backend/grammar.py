@@ -5,7 +5,7 @@ index over the vocabulary: for every state of the expression's automaton, the to
 inside the language. Each request walks that index with its own ``Guide``; at every step the guide writes
 its allowed tokens as a bitmask, and one vectorised unpack turns the batch's bitmasks into a boolean mask
 over the logits (no Python loop over the vocabulary). EOS is allowed exactly where the expression may end;
-a state from which nothing but EOS can follow finishes the request.
+a state from which nothing but EOS can follow finishes the request (checked once per automaton state).
 
 Why outlines-core: a small Rust library with CPU wheels and no Python dependencies (xgrammar needs
 transformers and triton at install time); its index is built once per expression and cached here, and the
@@ -17,9 +17,8 @@ import functools
 import json
 from typing import Any
 
+import numpy as np
 import torch
-
-_BITS = torch.arange(32, dtype=torch.int32)
 
 
 class GrammarConstraint:
@@ -34,6 +33,7 @@ class GrammarConstraint:
         self.regex = regex
         self.vocab_size = vocab_size  # the logits' width (the embedding may be wider than the vocabulary)
         self.eos_ids = [int(t) for t in tokenizer.eos_token_ids]
+        self._ends: dict[int, bool] = {}  # automaton state -> nothing but EOS may follow
         try:
             self.index = outlines_core.Index(regex, _vocabulary(tokenizer))
         except Exception as exc:  # an expression the library cannot compile
@@ -47,10 +47,12 @@ class GrammarConstraint:
     def allowed_mask(self, guides: list) -> torch.Tensor:
         """[len(guides), vocab_size] bool: the tokens each guide allows now (EOS ids where it may end)."""
         words = (self.vocab_size + 31) // 32
-        bits = torch.zeros((len(guides), words), dtype=torch.int32)
+        bits = np.zeros((len(guides), words), dtype=np.int32)
         for i, guide in enumerate(guides):
-            guide.write_mask_into(bits[i].data_ptr(), words, 4)
-        mask = ((bits.unsqueeze(-1) >> _BITS) & 1).bool().view(len(guides), -1)[:, : self.vocab_size]
+            guide.write_mask_into(bits[i].ctypes.data, words, 4)
+        # token t is bit t % 32 of word t // 32 (little-endian words): unpack bytes little bit first
+        unpacked = np.unpackbits(bits.view(np.uint8), axis=1, bitorder="little")[:, : self.vocab_size]
+        mask = torch.from_numpy(unpacked.view(np.bool_))
         eos = [t for t in self.eos_ids if t < self.vocab_size]
         if eos:  # the library knows one EOS; every EOS id of the tokenizer ends the output alike
             ends = mask[:, eos].any(dim=1, keepdim=True)
@@ -63,14 +65,17 @@ class GrammarConstraint:
         logits.masked_fill_(~mask[:, : logits.shape[1]], float("-inf"))
 
     def step(self, guide, token: int) -> tuple[Any, bool]:
-        """Advance by the sampled ``token``; True when the output is complete (EOS, or nothing else may follow)."""
+        """Advance by the sampled ``token``; True when the output is complete: EOS, or a state from which only
+        EOS may follow. Where the expression may end but also go on (``[0-9]+``), the model chooses."""
         if token in self.eos_ids:
             return guide, True
         guide.advance(int(token), return_tokens=False)
-        if guide.is_finished():
-            return guide, True
-        allowed = guide.get_tokens()
-        return guide, all(t in self.eos_ids for t in allowed) or not allowed
+        state = guide.get_state()
+        ends = self._ends.get(state)
+        if ends is None:  # once per automaton state: listing a state's tokens costs a list of the vocabulary
+            allowed = self.index.get_allowed_tokens(state)
+            ends = self._ends[state] = all(t in self.eos_ids for t in allowed)
+        return guide, ends
 
 
 def regex_for(json_schema: Any = None, regex: str | None = None) -> str:

@@ -20,8 +20,12 @@ def sample(logits: torch.Tensor, seqs: list, constraints: dict) -> list[int]:
         if c is not None:
             groups.setdefault(id(c), (c, []))[1].append(i)
     for c, rows in groups.values():
+        states = [seqs[i].constraint_node for i in rows]
+        if len(rows) == len(seqs):  # the whole batch (one query's rows): mask in place, no gather and scatter
+            c.mask_rows(logits, states)
+            continue
         sub = logits[rows]
-        c.mask_rows(sub, [seqs[i].constraint_node for i in rows])
+        c.mask_rows(sub, states)
         logits[rows] = sub
     tokens = logits.argmax(dim=-1).tolist()
     for i, seq in enumerate(seqs):
