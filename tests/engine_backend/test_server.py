@@ -183,6 +183,7 @@ def test_bad_output_constraints_are_400(client, body, needle):
     ({"prompt": "hi", "stream": True}, "stream"),
     ({"prompt": "hi", "choices": []}, "choices"),
     ({"prompt": "hi", "stop": 5}, "stop"),
+    ({"prompt": "hi", "seed": 2**70}, "seed must be a 64-bit integer"),
     ({"prompt": ""}, "empty"),
     ({"prompt": []}, "empty"),
     ({"prompt": [1, "a"]}, "prompt must be"),
