@@ -120,7 +120,7 @@ def _enforceable(schema: Any) -> Any:
 
 
 @functools.lru_cache(maxsize=8)
-def _vocabulary_of(tokenizer_id: int, tokenizer):
+def _vocabulary(tokenizer):
     import outlines_core
 
     eos = set(int(t) for t in tokenizer.eos_token_ids)
@@ -134,15 +134,11 @@ def _vocabulary_of(tokenizer_id: int, tokenizer):
     return outlines_core.Vocabulary(min(eos), by_bytes)
 
 
-def _vocabulary(tokenizer):
-    return _vocabulary_of(id(tokenizer), tokenizer)
-
-
 @functools.lru_cache(maxsize=64)
-def _compiled(regex: str, tokenizer_id: int, tokenizer, vocab_size: int) -> GrammarConstraint:
+def _compiled(regex: str, tokenizer, vocab_size: int) -> GrammarConstraint:
     return GrammarConstraint(regex, tokenizer, vocab_size)
 
 
 def compile_constraint(tokenizer, vocab_size: int, *, json_schema: Any = None, regex: str | None = None):
     """A cached ``GrammarConstraint`` for this tokenizer (the index is built once per expression)."""
-    return _compiled(regex_for(json_schema, regex), id(tokenizer), tokenizer, vocab_size)
+    return _compiled(regex_for(json_schema, regex), tokenizer, vocab_size)

@@ -36,10 +36,10 @@ def sample(logits: torch.Tensor, seqs: list, constraints: dict) -> list[int]:
 
 
 def _sample_row(row: torch.Tensor, temperature: float, top_k: int, top_p: float, generator) -> int:
-    scaled = row / temperature
-    if not torch.isfinite(scaled.max()):  # a tiny temperature overflows float32: scale the gaps to the best
-        scaled = ((row - row.max()).double() / temperature).float()  # logit in float64 (the best one stays 0)
-    row = scaled
+    # Scale the gaps to the best logit, not the logits: the distribution is the same, and with the factor capped
+    # (a temperature below 1e-30 is greedy in effect) the best stays 0 and the others go to -inf, where 1 / a tiny
+    # temperature would overflow float32 and give NaN probabilities.
+    row = (row - row.max()) * min(1.0 / temperature, 1e30)
     if 0 < top_k < row.numel():
         kth = torch.topk(row, top_k).values[-1]
         row = row.masked_fill(row < kth, float("-inf"))

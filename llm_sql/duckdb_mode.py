@@ -166,13 +166,13 @@ class LLMConnection:
         if "llm_extract" not in sql.lower():
             return sql
         from udf.duckdb_udf import register_typed_udf
-        from udf.functions import make_call, output_of
+        from udf.functions import output_of
+        from udf.options import merge_options
 
         tree = sqlglot.parse_one(sql, dialect="duckdb")
         for call in llm_calls(tree, ("llm_extract",)):
             try:
-                spec = parse_call(call)
-                schema = output_of(make_call("llm_extract", "x", ("x",), options=spec.options), self.session.defaults)
+                schema = output_of(merge_options(self.session.defaults, parse_call(call).options))
             except (Unliftable, ValueError) as exc:
                 raise ValueError(f"llm_extract needs a literal schema option: {exc}") from None
             name = "llm_extract_" + hashlib.sha256(schema.duckdb_type.encode()).hexdigest()[:12]

@@ -12,7 +12,7 @@ import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from llm_sql.config import Config, ModelSpec, make_config
+from llm_sql.config import ModelSpec, make_config
 from udf.api import StageStats
 from udf.arrow_calls import Target
 
@@ -77,15 +77,12 @@ class QueryStats:
 
 
 class Session:
-    def __init__(self, config: Config | None = None, **options: Any):
-        """``Session(config)`` or ``Session(**register_options)``; a ``Backend`` instance as ``backend=`` is used
-        as the one model (and not closed by the session)."""
-        instance = options.get("backend") if not isinstance(options.get("backend", "embedded"), str) else None
-        self.config = config if config is not None else make_config(**options)
-        self.optimize = self.config.optimize
-        self.settings = self.config.settings
-        self.udf_settings = self.config.udf_settings
-        self.defaults = self.config.defaults
+    def __init__(self, **options: Any):
+        """``register``'s options (``llm_sql.config.make_config``); a ``Backend`` instance as ``backend=`` is used as
+        the one model (and not closed by the session)."""
+        backend = options.get("backend", "embedded")
+        instance = None if isinstance(backend, str) else backend
+        self.config = make_config(**options)
         self._lock = threading.Lock()
         self._backends: dict[str, Any] = {}
         self._borrowed: set[str] = set()  # a Backend passed in is the caller's to close
@@ -99,6 +96,12 @@ class Session:
         self.last = QueryStats(optimized=self.optimize)
         self.current: QueryStats | None = None
         self.query_counter = 0
+
+    # what the connection wrapper reads, straight from the configuration
+    optimize = property(lambda self: self.config.optimize)
+    settings = property(lambda self: self.config.settings)
+    udf_settings = property(lambda self: self.config.udf_settings)
+    defaults = property(lambda self: self.config.defaults)
 
     def _ping(self, spec: ModelSpec) -> None:
         """Fail at register time, naming the URL, when the server does not answer."""

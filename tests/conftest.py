@@ -22,3 +22,25 @@ def env_without_this_python(tmp_path):
            if k not in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON", "VIRTUAL_ENV")}
     env["PATH"] = os.pathsep.join([str(decoy), *rest])
     return env
+
+
+@pytest.fixture()
+def own_answers():
+    """``own_answers(model_dir, rows, instruction=, names=, max_tokens=)``: what that checkpoint's own engine answers
+    to ``llm``, evaluated plainly (no dedup, no reordering, no cache): the reference for a call routed to it."""
+    def answers(model_dir, rows, instruction="Summarise", names=("review",), max_tokens=4):
+        from engine_backend.backends import make_backend
+        from udf.api import EvalSettings
+        from udf.batch import evaluate
+        from udf.functions import make_call
+
+        backend = make_backend("embedded", model=model_dir)
+        try:
+            settings = EvalSettings(dedup=False, reorder=False, result_cache=False, progress=False,
+                                    defaults={"max_tokens": max_tokens})
+            return evaluate(make_call("llm", instruction=instruction, field_names=names), rows, backend,
+                            settings=settings).values
+        finally:
+            backend.close()
+
+    return answers

@@ -10,11 +10,7 @@ import duckdb
 import pytest
 
 import llm_sql
-from engine_backend.backends import make_backend
 from llm_sql.config import make_config
-from udf.api import EvalSettings
-from udf.batch import evaluate
-from udf.functions import make_call
 
 REVIEWS = ["Crisp and clean, lovely hops.", "Tasted like wet cardboard.", "Rich coffee notes, great stout.",
            "Flat and overly sweet.", "Crisp and clean, lovely hops."]
@@ -30,18 +26,6 @@ def two_models(tmp_path_factory):
                                                                                            arch="llama", seed=2))
 
 
-def own_answers(model_dir, rows, instruction="Summarise", names=("review",)):
-    """What ``model_dir``'s own engine answers, plain per-row evaluation."""
-    backend = make_backend("embedded", model=model_dir)
-    try:
-        call = make_call("llm", instruction=instruction, field_names=names)
-        settings = EvalSettings(dedup=False, reorder=False, result_cache=False, progress=False,
-                                defaults={"max_tokens": COMMON["max_tokens"]})
-        return evaluate(call, rows, backend, settings=settings).values
-    finally:
-        backend.close()
-
-
 @pytest.fixture()
 def con():
     c = duckdb.connect()
@@ -52,7 +36,7 @@ def con():
 
 
 @pytest.mark.parametrize("optimize", [True, False], ids=["lifted", "udf"])
-def test_model_option_routes_to_that_model(two_models, con, optimize):
+def test_model_option_routes_to_that_model(two_models, con, optimize, own_answers):
     small, large = two_models
     db = llm_sql.register(con, models={"small": small, "large": large}, model="small", optimize=optimize, **COMMON)
     rows = [(r,) for r in REVIEWS]
@@ -66,7 +50,7 @@ def test_model_option_routes_to_that_model(two_models, con, optimize):
     db.close()
 
 
-def test_one_query_two_models_and_the_result_cache_keeps_them_apart(two_models, con, tmp_path):
+def test_one_query_two_models_and_the_result_cache_keeps_them_apart(two_models, con, tmp_path, own_answers):
     small, large = two_models
     opts = dict(COMMON, cache=True, cache_path=str(tmp_path / "r.sqlite"))
     db = llm_sql.register(con, models={"small": small, "large": large}, **opts)  # default: the first
@@ -108,7 +92,7 @@ def test_config_entries_and_identities(two_models):
     assert one.model(small).name == one.model().name == small  # a one-model session: named by its directory
 
 
-def test_instruction_without_a_field(two_models, con):
+def test_instruction_without_a_field(two_models, con, own_answers):
     small, _ = two_models
     for optimize in (True, False):
         db = llm_sql.register(con, model=small, optimize=optimize, **COMMON)

@@ -337,24 +337,16 @@ def test_a_worker_interpreter_without_the_packages_is_named(spark, tmp_path, mon
         spark.sparkContext.pythonExec = sys.executable
 
 
-def test_two_models_and_an_instruction_without_a_field(spark, model_dir, tmp_path):
+def test_two_models_and_an_instruction_without_a_field(spark, model_dir, tmp_path, own_answers):
     """models={...}: named_struct('model', 'large') answers with the second checkpoint's own tokens, the default
     with the first; llm('Say hi') asks the instruction alone."""
-    from engine_backend.backends import make_backend
     from engine_backend.testing import make_tiny_model
 
     large = str(make_tiny_model(tmp_path / "large", arch="llama", seed=7))
     reviews = sorted({r for _, r, _ in ROWS if r is not None})
-    settings = EvalSettings(dedup=False, reorder=False, result_cache=False, progress=False,
-                            defaults={"max_tokens": MAX_TOKENS})
 
     def own(model, rows, instruction="Summarise", names=("review",)):
-        backend = make_backend("embedded", model=model)
-        try:
-            return evaluate(make_call("llm", instruction=instruction, field_names=names), rows, backend,
-                            settings=settings).values
-        finally:
-            backend.close()
+        return own_answers(model, rows, instruction, names, max_tokens=MAX_TOKENS)
 
     try:
         llm_sql.register(spark, models={"small": model_dir, "large": large}, model="small",

@@ -56,7 +56,7 @@ def validate_call(call: LLMCall) -> None:
     if any(not isinstance(n, str) for n in call.field_names):
         raise ValueError(f"{call.function} field names must be strings: {call.field_names!r}")
     if spec.typed_by_schema and dict(call.options).get("schema") is not None:
-        output_of(call)  # a malformed schema fails the query now, naming it (a missing one at evaluation)
+        output_of(dict(call.options))  # a malformed schema fails the query now, naming it (a missing one at evaluation)
     if not spec.has_instruction:
         validate_labels(call.labels)
     else:
@@ -68,17 +68,21 @@ def validate_call(call: LLMCall) -> None:
 DEFAULT_EXTRACT_MAX_TOKENS = 256  # a JSON answer is longer than a label
 
 
-def output_of(call: LLMCall, defaults: Mapping[str, Any] | None = None):
-    """The ``udf.extract.OutputSchema`` of a schema-typed call (``llm_extract``); ValueError if it has none."""
+def output_of(opts: Mapping[str, Any]):
+    """The ``udf.extract.OutputSchema`` named by merged options' ``schema`` (``llm_extract``); ValueError if none.
+    Compiled once per schema (``output_schema`` is cached), so the per-row path pays a dict lookup."""
     from udf.extract import output_schema
-    from udf.options import merge_options
 
-    return output_schema(merge_options(defaults, call.options).get("schema"))
+    return output_schema(opts.get("schema"))
 
 
 def arrow_type_of(call: LLMCall, defaults: Mapping[str, Any] | None = None):
     spec = spec_of(call.function)
-    return output_of(call, defaults).arrow_type if spec.typed_by_schema else spec.arrow_type
+    if not spec.typed_by_schema:
+        return spec.arrow_type
+    from udf.options import merge_options
+
+    return output_of(merge_options(defaults, call.options)).arrow_type
 
 
 def choice_map(call: LLMCall) -> dict[str, Any] | None:
@@ -94,7 +98,7 @@ def sampling_params(call: LLMCall, opts: Mapping[str, Any]) -> SamplingParams:
                                   top_p=float(opts.get("top_p", 1.0)), top_k=int(opts.get("top_k", 0)),
                                   seed=opts.get("seed"))
     if spec_of(call.function).typed_by_schema:
-        kwargs["json_schema"] = output_of(call, opts).json_schema
+        kwargs["json_schema"] = output_of(opts).json_schema
         kwargs["max_tokens"] = int(opts.get("max_tokens", DEFAULT_EXTRACT_MAX_TOKENS))
     elif choices is None:
         kwargs["max_tokens"] = int(opts.get("max_tokens", DEFAULT_MAX_TOKENS))
@@ -113,13 +117,13 @@ def params_key(params: SamplingParams) -> dict[str, Any]:
     return key
 
 
-def parse_output(call: LLMCall, text: str | None, defaults: Mapping[str, Any] | None = None
+def parse_output(call: LLMCall, text: str | None, opts: Mapping[str, Any] | None = None
                  ) -> tuple[Any, str | None]:
-    """(value, None) or (None, reason) for one raw model output."""
+    """(value, None) or (None, reason) for one raw model output; ``opts``: the call's merged options."""
     if text is None:
         return None, "the backend returned no text"
     if spec_of(call.function).typed_by_schema:
-        return output_of(call, defaults).parse(text)
+        return output_of(opts if opts is not None else dict(call.options)).parse(text)
     choices = choice_map(call)
     if choices is None:
         return text.strip(), None
