@@ -42,11 +42,16 @@ def sql(con, query: str):
 
 def last_stats(con):
     """``QueryStats`` of the last query run through the optimiser on ``con``; for a SparkSession, what the UDFs
-    reported since ``register`` / ``llm_sql.spark_mode.reset_stats``."""
+    reported since ``register`` / ``llm_sql.spark_mode.reset_stats``; for a pandas or Modin DataFrame, the last
+    ``df.llm`` call that read or returned it (``llm_sql.pandas``)."""
     if _is_spark(con):
         from llm_sql.spark_mode import last_stats as _spark_last_stats
 
         return _spark_last_stats(con)
+    if type(con).__module__.startswith(("pandas.", "modin.", "llm_sql.session")):  # a DataFrame (llm_sql.pandas)
+        from llm_sql.pandas import last_stats as _frame_last_stats
+
+        return _frame_last_stats(con)
     from llm_sql.duckdb_mode import last_stats as _last_stats
 
     return _last_stats(con)
