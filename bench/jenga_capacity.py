@@ -55,7 +55,7 @@ for p in (str(REPO), str(REPO / "bench")):
 import torch  # noqa: E402
 
 from _common import DEFAULT_OUT, log, mib, print_table, pyplot, save_png, write_json  # noqa: E402
-from engine_backend.kv import KVCacheManager, KVSpec, large_page_elems, specs_for_model  # noqa: E402
+from engine_backend.kv import FullAttentionSpec, KVCacheManager, KVSpec, large_page_elems, specs_for_model  # noqa: E402
 from engine_backend.loader import read_config  # noqa: E402
 from engine_backend.sampling_params import SamplingParams  # noqa: E402
 from engine_backend.scheduler import Scheduler  # noqa: E402
@@ -73,7 +73,7 @@ def uniform_specs(config, block_size: int, dtype: torch.dtype) -> list[KVSpec]:
     if len(geoms) != 1:
         raise ValueError("the uniform baseline needs one attention geometry for all layers")
     (heads, head_dim), = geoms
-    return [KVSpec("uniform", tuple(range(config.num_layers)), heads, head_dim, None, block_size, dtype)]
+    return [FullAttentionSpec("uniform", tuple(range(config.num_layers)), heads, head_dim, block_size, dtype)]
 
 
 def page_geometry(specs: list[KVSpec]) -> dict:

@@ -116,9 +116,7 @@ def build_step_metadata(spec: KVSpec, tables: list[list[int]], starts: list[int]
                                      for i, lo, hi in zip(members, firsts, lasts)], dtype=torch.long))
             kv_pos = (torch.tensor(firsts)[:, None] * B + torch.arange(width * B)[None, :])[:, None, :]  # [S,1,T]
         q = q_pos[:, :, None]  # [S, L, 1]
-        mask = kv_pos <= q
-        if spec.window is not None:
-            mask &= kv_pos > q - spec.window
+        mask = spec.visible(kv_pos, q)
         mask |= ~valid_q[:, :, None] & (kv_pos == kv_pos[..., :1])  # padded queries see one key: no NaN rows
         shared_pages = to(torch.tensor(shared, dtype=torch.long)) if pages is not None and shared else None
         out.append(AttnGroup(S, L, token_slice, q_rows, out_src, out_dst, pages, to(mask[:, None]), shared_pages))
@@ -127,8 +125,8 @@ def build_step_metadata(spec: KVSpec, tables: list[list[int]], starts: list[int]
 
 
 def _shared_leading_pages(spec: KVSpec, tables: list[list[int]], firsts: list[int], starts: list[int]) -> list[int]:
-    """Pages every request of a group reads first and every query sees whole (full attention only)."""
-    if spec.window is not None or len(tables) < 2 or len(set(firsts)) != 1:
+    """Pages every request of a group reads first and every query sees whole (types that share a prefix)."""
+    if not spec.shares_prefix or len(tables) < 2 or len(set(firsts)) != 1:
         return []
     lo = firsts[0]
     limit = min(starts) // spec.block_size  # blocks wholly before every query: visible to all of them
@@ -207,12 +205,16 @@ class PagedAttention:
         self.storage = storage
         self.layer_spec = layer_spec
         self.meta: dict[str, TypeStepMeta] = {}
+        self.copies = None  # this step's copies between KV tiers (``kv.copier.StepCopies``), if any
 
-    def begin_step(self, meta: dict[str, TypeStepMeta]) -> None:
+    def begin_step(self, meta: dict[str, TypeStepMeta], copies=None) -> None:
         self.meta = meta
+        self.copies = copies
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                  scale: float, softcap: float | None) -> torch.Tensor:
+        if self.copies is not None:  # the layer's pages are in (and the pages it writes are out) first
+            self.copies.wait(layer)
         m = self.meta[self.layer_spec[layer].name]
         k_cache, v_cache = self.storage.layer_kv[layer]
         k_cache[m.slot_page, m.slot_off] = k.to(k_cache.dtype)

@@ -42,6 +42,9 @@ class Sequence:
         self.pending_keys: list = []  # block keys this request is computing (see Scheduler)
         self.num_cached_tokens = 0  # prefix-cache hit at first admission
         self.admitted = False
+        self.host_tables: dict[str, list[int]] | None = None  # swapped out: host page per block, per type
+        self.num_host_hit_tokens = 0  # of the last prefix match, tokens copied back from the host tier
+        self.num_host_cached_tokens = 0  # of the prefix-cache hit at first admission, tokens from the host tier
         self.exclusive = False  # restarted alone from an empty cache: nothing is admitted beside it
         self.finish_reason: str | None = None
         self.error: str | None = None
@@ -60,6 +63,10 @@ class Sequence:
     @property
     def num_uncomputed(self) -> int:
         return len(self.token_ids) - self.num_computed
+
+    @property
+    def swapped(self) -> bool:
+        return self.host_tables is not None
 
     @property
     def is_finished(self) -> bool:

@@ -1,23 +1,35 @@
-"""The KV-cache coordinator: one small-page allocator per layer type over one large-page pool.
+"""The KV-cache coordinator: one manager per layer type over one large-page pool per tier.
 
-It owns every request's block tables (one per type), matches cached prefixes with the
-rules of each type, allocates pages for newly scheduled tokens all-or-nothing, publishes
-computed blocks to the prefix cache, and drops sliding-window blocks that fell out of
-the window.
+It owns every request's block tables (one per type), matches cached prefixes with the rules of
+each type, allocates pages for newly scheduled tokens all-or-nothing, publishes computed blocks to
+the prefix cache, and has each type release the blocks it no longer needs.
+
+With a host tier (Pie), it also moves pages between tiers. It never copies anything itself: it
+records the copies a step needs (``take_copies``) and the runner performs them, layer by layer,
+before each layer reads or writes its pages (``copier.py``). Within a step every device-to-host
+copy of a layer runs before every host-to-device copy of that layer, which makes the bookkeeping
+below safe to do eagerly:
+
+- a device page whose data is copied out may be handed to another request at once: its new owner
+  writes it in that layer only after the copy-out;
+- a host page that is a copy's source is held until the step's copies finished (``after_copies``);
+- a page is published to the device prefix cache only once its copy-in is recorded and can no
+  longer be rolled back.
 """
 from __future__ import annotations
 
 import itertools
 
 from .pool import LargePagePool
-from .small_pages import SmallPageAllocator
+from .single_type import NULL_PAGE, SingleTypeManager, manager_for
 from .spec import KVSpec, large_page_elems
 
-NULL_PAGE = -1  # a block the request does not hold (outside a sliding window)
+HOST_CACHE_OWNER = "host-prefix-cache"  # the packing key of host pages that hold spilled cached blocks
 
 
 class KVCacheManager:
-    def __init__(self, specs: list[KVSpec], num_large_pages: int, enable_prefix_caching: bool = True):
+    def __init__(self, specs: list[KVSpec], num_large_pages: int, enable_prefix_caching: bool = True,
+                 num_host_pages: int = 0):
         if len({s.block_size for s in specs}) != 1:
             raise ValueError("all layer types must share one block size (tokens per page)")
         self.specs = specs
@@ -25,34 +37,37 @@ class KVCacheManager:
         self.large_page_elems = large_page_elems(specs)
         self.enable_prefix_caching = enable_prefix_caching
         self.pool = LargePagePool(num_large_pages)
+        self.host_pool = LargePagePool(num_host_pages) if num_host_pages > 0 else None
         ticks = itertools.count()
-        self.allocators = {
-            s.name: SmallPageAllocator(s, self.large_page_elems // s.page_elems, self.pool, lambda: next(ticks))
+        self.managers: dict[str, SingleTypeManager] = {
+            s.name: manager_for(s, self.large_page_elems // s.page_elems, self.pool, lambda: next(ticks),
+                                self.host_pool)
             for s in specs
         }
-        for alloc in self.allocators.values():
-            alloc.reclaim_from_others = self._reclaim_large_page
+        self.allocators = {name: m.device for name, m in self.managers.items()}
+        for name, m in self.managers.items():
+            m.device.reclaim_from_others = lambda needy: self._reclaim_large_page(needy, "device")
+            if m.host is not None:
+                m.host.reclaim_from_others = lambda needy: self._reclaim_large_page(needy, "host")
+                m.device.on_evict = lambda page, key, name=name: self._spill(name, page, key)
         self.peak_large_pages = 0
+        self._spilling = True
+        self._copies_out: list[tuple[str, int, int]] = []  # (type, device page, host page), this step
+        self._copies_in: list[tuple[str, int, int]] = []  # (type, host page, device page), this step
+        self._release_after_copies: list[tuple[str, int]] = []  # host pages read by this step's copies
+        self.swapped_out_blocks = 0
+        self.swapped_in_blocks = 0
+
+    @property
+    def has_host_tier(self) -> bool:
+        return self.host_pool is not None
 
     # ---- capacity ------------------------------------------------------------------
     # One rule for the constructor's minimum budget and the scheduler's chunk sizes: what one
     # request alone holds while a step computes its tokens [start, start + n).
     def large_pages_needed(self, start: int, num_new: int) -> int:
-        """Large pages one request alone holds while computing tokens ``[start, start + num_new)``.
-
-        Full attention holds every block up to the chunk's end; a sliding type only the blocks
-        from its window at ``start`` (it released the rest after the last step) to the chunk's end.
-        """
-        end_block = (start + num_new - 1) // self.block_size
-        total = 0
-        for s in self.specs:
-            blocks = end_block - s.first_needed_block(start) + 1
-            ratio = self.allocators[s.name].ratio
-            if s.window is None or ratio == 1:
-                total += -(-blocks // ratio)
-            else:  # a run of blocks that slides along its large pages may straddle one more
-                total += -(-(blocks - 1) // ratio) + 1
-        return total
+        """Large pages one request alone holds while computing tokens ``[start, start + num_new)``."""
+        return sum(m.large_pages_needed(start, num_new) for m in self.managers.values())
 
     def large_pages_for_one_request(self, num_tokens: int) -> int:
         """Large pages one request of ``num_tokens`` tokens needs at its peak, decoding one token a step.
@@ -86,74 +101,114 @@ class KVCacheManager:
     def match_prefix(self, seq) -> int:
         """Attach the longest cached prefix usable by every layer type; return its token count.
 
-        Full attention needs every block of the prefix; sliding window only the blocks
-        the next query can see. At least one prompt token is always left to compute,
-        since its logits are needed.
+        Blocks may be cached on the device or, with a host tier, on the host; a host hit is copied
+        back into a fresh device page this step. At least one prompt token is always left to
+        compute, since its logits are needed.
         """
         for s in self.specs:
             seq.block_tables[s.name] = []
+        seq.num_host_hit_tokens = 0
         if not self.enable_prefix_caching:
             return 0
-        B = self.block_size
-        keys = seq.block_keys(B, (len(seq.token_ids) - 1) // B)
-        hits = {name: [a.lookup(k) for k in keys] for name, a in self.allocators.items()}
-        limit = len(keys)
-        for s in self.specs:
-            if s.window is None:
-                limit = min(limit, next((i for i, p in enumerate(hits[s.name]) if p is None), limit))
-        runs = {}  # sliding types: length of the cached run ending at each block
-        for s in self.specs:
-            if s.window is not None:
-                run, r = [], 0
-                for p in hits[s.name][:limit]:
-                    r = r + 1 if p is not None else 0
-                    run.append(r)
-                runs[s.name] = run
+        keys = seq.block_keys(self.block_size, (len(seq.token_ids) - 1) // self.block_size)
+        on_device = {n: [m.device.lookup(k) for k in keys] for n, m in self.managers.items()}
+        on_host = {n: [m.host.lookup(k) if m.host else None for k in keys] for n, m in self.managers.items()}
+        if self.has_host_tier:
+            n = self._aligned_hit({t: [d is not None or h is not None for d, h in zip(on_device[t], on_host[t])]
+                                   for t in on_device}, len(keys))
+            if n and self._attach(seq, keys, n, on_device, on_host):
+                return n * self.block_size
+            for s in self.specs:
+                seq.block_tables[s.name] = []
+        n = self._aligned_hit({t: [p is not None for p in pages] for t, pages in on_device.items()}, len(keys))
+        self._attach(seq, keys, n, on_device, None)
+        return n * self.block_size
+
+    def _aligned_hit(self, present: dict[str, list[bool]], limit: int) -> int:
+        """The longest prefix every type can use: each type's longest hit within the others', to a fixpoint."""
         n = limit
-        while n > 0 and not all(
-            runs[s.name][n - 1] >= n - s.first_needed_block(n * B) for s in self.specs if s.window is not None
-        ):
-            n -= 1
+        while True:
+            m = min(self.managers[t].longest_hit(present[t], n) for t in present)
+            if m == n:
+                return n
+            n = m
+
+    def _attach(self, seq, keys, n: int, on_device, on_host) -> bool:
+        """Hold the prefix's pages for ``seq``, all or nothing: device hits and the host pages of host hits
+        first (allocating may evict and spill, and must take neither), then a fresh device page per host hit."""
+        B = self.block_size
+        plan = []  # (manager, block, device page or None, host page or None)
+        for name, m in self.managers.items():
+            for b in range(m.spec.first_needed_block(n * B), n):
+                d = on_device[name][b]
+                plan.append((m, b, d, None if d is not None or on_host is None else on_host[name][b]))
         for s in self.specs:
-            alloc, table = self.allocators[s.name], seq.block_tables[s.name]
-            first = s.first_needed_block(n * B)
-            for b in range(n):
-                if b < first:
-                    table.append(NULL_PAGE)
-                else:
-                    page = hits[s.name][b]
-                    alloc.acquire(page)
-                    table.append(page)
+            seq.block_tables[s.name] = [NULL_PAGE] * n
+        for m, b, d, h in plan:
+            if d is not None:
+                m.device.acquire(d)
+                seq.block_tables[m.name][b] = d
+            else:
+                m.host.acquire(h)
+        copies = []
+        for m, b, d, h in plan:
+            if d is None:
+                page = m.device.allocate(seq.request_id)
+                if page is None:  # roll back: nothing was published or copied
+                    for mm, bb, dd, hh in plan:
+                        if dd is None:
+                            mm.host.release(hh)
+                    self._drop_device_pages(seq)
+                    return False
+                seq.block_tables[m.name][b] = page
+                copies.append((m, b, h, page))
+        for m, b, h, page in copies:
+            self._release_after_copies.append((m.name, h))
+            self._copies_in.append((m.name, h, page))
+            m.device.register(page, keys[b])
+        self.swapped_in_blocks += len(copies)
+        seq.num_host_hit_tokens = len({b for _, b, _, _ in copies}) * B
         seq.num_computed = n * B
         seq.num_registered_blocks = n
-        return n * B
+        self.peak_large_pages = max(self.peak_large_pages, self.pool.num_used)
+        return True
+
+    def _drop_device_pages(self, seq) -> None:
+        """Release every device page ``seq`` holds (tail blocks first) and forget its packing."""
+        for m in self.managers.values():
+            for page in reversed(seq.block_tables.get(m.name, [])):
+                if page != NULL_PAGE:
+                    m.device.release(page)
+            seq.block_tables[m.name] = []
+            m.device.forget_request(seq.request_id)
 
     # ---- allocation ------------------------------------------------------------------------
     def allocate(self, seq, num_new_tokens: int) -> bool:
         """Pages for the next ``num_new_tokens`` tokens of ``seq`` in every type, or none at all."""
         end_block = (seq.num_computed + num_new_tokens - 1) // self.block_size
-        taken: list[tuple[SmallPageAllocator, list[int]]] = []
-        for s in self.specs:
-            alloc, table = self.allocators[s.name], seq.block_tables[s.name]
+        taken: list[tuple[SingleTypeManager, list[int]]] = []
+        for m in self.managers.values():
+            table = seq.block_tables[m.name]
             new = []
             for _ in range(len(table), end_block + 1):
-                page = alloc.allocate(seq.request_id)
+                page = m.device.allocate(seq.request_id)
                 if page is None:
-                    for a, pages in taken + [(alloc, new)]:
+                    for mm, pages in taken + [(m, new)]:
                         for p in pages:
-                            a.release(p)
+                            mm.device.release(p)
                     return False
                 new.append(page)
-            taken.append((alloc, new))
-        for (alloc, new), s in zip(taken, self.specs):
-            seq.block_tables[s.name].extend(new)
+            taken.append((m, new))
+        for m, new in taken:
+            seq.block_tables[m.name].extend(new)
         self.peak_large_pages = max(self.peak_large_pages, self.pool.num_used)
         return True
 
-    def _reclaim_large_page(self, needy: str) -> bool:
-        """Evict a large page full of cached-but-unused pages from another type, stalest first."""
+    def _reclaim_large_page(self, needy: str, tier: str) -> bool:
+        """Evict a large page full of cached-but-unused pages from another type of the tier, stalest first."""
         candidates = []
-        for name, alloc in self.allocators.items():
+        for name, m in self.managers.items():
+            alloc = m.device if tier == "device" else m.host
             if name != needy:
                 found = alloc.reclaimable_large_page()
                 if found is not None:
@@ -161,57 +216,170 @@ class KVCacheManager:
         if not candidates:
             return False
         _, name, large = min(candidates)
-        self.allocators[name].evict_large_page(large)
+        m = self.managers[name]
+        (m.device if tier == "device" else m.host).evict_large_page(large)
         return True
+
+    # ---- host tier ----------------------------------------------------------------------------
+    def _spill(self, name: str, page: int, key) -> None:
+        """A cached device page is being evicted: keep its block in the host tier's prefix cache (LRU)."""
+        host = self.managers[name].host
+        if not self._spilling or host.lookup(key) is not None:
+            return
+        h = host.allocate(HOST_CACHE_OWNER)
+        if h is None:  # every host page is held by swapped-out requests: the block is dropped
+            return
+        self._copies_out.append((name, page, h))
+        self.swapped_out_blocks += 1
+        host.register(h, key)
+        host.release(h)  # cached and evictable on the host from now on
+
+    def swap_out(self, seq) -> bool:
+        """Move ``seq``'s live blocks to the host tier, keeping its progress; False, changing nothing,
+        when there is no host tier or no room in it.
+
+        A block the host tier already caches is shared, not copied; a copied block with a key joins the
+        host prefix cache, so it outlives the request and a later eviction from the device copies nothing."""
+        if not self.has_host_tier:
+            return False
+        keys = seq.block_keys(self.block_size, seq.num_registered_blocks) if self.enable_prefix_caching else []
+        host_tables: dict[str, list[int]] = {name: [] for name in self.managers}
+        copies = []
+        for m in self.managers.values():
+            for b, page in enumerate(seq.block_tables.get(m.name, [])):
+                h = NULL_PAGE
+                if page != NULL_PAGE:
+                    h = m.host.lookup(keys[b]) if b < len(keys) else None
+                    if h is not None:
+                        m.host.acquire(h)
+                    else:
+                        h = m.host.allocate(seq.request_id)
+                        if h is None:
+                            self._release_host_tables(seq, host_tables)
+                            return False
+                        copies.append((m, page, h, keys[b] if b < len(keys) else None))
+                host_tables[m.name].append(h)
+        for m, page, h, key in copies:
+            self._copies_out.append((m.name, page, h))
+            if key is not None:
+                m.host.register(h, key)
+        self.swapped_out_blocks += len(copies)
+        self._drop_device_pages(seq)
+        seq.host_tables = host_tables
+        return True
+
+    def swap_in(self, seq, num_new_tokens: int) -> bool:
+        """Bring a swapped-out ``seq`` back and allocate its next ``num_new_tokens``, all or nothing.
+
+        A block still cached on the device (its key is known) is shared instead of copied."""
+        keys = seq.block_keys(self.block_size, seq.num_registered_blocks) if self.enable_prefix_caching else []
+        fresh = self._restore_tables(seq, keys)
+        if fresh is None or not self.allocate(seq, num_new_tokens):
+            self._drop_device_pages(seq)  # roll back: nothing was published or copied
+            return False
+        for m, b, h, page in fresh:
+            self._copies_in.append((m.name, h, page))
+            if b < len(keys):
+                m.device.register(page, keys[b])
+        self.swapped_in_blocks += len(fresh)
+        for m in self.managers.values():  # the host copies are read this step: released after it
+            self._release_after_copies += [(m.name, h) for h in seq.host_tables[m.name] if h != NULL_PAGE]
+            m.host.forget_request(seq.request_id)
+        seq.host_tables = None
+        self.peak_large_pages = max(self.peak_large_pages, self.pool.num_used)
+        return True
+
+    def _restore_tables(self, seq, keys) -> list[tuple[SingleTypeManager, int, int, int]] | None:
+        """Device pages for every block of a swapped-out request: a cached one where the device still has
+        the block, else a fresh one to copy into. Returns the fresh ones (manager, block, host page, device
+        page), or None when the device ran out (the tables hold what was taken, for the caller to release)."""
+        fresh = []
+        for m in self.managers.values():
+            table = seq.block_tables[m.name] = []
+            for b, h in enumerate(seq.host_tables[m.name]):
+                page = NULL_PAGE
+                if h != NULL_PAGE:
+                    page = m.device.lookup(keys[b]) if b < len(keys) else None
+                    if page is not None:
+                        m.device.acquire(page)
+                    else:
+                        page = m.device.allocate(seq.request_id)
+                        if page is None:
+                            return None
+                        fresh.append((m, b, h, page))
+                table.append(page)
+        return fresh
+
+    def _release_host_tables(self, seq, host_tables) -> None:
+        for name, pages in host_tables.items():
+            host = self.managers[name].host
+            for h in reversed(pages):
+                if h != NULL_PAGE:
+                    host.release(h)
+            host.forget_request(seq.request_id)
+
+    def _drop_host_copy(self, seq) -> None:
+        self._release_host_tables(seq, seq.host_tables)
+        seq.host_tables = None
+
+    def take_copies(self) -> tuple[list[tuple[str, int, int]], list[tuple[str, int, int]]]:
+        """The copies recorded since the last call: (device -> host, host -> device), in order."""
+        out, self._copies_out = self._copies_out, []
+        into, self._copies_in = self._copies_in, []
+        return out, into
+
+    def after_copies(self) -> None:
+        """The step's copies are done: release the host pages they read."""
+        for name, h in self._release_after_copies:
+            self.managers[name].host.release(h)
+        self._release_after_copies = []
 
     # ---- after a step ---------------------------------------------------------------------
     def commit(self, seq) -> None:
-        """Publish newly completed blocks and release blocks that left a sliding window."""
+        """Publish newly completed blocks and let each type release what it will not read again."""
         B = self.block_size
         full_blocks = seq.num_computed // B
         if self.enable_prefix_caching and full_blocks > seq.num_registered_blocks:
             keys = seq.block_keys(B, full_blocks)
-            for s in self.specs:
-                alloc, table = self.allocators[s.name], seq.block_tables[s.name]
+            for m in self.managers.values():
+                table = seq.block_tables[m.name]
                 for b in range(seq.num_registered_blocks, full_blocks):
                     if table[b] != NULL_PAGE:
-                        alloc.register(table[b], keys[b])
+                        m.device.register(table[b], keys[b])
             seq.num_registered_blocks = full_blocks
-        for s in self.specs:
-            if s.window is not None:
-                self._release_out_of_window(s, seq)
-
-    def _release_out_of_window(self, spec: KVSpec, seq) -> None:
-        alloc, table = self.allocators[spec.name], seq.block_tables[spec.name]
-        first = min(spec.first_needed_block(seq.num_computed), len(table))
-        for b in range(seq.released_upto.get(spec.name, 0), first):
-            if table[b] != NULL_PAGE:
-                alloc.release(table[b])
-                table[b] = NULL_PAGE
-        seq.released_upto[spec.name] = max(first, seq.released_upto.get(spec.name, 0))
+        for m in self.managers.values():
+            m.release_skipped(seq)
 
     def free(self, seq) -> None:
-        """Drop every page of ``seq`` (finished, aborted or preempted), tail blocks first."""
-        for s in self.specs:
-            alloc = self.allocators[s.name]
-            for page in reversed(seq.block_tables.get(s.name, [])):
-                if page != NULL_PAGE:
-                    alloc.release(page)
-            seq.block_tables[s.name] = []
-            alloc.forget_request(seq.request_id)
+        """Drop every page of ``seq`` in both tiers (finished, aborted or preempted), tail blocks first."""
+        if seq.host_tables is not None:
+            self._drop_host_copy(seq)
+        self._drop_device_pages(seq)
         seq.released_upto.clear()
         seq.num_computed = 0
         seq.num_registered_blocks = 0
 
+    def evict_device_cache(self) -> None:
+        """Empty the device prefix cache, keeping its blocks in the host tier where there is one."""
+        for m in self.managers.values():
+            m.device.evict_all()
+
     def reset_prefix_cache(self) -> None:
-        for alloc in self.allocators.values():
-            alloc.evict_all()
+        """Forget every cached block in both tiers."""
+        self._spilling = False
+        try:
+            for m in self.managers.values():
+                m.device.evict_all()
+                if m.host is not None:
+                    m.host.evict_all()
+        finally:
+            self._spilling = True
 
     # ---- reporting ------------------------------------------------------------------------
     def usage(self) -> dict:
         per_type = {}
         for s in self.specs:
-            a = self.allocators[s.name]
+            a, h = self.managers[s.name].device, self.managers[s.name].host
             per_type[s.name] = {
                 "page_bytes": s.page_bytes,
                 "large_pages": a.num_large_pages,
@@ -219,14 +387,18 @@ class KVCacheManager:
                 "cached_free_pages": a.num_cached_free_pages,
                 "used_bytes": a.num_used_pages * s.page_bytes,
                 "cached_bytes": a.num_cached_free_pages * s.page_bytes,
+                "host_used_bytes": h.num_used_pages * s.page_bytes if h else 0,
+                "host_cached_bytes": h.num_cached_free_pages * s.page_bytes if h else 0,
                 "layers": len(s.layers),
                 "window": s.window,
             }
         return {
             "large_pages_total": self.pool.num_pages,
             "large_pages_used": self.pool.num_used,
-            "large_pages_active": sum(a.num_active_large_pages for a in self.allocators.values()),
+            "large_pages_active": sum(m.device.num_active_large_pages for m in self.managers.values()),
             "large_pages_peak": self.peak_large_pages,
             "large_page_bytes": self.large_page_bytes,
+            "host_large_pages_total": self.host_pool.num_pages if self.host_pool else 0,
+            "host_large_pages_used": self.host_pool.num_used if self.host_pool else 0,
             "types": per_type,
         }

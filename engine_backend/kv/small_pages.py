@@ -28,6 +28,8 @@ class SmallPageAllocator:
         self.pool = pool
         self._clock = clock
         self.reclaim_from_others: Callable[[str], bool] = lambda name: False  # set by the coordinator
+        # called with (page, key) as a cached page is evicted, while its data is still there (host-tier spill)
+        self.on_evict: Callable[[int, Hashable], None] = lambda page, key: None
         self.ref: dict[int, int] = {}  # live small page -> reference count (0 = cached, evictable)
         self._free_slots: dict[int, list[int]] = {}  # large page -> its free small pages
         self._with_free: dict[int, None] = {}  # large pages that have a free slot (ordered set)
@@ -149,7 +151,12 @@ class SmallPageAllocator:
 
     def _evict_one(self) -> None:
         page, _ = self.evictable.popitem(last=False)
-        del self.cached[self.page_key.pop(page)]
+        self._drop_cached(page)
+
+    def _drop_cached(self, page: int) -> None:
+        key = self.page_key.pop(page)
+        del self.cached[key]
+        self.on_evict(page, key)
         self._release_slot(page)
 
     def reclaimable_large_page(self) -> tuple[int, int] | None:
@@ -163,8 +170,7 @@ class SmallPageAllocator:
         for page in range(base, base + self.ratio):
             if page in self.evictable:
                 del self.evictable[page]
-                del self.cached[self.page_key.pop(page)]
-                self._release_slot(page)
+                self._drop_cached(page)
 
     def evict_all(self) -> None:
         while self.evictable:

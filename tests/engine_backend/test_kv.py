@@ -3,7 +3,8 @@ import random
 
 import torch
 
-from engine_backend.kv import NULL_PAGE, KVCacheManager, KVSpec, PagedKVStorage, large_page_elems
+from engine_backend.kv import (NULL_PAGE, FullAttentionSpec, KVCacheManager, PagedKVStorage, SlidingWindowSpec,
+                               large_page_elems)
 from engine_backend.sampling_params import SamplingParams
 from engine_backend.sequence import Sequence
 
@@ -11,9 +12,9 @@ B = 4
 
 
 def hetero_specs(window=8):
-    full = KVSpec("full_attention", (0, 3), num_kv_heads=2, head_dim=8, window=None, block_size=B, dtype=torch.float32)
-    slide = KVSpec("sliding_attention", (1, 2, 4), num_kv_heads=1, head_dim=4, window=window, block_size=B,
-                   dtype=torch.float32)
+    full = FullAttentionSpec("full_attention", (0, 3), num_kv_heads=2, head_dim=8, block_size=B, dtype=torch.float32)
+    slide = SlidingWindowSpec("sliding_attention", (1, 2, 4), num_kv_heads=1, head_dim=4, block_size=B,
+                              dtype=torch.float32, window=window)
     return [full, slide]
 
 
@@ -70,8 +71,8 @@ def test_large_page_is_lcm_and_types_carve_disjoint_memory():
 
 
 def test_request_pages_are_packed_into_its_own_large_pages():
-    full = KVSpec("full_attention", (0,), 1, 4, None, B, torch.float32)
-    tiny = KVSpec("sliding_attention", (1,), 1, 2, 64, B, torch.float32)  # 4 small pages per large page
+    full = FullAttentionSpec("full_attention", (0,), 1, 4, B, torch.float32)
+    tiny = SlidingWindowSpec("sliding_attention", (1,), 1, 2, B, torch.float32, window=64)  # 4 small pages per large page
     kv = KVCacheManager([full, tiny], num_large_pages=32)
     alloc = kv.allocators["sliding_attention"]
     assert alloc.ratio == 2
