@@ -11,6 +11,7 @@ import torch
 from .constraints import ChoiceTrie
 from .kv import KVCacheManager, PagedKVStorage, large_page_elems, specs_for_model
 from .loader import load_model, read_config
+from .preemption import PREEMPTION_MODES, TransferRates, make_policy
 from .runner import ModelRunner
 from .sampler import sample
 from .sampling_params import SamplingParams
@@ -37,13 +38,22 @@ class LLMEngine:
     ``kv_cache_memory`` is the KV budget in bytes (or ``"512MB"``); by default it holds
     ``max_num_seqs`` requests of full context, capped at 1 GiB on CPU and 40% of free
     memory on CUDA.
+
+    ``swap_space`` (bytes or ``"4GiB"``) adds Pie's host tier: preempted requests are swapped
+    there instead of recomputed, and prefix-cache blocks evicted from the device are kept there.
+    It defaults to 4 GiB of pinned memory on CUDA and to none on CPU (where both tiers would be
+    the same memory). ``preemption`` is ``"auto"`` (per victim, the cheaper of swap and
+    recompute by measured rates), ``"swap"`` or ``"recompute"``.
     """
 
     def __init__(self, model: str, device: str = "cpu", dtype=None, kv_cache_memory: int | str | None = None,
                  enable_prefix_caching: bool = True, block_size: int = 16, max_num_seqs: int = 128,
-                 max_num_batched_tokens: int = 1024, max_model_len: int | None = None, seed: int = 0):
+                 max_num_batched_tokens: int = 1024, max_model_len: int | None = None, seed: int = 0,
+                 swap_space: int | str | None = None, preemption: str = "auto"):
         if device == "cuda" and not torch.cuda.is_available():
             raise ValueError("device='cuda' was asked for but torch sees no CUDA device")
+        if preemption not in PREEMPTION_MODES:
+            raise ValueError(f"preemption must be one of {', '.join(PREEMPTION_MODES)}, not {preemption!r}")
         self.device = torch.device(device)
         self.model_path = str(model)
         self.config = read_config(model)  # clear errors for a malformed directory
@@ -66,10 +76,22 @@ class LLMEngine:
                 f"kv_cache_memory={budget} bytes holds {num_pages} KV pages of {page_bytes} bytes, but one "
                 f"request of max_model_len={self.max_model_len} tokens needs {one_request} pages "
                 f"({one_request * page_bytes} bytes): raise kv_cache_memory or lower max_model_len")
-        self.kv = KVCacheManager(specs, num_pages, enable_prefix_caching)
+        swap_bytes = (parse_bytes(swap_space) if swap_space is not None
+                      else 4 * 2**30 if self.device.type == "cuda" else 0)
+        num_host_pages = swap_bytes // page_bytes
+        if swap_space is not None and swap_bytes and num_host_pages == 0:
+            raise ValueError(f"swap_space={swap_bytes} bytes holds no KV page of {page_bytes} bytes: "
+                             f"raise it to at least {page_bytes} or set 0 for no host tier")
+        if preemption == "swap" and not num_host_pages:
+            raise ValueError("preemption='swap' needs a host tier: set swap_space (e.g. '4GiB')")
+        self.kv = KVCacheManager(specs, num_pages, enable_prefix_caching, num_host_pages=num_host_pages)
         self.storage = PagedKVStorage(specs, num_pages, large_page_elems(specs), self.device)
-        self.scheduler = Scheduler(self.kv, max_num_seqs, max(max_num_batched_tokens, 1))
-        self.runner = ModelRunner(self.model, self.kv, self.storage, self.device)
+        self.host_storage = (PagedKVStorage(specs, num_host_pages, large_page_elems(specs), self.device, host_tier=True)
+                             if num_host_pages else None)
+        self.rates = TransferRates()
+        self.scheduler = Scheduler(self.kv, max_num_seqs, max(max_num_batched_tokens, 1),
+                                   preemption=make_policy(preemption, self.rates))
+        self.runner = ModelRunner(self.model, self.kv, self.storage, self.device, self.host_storage)
         self._rng = torch.Generator().manual_seed(seed)
         self._ids = itertools.count()
         self._seqs: dict[str, Sequence] = {}
@@ -140,8 +162,9 @@ class LLMEngine:
             # every step computes or finishes something; looping on here would hang generate() and the server
             raise RuntimeError(f"the scheduler scheduled nothing while requests wait: {self.scheduler.describe()}")
         done: list[Sequence] = list(failed)  # finished with an error that says what budget they need
-        if batch:
+        if batch or batch.has_copies:
             sample_seqs, logits = self.runner.run(batch)
+            self._note_rates(batch, time.perf_counter() - t0)
             for seq, n in zip(batch.seqs, batch.num_new_tokens):
                 seq.num_computed += n
             for seq, token in zip(sample_seqs, sample(logits, sample_seqs, self._constraints)):
@@ -159,6 +182,12 @@ class LLMEngine:
             outputs.append(self._output(seq))
         self._step_seconds += time.perf_counter() - t0
         return outputs
+
+    def _note_rates(self, batch, seconds: float) -> None:
+        """Feed the swap-or-recompute choice: prefill speed from this step, bandwidth from the copier."""
+        self.rates.note_prefill(sum(n for n in batch.num_new_tokens if n > 1), seconds)
+        if self.runner.copier is not None:
+            self.rates.copy_bytes_per_s = self.runner.copier.bandwidth
 
     def _append(self, seq: Sequence, token: int) -> None:
         seq.token_ids.append(token)
@@ -261,6 +290,22 @@ class LLMEngine:
             "kv_bytes_by_type": {name: t["used_bytes"] + t["cached_bytes"] for name, t in usage["types"].items()},
             "kv_types": usage["types"],
             "step_seconds": self._step_seconds,
+            **self._swap_stats(usage),
+        }
+
+    def _swap_stats(self, usage: dict) -> dict:
+        """Pie's counters: blocks moved each way, host-tier hits and bytes, copy time and how much of it hid."""
+        copier, s = self.runner.copier, self.scheduler
+        return {
+            "swapped_out_blocks": self.kv.swapped_out_blocks,
+            "swapped_in_blocks": self.kv.swapped_in_blocks,
+            "host_cached_prompt_tokens": s.host_cached_prompt_tokens,
+            "host_kv_bytes_used": sum(t["host_used_bytes"] + t["host_cached_bytes"] for t in usage["types"].values()),
+            "host_kv_bytes_total": self.host_storage.nbytes if self.host_storage is not None else 0,
+            "swap_seconds": copier.seconds if copier else 0.0,
+            "swap_hidden_fraction": copier.hidden_fraction if copier else 1.0,
+            "preemptions_swapped": s.num_swapped_preemptions,
+            "preemptions_recomputed": s.num_preemptions - s.num_swapped_preemptions,
         }
 
     def reset_prefix_cache(self) -> None:

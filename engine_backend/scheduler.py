@@ -6,8 +6,10 @@ the optimiser chose reaches the prefix cache. A waiting request whose next uncac
 block is being computed right now by a running request waits one step and then hits
 the cache instead of computing the same prefix twice.
 
-When pages run out, the most recently admitted running request is preempted through a
-``PreemptionPolicy``; recompute is the default (Pie's swapping plugs in here).
+When pages run out, a running request is preempted through a policy (``preemption.py``) that
+chooses the victim and whether its pages are dropped (recompute) or copied to the host tier
+(swap, Pie). A swapped-out request waits at the head of the queue and is resumed before any
+prefix matching; the copies a step needs travel with its ``ScheduledBatch``.
 
 Every prefill chunk is cut so that the request would fit the whole budget alone
 (``KVCacheManager.max_chunk``, the rule behind the constructor's minimum budget), so an
@@ -22,6 +24,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from .kv import KVCacheManager
+from .preemption import RecomputePreemption
 from .sequence import Sequence, SequenceStatus
 
 
@@ -29,16 +32,15 @@ from .sequence import Sequence, SequenceStatus
 class ScheduledBatch:
     seqs: list[Sequence] = field(default_factory=list)
     num_new_tokens: list[int] = field(default_factory=list)
+    swap_out: list[tuple[str, int, int]] = field(default_factory=list)  # (type, device page, host page)
+    swap_in: list[tuple[str, int, int]] = field(default_factory=list)  # (type, host page, device page)
 
     def __bool__(self) -> bool:
         return bool(self.seqs)
 
-
-class RecomputePreemption:
-    """Drop the victim's pages; it re-enters at the head of the queue and recomputes."""
-
-    def preempt(self, seq: Sequence, kv: KVCacheManager) -> None:
-        kv.free(seq)
+    @property
+    def has_copies(self) -> bool:
+        return bool(self.swap_out or self.swap_in)
 
 
 class Scheduler:
@@ -51,8 +53,10 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
+        self.num_swapped_preemptions = 0  # of them, the victim's pages went to the host tier
         self.prompt_tokens = 0
         self.cached_prompt_tokens = 0
+        self.host_cached_prompt_tokens = 0  # of the cached ones, served from the host tier
         self._pending = Counter()  # block keys being computed by running prefills
 
     def add(self, seq: Sequence) -> None:
@@ -71,8 +75,9 @@ class Scheduler:
             seq = self.running[i]
             n = self._chunk(seq, budget)
             while not self.kv.allocate(seq, n):
-                if len(self.running) - 1 > i:  # preempt the newest other request
-                    self._preempt(self.running.pop())
+                if len(self.running) - 1 > i:  # preempt another request, the policy says which
+                    victim = self.preemption.choose_victim(self.running[i + 1:])
+                    self._preempt(self.running.pop(i + 1 + victim))
                 else:
                     break
             else:
@@ -87,10 +92,11 @@ class Scheduler:
                 self.kv.free(seq)
                 failed.append(self._fail(seq))
             else:  # alone but not exclusive, it starts over from an empty cache in _admit
-                self._preempt(self.running.pop(i))
+                self._preempt(self.running.pop(i), may_swap=False)
             # the requests after i (if any) were preempted above
         if len(batch.seqs) == len(self.running):
             self._admit(batch, budget, failed)
+        batch.swap_out, batch.swap_in = self.kv.take_copies()
         return batch, failed
 
     def _chunk(self, seq: Sequence, budget: int) -> int:
@@ -103,17 +109,25 @@ class Scheduler:
             if any(s.exclusive for s in self.running):
                 break
             seq = self.waiting[0]
-            hit = self.kv.match_prefix(seq)
-            next_block = hit // B
             keys = seq.block_keys(B, len(seq.token_ids) // B)
-            if next_block < len(keys) and self._pending[keys[next_block]] and self.running:
-                self.kv.free(seq)  # wait for the running request to publish that block
-                break
-            n = self._chunk(seq, budget)
-            if not self.kv.allocate(seq, n):
-                self.kv.free(seq)
+            if seq.swapped:  # resume: its pages come back from the host tier, nothing is matched
+                hit, next_block = seq.num_computed, seq.num_computed // B
+                n = self._chunk(seq, budget)
+                fits = self.preemption.resume(seq, self.kv, n)
+            else:
+                hit = self.kv.match_prefix(seq)
+                next_block = hit // B
+                if next_block < len(keys) and self._pending[keys[next_block]] and self.running:
+                    self.kv.free(seq)  # wait for the running request to publish that block
+                    break
+                n = self._chunk(seq, budget)
+                fits = self.kv.allocate(seq, n)
+            if not fits:
                 if self.running:
+                    if not seq.swapped:
+                        self.kv.free(seq)
                     break  # pages come back when running requests finish or are preempted
+                self.kv.free(seq)  # alone and still short: a swapped-out copy is dropped, it recomputes
                 n = self._admit_alone(seq, budget)
                 if not n:
                     self.waiting.popleft()
@@ -126,6 +140,7 @@ class Scheduler:
                 seq.num_cached_tokens = hit
                 self.prompt_tokens += seq.prompt_len
                 self.cached_prompt_tokens += min(hit, seq.prompt_len)
+                self.host_cached_prompt_tokens += min(seq.num_host_hit_tokens, seq.prompt_len)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             for key in keys[next_block:]:
@@ -168,9 +183,12 @@ class Scheduler:
         return (f"running {len(self.running)}, waiting {len(self.waiting)}, preemptions {self.num_preemptions}, "
                 f"large pages free {self.kv.pool.num_free} of {self.kv.pool.num_pages}{where}")
 
-    def _preempt(self, seq: Sequence) -> None:
+    def _preempt(self, seq: Sequence, may_swap: bool = True) -> None:
         self._unpend(seq)
-        self.preemption.preempt(seq, self.kv)
+        if not may_swap:
+            self.kv.free(seq)
+        elif self.preemption.preempt(seq, self.kv):
+            self.num_swapped_preemptions += 1
         seq.status = SequenceStatus.WAITING
         self.waiting.appendleft(seq)
         self.num_preemptions += 1

@@ -1,0 +1,186 @@
+"""Pie's host tier: swapped-out requests and host-tier prefix hits stay exact; neither tier leaks pages."""
+import random
+
+import pytest
+import torch
+
+from engine_backend import LLMEngine, SamplingParams
+from engine_backend.kv import KVCacheManager, specs_for_model
+from engine_backend.loader import read_config
+from engine_backend.scheduler import Scheduler
+from engine_backend.preemption import SwapPreemption
+from engine_backend.sequence import Sequence
+from test_admission import assert_matches_oracle
+
+PREFIX = ("Classify the sentiment of this beer review as positive or negative. The review follows: "
+          "The beer pours a deep amber color with a thick head that lingers. ")
+ROWS = ["Aroma of caramel malt and toffee.", "Flat and sour, a drain pour.", "Crisp, clean, refreshing finish.",
+        "Aroma of caramel malt and dried fruit.", "Thin body, watery, no hop character at all."]
+ARCHS = ["llama", "gemma3_text", "llmsql_hetero"]  # one type; sliding + full; heterogeneous page sizes
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tight_engine(path, requests_on_device=1.5, **kw):
+    """An engine whose device KV budget holds about ``requests_on_device`` requests of 256 tokens."""
+    probe = LLMEngine(model=str(path), kv_cache_memory="32MB", max_model_len=256)
+    one = probe.kv.large_pages_for_one_request(256) * probe.kv.large_page_bytes
+    kw = {"swap_space": "64MB", "preemption": "swap", "max_num_batched_tokens": 48, **kw}
+    return LLMEngine(model=str(path), kv_cache_memory=int(one * requests_on_device), max_model_len=256, **kw)
+
+
+def workload():
+    return [PREFIX + r + " " + ROWS[(i + 1) % 5] * (i % 3) for i, r in enumerate(ROWS * 2)]
+
+
+def assert_no_leak(engine):
+    kv = engine.kv
+    assert engine.stats()["kv_pages_used"] == 0
+    assert all(m.host.ref.get(p, 0) == 0 for m in kv.managers.values() for p in m.host.ref), "host pages held"
+    kv.reset_prefix_cache()
+    assert kv.pool.num_free == kv.pool.num_pages
+    assert kv.host_pool.num_free == kv.host_pool.num_pages
+    for m in kv.managers.values():
+        assert m.device.ref == {} and m.host.ref == {} and not m.device.cached and not m.host.cached
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_swapped_out_requests_come_back_exact(tiny_model_dir, arch):
+    path = tiny_model_dir(arch)
+    engine = tight_engine(path, requests_on_device=1.0)
+    outs = engine.generate(workload(), SamplingParams(max_tokens=24, ignore_eos=True))
+    assert all(o.finish_reason == "length" for o in outs), [o.error for o in outs]
+    assert_matches_oracle(path, outs, f"{arch}: ")
+    s = engine.stats()
+    assert s["preemptions_swapped"] > 0, s
+    assert s["swapped_out_blocks"] > 0 and s["swapped_in_blocks"] > 0
+    assert s["swap_seconds"] > 0 and 0.0 <= s["swap_hidden_fraction"] <= 1.0
+    assert_no_leak(engine)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_host_tier_prefix_hits_are_exact(tiny_model_dir, arch):
+    path = tiny_model_dir(arch)
+    engine = LLMEngine(model=str(path), kv_cache_memory="8MB", swap_space="16MB", max_model_len=256)
+    texts = workload()[:5]
+    first = engine.generate(texts, SamplingParams(max_tokens=8))
+    engine.kv.evict_device_cache()  # every cached block now lives on the host only
+    before = engine.stats()
+    assert before["host_kv_bytes_used"] > 0 and before["kv_pages_cached"] == 0
+    again = engine.generate(texts, SamplingParams(max_tokens=8))
+    s = engine.stats()
+    host_hits = s["host_cached_prompt_tokens"] - before["host_cached_prompt_tokens"]
+    assert host_hits > 0 and host_hits <= s["cached_prompt_tokens"] - before["cached_prompt_tokens"]
+    assert s["swapped_in_blocks"] > before["swapped_in_blocks"]
+    assert [o.token_ids for o in again] == [o.token_ids for o in first]
+    assert all(o.num_cached_tokens > 0 for o in again)
+    assert_matches_oracle(path, again, f"{arch}: ")
+    assert_no_leak(engine)
+
+
+def test_device_evictions_spill_to_the_host_and_hit_there(tiny_model_dir):
+    """More distinct prefixes than the device caches: without a host tier they are recomputed, with one they hit."""
+    path = tiny_model_dir("llama")
+    groups = [f"Group {g}: " + " ".join(ROWS[(g + k) % 5] for k in range(4)) + " " for g in range(6)]
+    texts = [g + r for r in ROWS[:2] for g in groups]
+    hits = {}
+    for swap in (0, "32MB"):
+        engine = tight_engine(path, requests_on_device=2.0, swap_space=swap, preemption="recompute")
+        outs = engine.generate(texts, SamplingParams(max_tokens=4))
+        assert_matches_oracle(path, outs)
+        hits[swap] = engine.stats()["cached_prompt_tokens"]
+        if swap:
+            assert engine.stats()["host_cached_prompt_tokens"] > 0
+            assert_no_leak(engine)
+    assert hits["32MB"] > hits[0]
+
+
+def test_full_host_tier_falls_back_to_recompute(tiny_model_dir):
+    path = tiny_model_dir("gemma3_text")
+    probe = tight_engine(path)
+    engine = tight_engine(path, requests_on_device=1.0, swap_space=probe.kv.large_page_bytes)  # one host page: no victim fits
+    outs = engine.generate(workload(), SamplingParams(max_tokens=24, ignore_eos=True))
+    assert_matches_oracle(path, outs)
+    s = engine.stats()
+    assert s["preemptions_recomputed"] > 0 and s["preemptions_swapped"] == 0
+    assert_no_leak(engine)
+
+
+def test_auto_preemption_chooses_by_measured_rates(tiny_model_dir):
+    path = tiny_model_dir("llama")
+    engine = tight_engine(path, requests_on_device=1.0, preemption="auto")
+    outs = engine.generate(workload(), SamplingParams(max_tokens=24, ignore_eos=True))
+    assert_matches_oracle(path, outs)
+    s = engine.stats()
+    assert s["preemptions"] == s["preemptions_swapped"] + s["preemptions_recomputed"] > 0
+    assert engine.rates.prefill_tokens_per_s and engine.rates.copy_bytes_per_s
+    # a copy far slower than compute makes recompute the cheaper choice, and the reverse
+    engine.rates.copy_bytes_per_s, engine.rates.prefill_tokens_per_s = 1.0, 1e12
+    recomputed = engine.stats()["preemptions_recomputed"]
+    engine.generate(workload(), SamplingParams(max_tokens=24, ignore_eos=True))
+    assert engine.stats()["preemptions_recomputed"] > recomputed
+    assert_no_leak(engine)
+
+
+def test_bad_swap_options_are_clear_errors(tiny_model_dir):
+    path = str(tiny_model_dir("llama"))
+    with pytest.raises(ValueError, match="preemption must be one of"):
+        LLMEngine(model=path, kv_cache_memory="8MB", preemption="sometimes")
+    with pytest.raises(ValueError, match="needs a host tier"):
+        LLMEngine(model=path, kv_cache_memory="8MB", preemption="swap")
+    with pytest.raises(ValueError, match="cannot read a memory size"):
+        LLMEngine(model=path, kv_cache_memory="8MB", swap_space="lots")
+    with pytest.raises(ValueError, match="holds no KV page"):
+        LLMEngine(model=path, kv_cache_memory="8MB", swap_space=10)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_random_mixes_leak_no_page_in_either_tier(tiny_model_dir, arch):
+    """Requests, aborts, swaps, host-tier hits and evictions at random, with the model left out: every
+    request finishes or is aborted, and both pools are whole at the end."""
+    specs = specs_for_model(read_config(tiny_model_dir(arch)), 16, torch.float32)
+    one = KVCacheManager(specs, 0).large_pages_for_one_request(64)
+    for case in range(12):
+        rng = random.Random(f"swap-{arch}-{case}")
+        kv = KVCacheManager(specs, one + rng.randrange(3 * one), rng.random() < 0.8,
+                            num_host_pages=rng.choice([1, one, 4 * one]))
+        scheduler = Scheduler(kv, rng.choice([2, 8]), rng.choice([8, 32, 64]), preemption=SwapPreemption())
+        base = [rng.randrange(5, 500) for _ in range(64)]
+        live = []
+        for r in range(rng.randint(4, 24)):
+            shared = rng.randint(0, 48)
+            prompt = base[:shared] + [rng.randrange(5, 500) for _ in range(rng.randint(1, 63 - shared))]
+            seq = Sequence(f"r{r}", prompt, SamplingParams(max_tokens=rng.randint(1, 64 - len(prompt))), r)
+            scheduler.add(seq)
+            live.append(seq)
+        for _ in range(5000):
+            if not scheduler.has_work():
+                break
+            if rng.random() < 0.03:
+                scheduler.finish(live.pop(rng.randrange(len(live))))  # an abort, running or waiting
+                continue
+            if rng.random() < 0.05:
+                kv.evict_device_cache()
+            batch, failed = scheduler.schedule()
+            assert not failed
+            kv.after_copies()  # the copies themselves are the runner's; the books are what is tested here
+            for seq, n in zip(batch.seqs, batch.num_new_tokens):
+                seq.num_computed += n
+                if seq.num_computed == len(seq.token_ids):
+                    seq.token_ids.append(7)
+            for seq in batch.seqs:
+                scheduler.after_step(seq)
+                if seq.num_output_tokens >= seq.params.max_tokens or len(seq.token_ids) >= 64:
+                    scheduler.finish(seq)
+                    live.remove(seq)
+        assert not scheduler.has_work(), f"case {case}: {scheduler.describe()}"
+        kv.take_copies()
+        kv.reset_prefix_cache()
+        assert kv.pool.num_free == kv.pool.num_pages, f"case {case}"
+        assert kv.host_pool.num_free == kv.host_pool.num_pages, f"case {case}"
