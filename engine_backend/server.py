@@ -299,6 +299,16 @@ _METRICS = [  # (stats key, metric name, type, help)
     ("kv_pages_total", "llm_sql_kv_pages_total", "gauge", "KV-cache pages in the pool."),
     ("kv_pages_used", "llm_sql_kv_pages_used", "gauge", "KV-cache pages held by requests."),
     ("peak_kv_pages", "llm_sql_kv_pages_peak", "gauge", "Most KV-cache pages held at once."),
+    ("swapped_out_blocks", "llm_sql_swapped_out_blocks_total", "counter",
+     "KV blocks copied from the device to the host tier (swap-outs and prefix-cache spills)."),
+    ("swapped_in_blocks", "llm_sql_swapped_in_blocks_total", "counter",
+     "KV blocks copied from the host tier back to the device (resumes and host-tier prefix hits)."),
+    ("host_cached_prompt_tokens", "llm_sql_host_cached_prompt_tokens_total", "counter",
+     "Prompt tokens served from the host tier's prefix cache (also in cached_prompt_tokens)."),
+    ("host_kv_bytes_used", "llm_sql_host_kv_bytes_used", "gauge", "Host-tier KV bytes held or cached."),
+    ("swap_seconds", "llm_sql_swap_seconds_total", "counter", "Seconds spent copying KV between tiers."),
+    ("swap_hidden_fraction", "llm_sql_swap_hidden_fraction", "gauge",
+     "Share of layers whose host-tier copies were done before the layer needed them."),
 ]
 
 

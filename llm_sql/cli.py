@@ -26,6 +26,10 @@ def _engine_kwargs(args: argparse.Namespace) -> dict:
         kwargs["kv_cache_memory"] = args.kv_cache_memory
     if getattr(args, "no_prefix_caching", False):
         kwargs["enable_prefix_caching"] = False
+    if getattr(args, "swap_space", None):
+        kwargs["swap_space"] = args.swap_space
+    if getattr(args, "preemption", None):
+        kwargs["preemption"] = args.preemption
     return kwargs
 
 
@@ -99,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--kv-cache-memory", default=None, metavar="SIZE",
                        help="KV-cache budget, e.g. 512MB or 2GiB (default: sized by the engine)")
         p.add_argument("--no-prefix-caching", action="store_true", help="disable the prefix (KV) cache")
+        p.add_argument("--swap-space", default=None, metavar="SIZE",
+                       help="host KV tier for swapped requests and evicted prefix blocks, e.g. 4GiB "
+                            "(default: 4GiB on cuda, none on cpu)")
+        p.add_argument("--preemption", choices=["auto", "swap", "recompute"], default=None,
+                       help="what a preempted request does with its KV pages (default: auto)")
 
     serve = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
     serve.add_argument("--model", required=True, metavar="DIR", help="a local Hugging Face model directory")

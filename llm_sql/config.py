@@ -27,7 +27,7 @@ from typing import Any, Mapping
 from udf.api import EvalSettings
 
 BACKENDS = ("embedded", "openai", "vllm")
-ENGINE_OPTIONS = ("device", "dtype", "kv_cache_memory", "enable_prefix_caching")
+ENGINE_OPTIONS = ("device", "dtype", "kv_cache_memory", "enable_prefix_caching", "swap_space", "preemption")
 # register(...) options that are not function defaults
 SESSION_OPTIONS = ("model", "models", "backend", "base_url", "api_key", "optimize", "dedup", "reorder", "cache",
                    "cache_path", "on_error", "progress", *ENGINE_OPTIONS, "backend_options")
@@ -178,8 +178,8 @@ def make_config(*, model: str | None = None, models: Mapping[str, Any] | None = 
                 base_url: str | None = None, api_key: str | None = None, optimize: bool | None = True,
                 dedup: bool = True, reorder: bool = True, cache: bool = True, cache_path: str | None = None,
                 on_error: str = "null", progress: bool = True, device: str = "cpu", dtype: str | None = None,
-                kv_cache_memory: Any = None, enable_prefix_caching: bool = True,
-                backend_options: dict | None = None, **defaults: Any) -> Config:
+                kv_cache_memory: Any = None, enable_prefix_caching: bool = True, swap_space: Any = None,
+                preemption: str | None = None, backend_options: dict | None = None, **defaults: Any) -> Config:
     """Validate ``register``'s options into a ``Config`` (see the module doc). ``backend`` may also be a ready
     ``Backend`` instance (DuckDB mode): it is the one model, named ``model`` or ``"default"``."""
     from udf.options import validate_options
@@ -194,7 +194,7 @@ def make_config(*, model: str | None = None, models: Mapping[str, Any] | None = 
         raise
     base = {"backend": backend, "base_url": base_url, "api_key": api_key, "backend_options": backend_options,
             "device": device, "dtype": dtype, "kv_cache_memory": kv_cache_memory,
-            "enable_prefix_caching": enable_prefix_caching}
+            "enable_prefix_caching": enable_prefix_caching, "swap_space": swap_space, "preemption": preemption}
     if not isinstance(backend, str):  # a Backend instance
         if models:
             raise ValueError("models= cannot be combined with a Backend instance as backend=")

@@ -230,7 +230,8 @@ def stop_server(key: str) -> bool:
 
 
 def engine_args_from(options: dict[str, Any]) -> list[str]:
-    """``llm-sql serve`` flags from engine options (device, dtype, kv_cache_memory, enable_prefix_caching)."""
+    """``llm-sql serve`` flags from engine options (device, dtype, kv_cache_memory, enable_prefix_caching,
+    swap_space, preemption)."""
     args: list[str] = []
     if options.get("device"):
         args += ["--device", str(options["device"])]
@@ -240,6 +241,10 @@ def engine_args_from(options: dict[str, Any]) -> list[str]:
         args += ["--kv-cache-memory", str(options["kv_cache_memory"])]
     if options.get("enable_prefix_caching") is False:
         args.append("--no-prefix-caching")
+    if options.get("swap_space") is not None:
+        args += ["--swap-space", str(options["swap_space"])]
+    if options.get("preemption"):
+        args += ["--preemption", str(options["preemption"])]
     return args
 
 

@@ -70,6 +70,9 @@ def assert_no_leak(kv):
     kv.reset_prefix_cache()
     assert kv.pool.num_free == kv.pool.num_pages
     assert all(a.ref == {} and not a.cached for a in kv.allocators.values())
+    if kv.has_host_tier:
+        assert kv.host_pool.num_free == kv.host_pool.num_pages
+        assert all(m.host.ref == {} and not m.host.cached for m in kv.managers.values())
 
 
 # ---- the snippet ------------------------------------------------------------------------------
@@ -205,6 +208,9 @@ def random_case(rng, path, page_of, minimum_of):
         prompt = base[:shared] + [rng.randrange(5, 500) for _ in range(length - shared)]
         max_tokens = rng.choice([1, rng.randint(1, 8), rng.randint(1, 8), rng.randint(1, max_model_len)])
         requests.append((prompt, SamplingParams(max_tokens=max_tokens, ignore_eos=rng.random() < 0.7)))
+    # drawn last, so the cases without a host tier stay the ones they were before it existed
+    swap_space = rng.choice([0, 0, page, one, 4 * one])
+    engine_args.update(swap_space=swap_space, preemption=rng.choice(["auto", "swap"]) if swap_space else "recompute")
     return engine_args, requests
 
 

@@ -315,7 +315,9 @@ def test_metrics(client):
     assert delta["llm_sql_generated_tokens_total"] == usage["completion_tokens"]
     assert delta["llm_sql_requests_finished_total"] == 2
     for name in ("llm_sql_requests_waiting", "llm_sql_requests_running", "llm_sql_kv_pages_total",
-                 "llm_sql_kv_pages_used", "llm_sql_preemptions_total"):
+                 "llm_sql_kv_pages_used", "llm_sql_preemptions_total", "llm_sql_swapped_out_blocks_total",
+                 "llm_sql_swapped_in_blocks_total", "llm_sql_host_cached_prompt_tokens_total",
+                 "llm_sql_host_kv_bytes_used", "llm_sql_swap_seconds_total", "llm_sql_swap_hidden_fraction"):
         assert name in after
     assert after["llm_sql_kv_pages_total"] > 0
     assert any(k.startswith("llm_sql_kv_cache_bytes{layer_type=") for k in after)

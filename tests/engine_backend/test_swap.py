@@ -1,5 +1,6 @@
 """Pie's host tier: swapped-out requests and host-tier prefix hits stay exact; neither tier leaks pages."""
 import random
+from collections import Counter
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from engine_backend.loader import read_config
 from engine_backend.scheduler import Scheduler
 from engine_backend.preemption import SwapPreemption
 from engine_backend.sequence import Sequence
+from engine_backend.server import render_metrics
 from test_admission import assert_matches_oracle
 
 PREFIX = ("Classify the sentiment of this beer review as positive or negative. The review follows: "
@@ -81,6 +83,9 @@ def test_host_tier_prefix_hits_are_exact(tiny_model_dir, arch):
     assert [o.token_ids for o in again] == [o.token_ids for o in first]
     assert all(o.num_cached_tokens > 0 for o in again)
     assert_matches_oracle(path, again, f"{arch}: ")
+    metrics = render_metrics(s, Counter())
+    assert f"llm_sql_host_cached_prompt_tokens_total {s['host_cached_prompt_tokens']}" in metrics
+    assert "# TYPE llm_sql_swapped_in_blocks_total counter" in metrics
     assert_no_leak(engine)
 
 
