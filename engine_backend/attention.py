@@ -36,6 +36,7 @@ class AttnGroup:
     pages: torch.Tensor | None  # [num_seqs, blocks] pages to read, or None: attend to fresh K/V
     mask: torch.Tensor  # [num_seqs, 1, q_len, kv_len] bool, over ``pages``
     shared_pages: torch.Tensor | None = None  # [blocks] leading pages every query of the group sees
+    staged: bool = False  # pages are staging slots of requests streamed from the host tier
     _bias: dict | None = None
 
     def mask_bias(self, dtype: torch.dtype) -> torch.Tensor:
@@ -50,9 +51,12 @@ class AttnGroup:
 
 @dataclass
 class TypeStepMeta:
-    slot_page: torch.Tensor  # [N] page of each new token
-    slot_off: torch.Tensor  # [N] offset inside that page
+    slot_page: torch.Tensor  # [Nd] page of each new token of a device-resident request
+    slot_off: torch.Tensor  # [Nd] offset inside that page
     groups: list[AttnGroup]
+    num_device_tokens: int = 0  # the batch's first tokens; the rest belong to streamed requests
+    stage_slot: torch.Tensor | None = None  # [N - Nd] staging slot of each streamed request's new token
+    stage_off: torch.Tensor | None = None
 
 
 def plan_groups(starts: list[int], counts: list[int], num_decode: int) -> list[list[int]]:
@@ -75,9 +79,13 @@ def plan_groups(starts: list[int], counts: list[int], num_decode: int) -> list[l
 
 
 def build_step_metadata(spec: KVSpec, tables: list[list[int]], starts: list[int], counts: list[int],
-                        groups: list[list[int]], device) -> TypeStepMeta:
-    """``tables``/``starts``/``counts``: per request in token order; ``groups`` from ``plan_groups``."""
+                        groups: list[list[int]], device, num_device: int | None = None) -> TypeStepMeta:
+    """``tables``/``starts``/``counts``: per request in token order; ``groups`` from ``plan_groups``.
+
+    Requests from ``num_device`` on are streamed: their tables name staging slots, and no group mixes
+    them with device-resident requests."""
     B = spec.block_size
+    num_device = len(tables) if num_device is None else num_device
     slot_page, slot_off, offsets = [], [], []
     for table, start, n in zip(tables, starts, counts):
         offsets.append(len(slot_page))
@@ -119,9 +127,15 @@ def build_step_metadata(spec: KVSpec, tables: list[list[int]], starts: list[int]
         mask = spec.visible(kv_pos, q)
         mask |= ~valid_q[:, :, None] & (kv_pos == kv_pos[..., :1])  # padded queries see one key: no NaN rows
         shared_pages = to(torch.tensor(shared, dtype=torch.long)) if pages is not None and shared else None
-        out.append(AttnGroup(S, L, token_slice, q_rows, out_src, out_dst, pages, to(mask[:, None]), shared_pages))
-    return TypeStepMeta(to(torch.tensor(slot_page, dtype=torch.long)), to(torch.tensor(slot_off, dtype=torch.long)),
-                        out)
+        out.append(AttnGroup(S, L, token_slice, q_rows, out_src, out_dst, pages, to(mask[:, None]), shared_pages,
+                             staged=members[0] >= num_device))
+    nd = offsets[num_device] if num_device < len(tables) else len(slot_page)
+
+    def index(values):
+        return to(torch.tensor(values, dtype=torch.long))
+    staged = nd < len(slot_page)
+    return TypeStepMeta(index(slot_page[:nd]), index(slot_off[:nd]), out, nd,
+                        index(slot_page[nd:]) if staged else None, index(slot_off[nd:]) if staged else None)
 
 
 def _shared_leading_pages(spec: KVSpec, tables: list[list[int]], firsts: list[int], starts: list[int]) -> list[int]:
@@ -201,9 +215,11 @@ def _attend(q, k, v, mask, scale, softcap):
 class PagedAttention:
     """The attention callable handed to the model: ``attn(layer, q, k, v, scale, softcap)``."""
 
-    def __init__(self, storage: PagedKVStorage, layer_spec: dict[int, KVSpec]):
+    def __init__(self, storage: PagedKVStorage, layer_spec: dict[int, KVSpec], staging=None):
         self.storage = storage
         self.layer_spec = layer_spec
+        self.staging = staging  # ``kv.storage.StagingBuffers`` when requests may stream from the host tier
+        self.index_in_type = {layer: s.layers.index(layer) for layer, s in layer_spec.items()}
         self.meta: dict[str, TypeStepMeta] = {}
         self.copies = None  # this step's copies between KV tiers (``kv.copier.StepCopies``), if any
 
@@ -215,19 +231,31 @@ class PagedAttention:
                  scale: float, softcap: float | None) -> torch.Tensor:
         if self.copies is not None:  # the layer's pages are in (and the pages it writes are out) first
             self.copies.wait(layer)
-        m = self.meta[self.layer_spec[layer].name]
+        name = self.layer_spec[layer].name
+        m = self.meta[name]
         k_cache, v_cache = self.storage.layer_kv[layer]
-        k_cache[m.slot_page, m.slot_off] = k.to(k_cache.dtype)
-        v_cache[m.slot_page, m.slot_off] = v.to(v_cache.dtype)
+        nd = m.num_device_tokens
+        if nd == q.shape[0]:
+            k_cache[m.slot_page, m.slot_off] = k.to(k_cache.dtype)
+            v_cache[m.slot_page, m.slot_off] = v.to(v_cache.dtype)
+        else:
+            k_cache[m.slot_page, m.slot_off] = k[:nd].to(k_cache.dtype)
+            v_cache[m.slot_page, m.slot_off] = v[:nd].to(v_cache.dtype)
+            k_stage, v_stage = self.staging.layer_kv(name, self.index_in_type[layer])
+            k_stage[m.stage_slot, m.stage_off] = k[nd:].to(k_stage.dtype)
+            v_stage[m.stage_slot, m.stage_off] = v[nd:].to(v_stage.dtype)
         if len(m.groups) == 1 and m.groups[0].token_slice == (0, q.shape[0]):
-            return self._group(m.groups[0], layer, q, k, v, scale, softcap).reshape(q.shape)
-        out = torch.empty_like(q)
-        for g in m.groups:
-            o = self._group(g, layer, q, k, v, scale, softcap)
-            if g.token_slice is not None:
-                out[g.token_slice[0]:g.token_slice[1]] = o
-            else:
-                out[g.out_dst] = o[g.out_src]
+            out = self._group(m.groups[0], layer, q, k, v, scale, softcap).reshape(q.shape)
+        else:
+            out = torch.empty_like(q)
+            for g in m.groups:
+                o = self._group(g, layer, q, k, v, scale, softcap)
+                if g.token_slice is not None:
+                    out[g.token_slice[0]:g.token_slice[1]] = o
+                else:
+                    out[g.out_dst] = o[g.out_src]
+        if self.copies is not None:
+            self.copies.layer_done(layer)
         return out
 
     def _group(self, g: AttnGroup, layer, q, k, v, scale, softcap) -> torch.Tensor:
@@ -242,7 +270,10 @@ class PagedAttention:
             a, b = g.token_slice
             kg, vg = k[a:b].unsqueeze(0), v[a:b].unsqueeze(0)
         else:
-            k_cache, v_cache = self.storage.layer_kv[layer]
+            if g.staged:
+                k_cache, v_cache = self.staging.layer_kv(self.layer_spec[layer].name, self.index_in_type[layer])
+            else:
+                k_cache, v_cache = self.storage.layer_kv[layer]
             kg, vg = k_cache[g.pages].flatten(1, 2), v_cache[g.pages].flatten(1, 2)  # [S, T, Hkv, D], no copy
         if g.shared_pages is not None:
             ks = k_cache[g.shared_pages].flatten(0, 1).transpose(0, 1).unsqueeze(0)  # [1, Hkv, Ts, D]

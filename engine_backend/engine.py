@@ -10,6 +10,7 @@ import torch
 
 from .constraints import ChoiceTrie
 from .kv import KVCacheManager, PagedKVStorage, large_page_elems, specs_for_model
+from .kv.storage import STAGING_DEPTH, StagingBuffers, split_budget
 from .loader import load_model, read_config
 from .preemption import PREEMPTION_MODES, TransferRates, make_policy
 from .runner import ModelRunner
@@ -44,12 +45,20 @@ class LLMEngine:
     It defaults to 4 GiB of pinned memory on CUDA and to none on CPU (where both tiers would be
     the same memory). ``preemption`` is ``"auto"`` (per victim, the cheaper of swap and
     recompute by measured rates), ``"swap"`` or ``"recompute"``.
+
+    With a host tier and swapping, running requests beyond the device pool can also run *streamed*
+    from the host (Pie's expansion): their pages pass through small device staging buffers one layer
+    at a time, prefetched ahead of the layer. ``stream_expansion`` is how many times the pool's KV may
+    stream; the staging it needs comes out of ``kv_cache_memory``. By default (None) it is 2 when that
+    staging costs at most a quarter of the budget (models with many layers), else 0. How much of it is
+    used adapts to whether the prefetches hide behind compute (``stats()["stream_share"]``).
     """
 
     def __init__(self, model: str, device: str = "cpu", dtype=None, kv_cache_memory: int | str | None = None,
                  enable_prefix_caching: bool = True, block_size: int = 16, max_num_seqs: int = 128,
                  max_num_batched_tokens: int = 1024, max_model_len: int | None = None, seed: int = 0,
-                 swap_space: int | str | None = None, preemption: str = "auto"):
+                 swap_space: int | str | None = None, preemption: str = "auto",
+                 stream_expansion: float | None = None):
         if device == "cuda" and not torch.cuda.is_available():
             raise ValueError("device='cuda' was asked for but torch sees no CUDA device")
         if preemption not in PREEMPTION_MODES:
@@ -84,14 +93,18 @@ class LLMEngine:
                              f"raise it to at least {page_bytes} or set 0 for no host tier")
         if preemption == "swap" and not num_host_pages:
             raise ValueError("preemption='swap' needs a host tier: set swap_space (e.g. '4GiB')")
+        num_pages, stream_slots = split_budget(specs, budget, stream_expansion,
+                                               num_host_pages if preemption != "recompute" else 0, one_request)
         self.kv = KVCacheManager(specs, num_pages, enable_prefix_caching, num_host_pages=num_host_pages)
+        self.kv.stream_slots = stream_slots
         self.storage = PagedKVStorage(specs, num_pages, large_page_elems(specs), self.device)
         self.host_storage = (PagedKVStorage(specs, num_host_pages, large_page_elems(specs), self.device, host_tier=True)
                              if num_host_pages else None)
+        self.staging = StagingBuffers(specs, stream_slots, STAGING_DEPTH, self.device) if stream_slots else None
         self.rates = TransferRates()
         self.scheduler = Scheduler(self.kv, max_num_seqs, max(max_num_batched_tokens, 1),
                                    preemption=make_policy(preemption, self.rates))
-        self.runner = ModelRunner(self.model, self.kv, self.storage, self.device, self.host_storage)
+        self.runner = ModelRunner(self.model, self.kv, self.storage, self.device, self.host_storage, self.staging)
         self._rng = torch.Generator().manual_seed(seed)
         self._ids = itertools.count()
         self._seqs: dict[str, Sequence] = {}
@@ -188,6 +201,7 @@ class LLMEngine:
         self.rates.note_prefill(sum(n for n in batch.num_new_tokens if n > 1), seconds)
         if self.runner.copier is not None:
             self.rates.copy_bytes_per_s = self.runner.copier.bandwidth
+        self.kv.adapt_stream_share(self.runner.last_stream_hidden)
 
     def _append(self, seq: Sequence, token: int) -> None:
         seq.token_ids.append(token)
@@ -304,6 +318,11 @@ class LLMEngine:
             "host_kv_bytes_total": self.host_storage.nbytes if self.host_storage is not None else 0,
             "swap_seconds": copier.seconds if copier else 0.0,
             "swap_hidden_fraction": copier.hidden_fraction if copier else 1.0,
+            "streamed_running": sum(seq.streamed for seq in s.running),
+            "stream_demotions": s.num_demotions,
+            "stream_promotions": s.num_promotions,
+            "stream_share": self.kv.stream_share if self.kv.stream_slots else 0.0,
+            "kv_staging_bytes": self.staging.nbytes if self.staging is not None else 0,
             "preemptions_swapped": s.num_swapped_preemptions,
             "preemptions_recomputed": s.num_preemptions - s.num_swapped_preemptions,
         }

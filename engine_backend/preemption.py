@@ -48,6 +48,9 @@ class RecomputePreemption:
 
     def preempt(self, seq: Sequence, kv: KVCacheManager) -> bool:
         """Take the victim's device pages; True if they went to the host tier, False if dropped."""
+        if seq.streamed:  # its pages are on the host already: it just stops running
+            kv.pause(seq)
+            return True
         if self.should_swap(seq, kv) and kv.swap_out(seq):
             return True
         kv.free(seq)

@@ -7,47 +7,75 @@ verify with speculative decoding later): attention and positions handle any coun
 
 With a host tier, the batch also carries the copies between tiers that the scheduler recorded;
 they start before the forward pass and each layer waits only for its own (``kv/copier.py``).
+Requests streamed from the host tier come last: their pages are numbered by staging slot, gathered
+layer by layer, and their attention groups read the staging buffers.
 """
 from __future__ import annotations
 
 import torch
 
 from .attention import PagedAttention, build_step_metadata, plan_groups
-from .kv import KVCacheManager, PagedKVStorage
-from .kv.copier import KVCopier
+from .kv import NULL_PAGE, KVCacheManager, PagedKVStorage
+from .kv.copier import KVCopier, StreamPlan
+from .kv.storage import StagingBuffers
 from .scheduler import ScheduledBatch
 from .sequence import Sequence
 
 
 class ModelRunner:
     def __init__(self, model, kv: KVCacheManager, storage: PagedKVStorage, device,
-                 host_storage: PagedKVStorage | None = None):
+                 host_storage: PagedKVStorage | None = None, staging: StagingBuffers | None = None):
         self.model = model
         self.kv = kv
         self.device = torch.device(device)
         layer_spec = {layer: s for s in kv.specs for layer in s.layers}
-        self.attention = PagedAttention(storage, layer_spec)
-        self.copier = KVCopier(kv.specs, storage, host_storage, device) if host_storage is not None else None
+        self.attention = PagedAttention(storage, layer_spec, staging)
+        self.copier = (KVCopier(kv.specs, storage, host_storage, staging, device)
+                       if host_storage is not None else None)
+        self.last_stream_hidden: float | None = None  # of the last step's streamed layers, hidden share
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor]:
         """Compute the batch; return the requests that sample now and their logits (float32, CPU)."""
-        copies = self.copier.start(batch.swap_out, batch.swap_in) if batch.has_copies else None
+        plan, slot_of = self._stream_plan(batch)
+        copies = self.copier.start(batch.swap_out, batch.swap_in, plan) if batch.has_copies or plan else None
+        self.last_stream_hidden = None
         try:
             if not batch.seqs:
                 return [], torch.empty(0)
-            return self._forward(batch, copies)
+            return self._forward(batch, copies, slot_of)
         finally:
             self.attention.copies = None
             if copies is not None:  # every copy completes, even if the forward failed: the books say so
                 copies.finish()
                 self.kv.after_copies()
+                self.last_stream_hidden = copies.stream_hidden_fraction
 
-    def _forward(self, batch: ScheduledBatch, copies) -> tuple[list[Sequence], torch.Tensor]:
+    def _stream_plan(self, batch: ScheduledBatch) -> tuple[StreamPlan, dict[str, dict[int, int]]]:
+        """Staging slots for the host pages of streamed requests (one per distinct page), and which of them
+        the step writes."""
+        plan, slot_of = StreamPlan(), {}
+        B = self.kv.block_size
+        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+            if not seq.streamed:
+                continue
+            written = range(seq.num_computed // B, (seq.num_computed + n - 1) // B + 1)
+            for name, table in seq.block_tables.items():
+                pages, slots = plan.pages.setdefault(name, []), slot_of.setdefault(name, {})
+                for b, page in enumerate(table):
+                    if page != NULL_PAGE and page not in slots:
+                        slots[page] = len(pages)
+                        pages.append(page)
+                plan.written.setdefault(name, []).extend(slots[table[b]] for b in written)
+        return plan, slot_of
+
+    def _forward(self, batch: ScheduledBatch, copies, slot_of) -> tuple[list[Sequence], torch.Tensor]:
         pairs = list(zip(batch.seqs, batch.num_new_tokens))
-        decodes = [(s, n) for s, n in pairs if n == 1]
-        prefills = [(s, n) for s, n in pairs if n != 1]
-        ordered = decodes + prefills
+        on_device = [(s, n) for s, n in pairs if not s.streamed]
+        streamed = [(s, n) for s, n in pairs if s.streamed]
+        parts = [[(s, n) for s, n in part if n == 1] + [(s, n) for s, n in part if n != 1]
+                 for part in (on_device, streamed)]
+        ordered = parts[0] + parts[1]
         starts = [s.num_computed for s, _ in ordered]
         counts = [n for _, n in ordered]
         input_ids, positions, sample_rows, sample_seqs = [], [], [], []
@@ -57,10 +85,17 @@ class ModelRunner:
             if start + n == len(seq.token_ids):
                 sample_rows.append(len(input_ids) - 1)
                 sample_seqs.append(seq)
-        groups = plan_groups(starts, counts, len(decodes))
+        nd = len(on_device)
+        groups = plan_groups(starts[:nd], counts[:nd], sum(n == 1 for _, n in on_device)) + [
+            [nd + i for i in g] for g in plan_groups(starts[nd:], counts[nd:], sum(n == 1 for _, n in streamed))]
+
+        def table(seq, name):  # streamed requests' pages by staging slot
+            if not seq.streamed:
+                return seq.block_tables[name]
+            return [p if p == NULL_PAGE else slot_of[name][p] for p in seq.block_tables[name]]
         meta = {
-            s.name: build_step_metadata(s, [seq.block_tables[s.name] for seq, _ in ordered], starts, counts,
-                                        groups, self.device)
+            s.name: build_step_metadata(s, [table(seq, s.name) for seq, _ in ordered], starts, counts,
+                                        groups, self.device, nd)
             for s in self.kv.specs
         }
         self.attention.begin_step(meta, copies)

@@ -54,6 +54,10 @@ class Scheduler:
         self.running: list[Sequence] = []
         self.num_preemptions = 0
         self.num_swapped_preemptions = 0  # of them, the victim's pages went to the host tier
+        self.num_demotions = 0  # running requests moved to stream from the host tier
+        self.num_promotions = 0  # streamed requests moved back to the device
+        self._stream_used: Counter = Counter()
+        self._moved: set = set()
         self.prompt_tokens = 0
         self.cached_prompt_tokens = 0
         self.host_cached_prompt_tokens = 0  # of the cached ones, served from the host tier
@@ -70,34 +74,93 @@ class Scheduler:
         """The batch for this step, and requests that can never fit (finished with an error)."""
         batch, failed = ScheduledBatch(), []
         budget = self.max_num_batched_tokens
+        self._stream_used = Counter()  # blocks per type streamed from the host tier this step
+        self._moved = set()  # requests with copies into the device this step: never demoted in it
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
             n = self._chunk(seq, budget)
-            while not self.kv.allocate(seq, n):
-                if len(self.running) - 1 > i:  # preempt another request, the policy says which
-                    victim = self.preemption.choose_victim(self.running[i + 1:])
-                    self._preempt(self.running.pop(i + 1 + victim))
-                else:
-                    break
+            if seq.streamed:
+                if not self._run_streamed(seq, n):  # over this step's share: it waits on the host
+                    self._preempt(self.running.pop(i))
+                    continue
             else:
-                batch.seqs.append(seq)
-                batch.num_new_tokens.append(n)
-                budget -= n
-                i += 1
-                continue
-            if i == 0 and seq.exclusive:  # alone from an empty cache and still short: never fits
-                self.running.pop(0)
-                self._unpend(seq)
-                self.kv.free(seq)
-                failed.append(self._fail(seq))
-            else:  # alone but not exclusive, it starts over from an empty cache in _admit
-                self._preempt(self.running.pop(i), may_swap=False)
-            # the requests after i (if any) were preempted above
+                fits = self.kv.allocate(seq, n)
+                while not fits and (j := self._victim(i + 1)) is not None:
+                    if not self._demote(self.running[j], 1, count=False):  # it runs on from the host, or waits
+                        self._preempt(self.running.pop(j))
+                    fits = self.kv.allocate(seq, n)
+                if not fits and not (self._demote(seq, n, count=False) and self._run_streamed(seq, n)):
+                    if i == 0 and seq.exclusive:  # alone from an empty cache and still short: never fits
+                        self.running.pop(0)
+                        self._unpend(seq)
+                        self.kv.free(seq)
+                        failed.append(self._fail(seq))
+                    elif len(self.running) > 1:  # the others hold no device page it could take: it waits
+                        self._preempt(self.running.pop(i))
+                    else:  # alone but not exclusive, it starts over from an empty cache in _admit
+                        self._preempt(self.running.pop(i), may_swap=False)
+                    continue
+            batch.seqs.append(seq)
+            batch.num_new_tokens.append(n)
+            budget -= n
+            i += 1
         if len(batch.seqs) == len(self.running):
             self._admit(batch, budget, failed)
         batch.swap_out, batch.swap_in = self.kv.take_copies()
         return batch, failed
+
+    def _victim(self, start: int) -> int | None:
+        """Index of the running request (from ``start`` on, holding device pages) the policy gives up first."""
+        held = [j for j in range(start, len(self.running))
+                if not self.running[j].streamed and self.running[j] not in self._moved]
+        return held[self.preemption.choose_victim([self.running[j] for j in held])] if held else None
+
+    # ---- Pie's expansion: running requests streamed from the host tier -----------------------------
+    @property
+    def streaming(self) -> bool:
+        return self.preemption.name != "recompute" and any(self.kv.stream_slots.values())
+
+    def _stream_fits(self, blocks: dict[str, int]) -> bool:
+        return all(self._stream_used[t] + b <= self.kv.stream_limit(t) for t, b in blocks.items() if b)
+
+    def _demote(self, seq: Sequence, n: int, count: bool) -> bool:
+        """Keep ``seq`` running from the host tier, if streaming is on, its share has room and ``seq`` got
+        no page this step that a copy-out could read before it is written (admitted, resumed, promoted).
+        ``count``: it is already in this step's batch, so its blocks count against the share now."""
+        blocks = self.kv.stream_blocks(seq, n)
+        if not self.streaming or seq in self._moved or not self._stream_fits(blocks) or not self.kv.demote(seq):
+            return False
+        if count:
+            self._stream_used.update(blocks)
+        self.num_demotions += 1
+        return True
+
+    def _resume_streamed(self, seq: Sequence, n: int) -> bool:
+        """A swapped-out request the device has no room for runs on from the host, within the share."""
+        blocks = self.kv.stream_blocks(seq, n)
+        if not self.streaming or not self._stream_fits(blocks):
+            return False
+        self.kv.pause(seq, resume=True)
+        if not self.kv.allocate(seq, n):
+            self.kv.pause(seq)
+            return False
+        self._stream_used.update(blocks)
+        return True
+
+    def _run_streamed(self, seq: Sequence, n: int) -> bool:
+        """Schedule a streamed request: back on the device if the pool has free room, else from the host
+        within this step's share. False if neither (it then waits, swapped out)."""
+        need = self.kv.large_pages_needed(0, seq.num_computed + n)
+        if self.kv.pool.num_free > need and self.kv.promote(seq, n):
+            self._moved.add(seq)
+            self.num_promotions += 1
+            return True
+        blocks = self.kv.stream_blocks(seq, n)
+        if not self.streaming or not self._stream_fits(blocks) or not self.kv.allocate(seq, n):
+            return False
+        self._stream_used.update(blocks)
+        return True
 
     def _chunk(self, seq: Sequence, budget: int) -> int:
         """Tokens to compute for ``seq`` this step: within the step's budget, and few enough to fit alone."""
@@ -113,7 +176,7 @@ class Scheduler:
             if seq.swapped:  # resume: its pages come back from the host tier, nothing is matched
                 hit, next_block = seq.num_computed, seq.num_computed // B
                 n = self._chunk(seq, budget)
-                fits = self.preemption.resume(seq, self.kv, n)
+                fits = self.preemption.resume(seq, self.kv, n) or self._resume_streamed(seq, n)
             else:
                 hit = self.kv.match_prefix(seq)
                 next_block = hit // B
@@ -122,6 +185,8 @@ class Scheduler:
                     break
                 n = self._chunk(seq, budget)
                 fits = self.kv.allocate(seq, n)
+                while not fits and (j := self._victim(0)) is not None and self._demote(self.running[j], 0, count=True):
+                    fits = self.kv.allocate(seq, n)  # Pie: the running set grows past the device
             if not fits:
                 if self.running:
                     if not seq.swapped:
@@ -135,6 +200,8 @@ class Scheduler:
                     continue
                 hit, next_block = 0, 0
             self.waiting.popleft()
+            if not seq.streamed:
+                self._moved.add(seq)
             if not seq.admitted:
                 seq.admitted = True
                 seq.num_cached_tokens = hit

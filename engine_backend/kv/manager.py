@@ -15,6 +15,11 @@ below safe to do eagerly:
 - a host page that is a copy's source is held until the step's copies finished (``after_copies``);
 - a page is published to the device prefix cache only once its copy-in is recorded and can no
   longer be rolled back.
+
+Pie's memory expansion: a running request may also be *streamed*: its block tables then name host
+pages, and each step the runner gathers them into device staging buffers one layer at a time. How
+many blocks per type may stream in a step is ``stream_limit``: a share of the staging capacity that
+``adapt_stream_share`` grows while the gathers hide behind compute and shrinks when layers wait.
 """
 from __future__ import annotations
 
@@ -25,6 +30,8 @@ from .single_type import NULL_PAGE, SingleTypeManager, manager_for
 from .spec import KVSpec, large_page_elems
 
 HOST_CACHE_OWNER = "host-prefix-cache"  # the packing key of host pages that hold spilled cached blocks
+STREAM_SHARE_START = 0.5  # of the staging capacity, before any step has measured the gathers
+STREAM_HIDDEN_GROW, STREAM_HIDDEN_SHRINK = 0.9, 0.6  # hidden fraction above which to grow, below which to shrink
 
 
 class KVCacheManager:
@@ -57,6 +64,8 @@ class KVCacheManager:
         self._release_after_copies: list[tuple[str, int]] = []  # host pages read by this step's copies
         self.swapped_out_blocks = 0
         self.swapped_in_blocks = 0
+        self.stream_slots: dict[str, int] = {}  # staging capacity per type (set with the staging buffers)
+        self.stream_share = STREAM_SHARE_START
 
     @property
     def has_host_tier(self) -> bool:
@@ -118,8 +127,8 @@ class KVCacheManager:
                                    for t in on_device}, len(keys))
             if n and self._attach(seq, keys, n, on_device, on_host):
                 return n * self.block_size
-            for s in self.specs:
-                seq.block_tables[s.name] = []
+            # no room to bring the host hits in; the failed try may have evicted device pages, so look again
+            on_device = {n: [m.device.lookup(k) for k in keys] for n, m in self.managers.items()}
         n = self._aligned_hit({t: [p is not None for p in pages] for t, pages in on_device.items()}, len(keys))
         self._attach(seq, keys, n, on_device, None)
         return n * self.block_size
@@ -174,13 +183,20 @@ class KVCacheManager:
         return True
 
     def _drop_device_pages(self, seq) -> None:
-        """Release every device page ``seq`` holds (tail blocks first) and forget its packing."""
+        """Release every page ``seq``'s block tables hold (tail blocks first) and forget its packing."""
         for m in self.managers.values():
+            alloc = self.tier_of(m, seq)
             for page in reversed(seq.block_tables.get(m.name, [])):
                 if page != NULL_PAGE:
-                    m.device.release(page)
+                    alloc.release(page)
             seq.block_tables[m.name] = []
-            m.device.forget_request(seq.request_id)
+            alloc.forget_request(seq.request_id)
+        seq.streamed = False
+
+    @staticmethod
+    def tier_of(m: SingleTypeManager, seq):
+        """The allocator that ``seq``'s block tables name pages of: the host's while it streams."""
+        return m.host if seq.streamed else m.device
 
     # ---- allocation ------------------------------------------------------------------------
     def allocate(self, seq, num_new_tokens: int) -> bool:
@@ -188,14 +204,14 @@ class KVCacheManager:
         end_block = (seq.num_computed + num_new_tokens - 1) // self.block_size
         taken: list[tuple[SingleTypeManager, list[int]]] = []
         for m in self.managers.values():
-            table = seq.block_tables[m.name]
+            table, alloc = seq.block_tables[m.name], self.tier_of(m, seq)
             new = []
             for _ in range(len(table), end_block + 1):
-                page = m.device.allocate(seq.request_id)
+                page = alloc.allocate(seq.request_id)
                 if page is None:
                     for mm, pages in taken + [(m, new)]:
                         for p in pages:
-                            mm.device.release(p)
+                            self.tier_of(mm, seq).release(p)
                     return False
                 new.append(page)
             taken.append((m, new))
@@ -318,6 +334,50 @@ class KVCacheManager:
                     host.release(h)
             host.forget_request(seq.request_id)
 
+    # ---- streaming (Pie's expansion) --------------------------------------------------------------
+    def demote(self, seq) -> bool:
+        """A running request gives its device pages up but keeps running, streamed from the host tier."""
+        if not self.swap_out(seq):
+            return False
+        self.pause(seq, resume=True)
+        return True
+
+    def pause(self, seq, resume: bool = False) -> None:
+        """Streamed -> swapped out (waiting on the host), or with ``resume`` the reverse; no copies either way."""
+        if resume:
+            seq.block_tables, seq.host_tables, seq.streamed = seq.host_tables, None, True
+        else:
+            seq.host_tables, seq.block_tables, seq.streamed = seq.block_tables, {n: [] for n in self.managers}, False
+
+    def promote(self, seq, num_new_tokens: int) -> bool:
+        """A streamed request moves back to the device (copied in this step) if the device has room."""
+        self.pause(seq)
+        if self.swap_in(seq, num_new_tokens):
+            return True
+        self.pause(seq, resume=True)
+        return False
+
+    def stream_limit(self, name: str) -> int:
+        """Blocks of type ``name`` that may stream in one step now."""
+        return int(self.stream_share * self.stream_slots.get(name, 0))
+
+    def stream_blocks(self, seq, num_new_tokens: int) -> dict[str, int]:
+        """Blocks per type ``seq`` holds once ``num_new_tokens`` more are allocated (what streaming it costs)."""
+        end_block = (seq.num_computed + num_new_tokens - 1) // self.block_size
+        tables = seq.block_tables if not seq.swapped else seq.host_tables
+        return {name: sum(p != NULL_PAGE for p in tables.get(name, [])) + max(0, end_block + 1 - len(tables.get(name, [])))
+                for name in self.managers}
+
+    def adapt_stream_share(self, hidden_fraction: float | None) -> None:
+        """Pie's adaptive expansion: stream more while the gathers finished before their layers needed them,
+        less when layers waited."""
+        if hidden_fraction is None:
+            return
+        if hidden_fraction >= STREAM_HIDDEN_GROW:
+            self.stream_share = min(1.0, self.stream_share * 1.25 + 0.02)
+        elif hidden_fraction < STREAM_HIDDEN_SHRINK:
+            self.stream_share = max(0.0, self.stream_share * 0.75 - 0.02)
+
     def _drop_host_copy(self, seq) -> None:
         self._release_host_tables(seq, seq.host_tables)
         seq.host_tables = None
@@ -342,13 +402,13 @@ class KVCacheManager:
         if self.enable_prefix_caching and full_blocks > seq.num_registered_blocks:
             keys = seq.block_keys(B, full_blocks)
             for m in self.managers.values():
-                table = seq.block_tables[m.name]
+                table, alloc = seq.block_tables[m.name], self.tier_of(m, seq)
                 for b in range(seq.num_registered_blocks, full_blocks):
                     if table[b] != NULL_PAGE:
-                        m.device.register(table[b], keys[b])
+                        alloc.register(table[b], keys[b])
             seq.num_registered_blocks = full_blocks
         for m in self.managers.values():
-            m.release_skipped(seq)
+            m.release_skipped(seq, self.tier_of(m, seq))
 
     def free(self, seq) -> None:
         """Drop every page of ``seq`` in both tiers (finished, aborted or preempted), tail blocks first."""

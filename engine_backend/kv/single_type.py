@@ -29,8 +29,9 @@ class SingleTypeManager:
         """The longest prefix of at most ``limit`` blocks this type can use, given which blocks are cached."""
         raise NotImplementedError
 
-    def release_skipped(self, seq) -> None:
-        """Release the blocks the request will never read again (none for full attention)."""
+    def release_skipped(self, seq, alloc: SmallPageAllocator) -> None:
+        """Release the blocks the request will never read again (none for full attention); ``alloc`` is
+        the tier its block tables name pages of."""
 
 
 class FullAttentionManager(SingleTypeManager):
@@ -61,8 +62,8 @@ class SlidingWindowManager(SingleTypeManager):
             n -= 1
         return n
 
-    def release_skipped(self, seq):
-        alloc, table = self.device, seq.block_tables[self.name]
+    def release_skipped(self, seq, alloc):
+        table = seq.block_tables[self.name]
         first = min(self.spec.first_needed_block(seq.num_computed), len(table))
         for b in range(seq.released_upto.get(self.name, 0), first):
             if table[b] != NULL_PAGE:

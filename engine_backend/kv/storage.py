@@ -8,6 +8,8 @@ can run asynchronously on their own stream).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .spec import KVSpec
@@ -35,3 +37,69 @@ class PagedKVStorage:
     @property
     def nbytes(self) -> int:
         return self.buffer.numel() * self.buffer.element_size()
+
+
+class StagingBuffers:
+    """Device buffers that streamed requests' pages pass through one layer at a time (Pie's expansion).
+
+    Per type, ``depth`` buffers of ``slots[type]`` pages of one layer each, ``[slots, 2 (K/V), B, heads,
+    dim]``; layer ``i`` of a type uses buffer ``i % depth``, so ``depth`` layers can be in flight while the
+    device holds only ``depth / layers_in_type`` of the streamed pages.
+    """
+
+    def __init__(self, specs: list[KVSpec], slots: dict[str, int], depth: int, device):
+        self.depth = depth
+        self.slots = slots
+        self.buffers = {  # zeroed: padded reads of unused slots must stay finite under masking
+            s.name: torch.zeros(depth, max(slots.get(s.name, 0), 1), 2, s.block_size, s.num_kv_heads, s.head_dim,
+                                dtype=s.dtype, device=device)
+            for s in specs
+        }
+
+    def layer_buffer(self, name: str, index_in_type: int) -> torch.Tensor:
+        return self.buffers[name][index_in_type % self.depth]
+
+    def layer_kv(self, name: str, index_in_type: int) -> tuple[torch.Tensor, torch.Tensor]:
+        buf = self.layer_buffer(name, index_in_type)
+        return buf[:, 0], buf[:, 1]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self.buffers.values())
+
+    @staticmethod
+    def bytes_per_slot(spec: KVSpec, depth: int) -> int:
+        """Device bytes one streamed page of ``spec`` costs: ``depth`` layers of it."""
+        return depth * spec.page_bytes // len(spec.layers)
+
+
+STAGING_DEPTH = 2  # layers of a type in flight: one computed while the next is gathered
+DEFAULT_EXPANSION = 2.0  # streamed KV up to this many times the device pool's, when staging is cheap
+MAX_STAGING_SHARE = 0.25  # ...which is when it costs at most this share of the device budget
+
+
+def split_budget(specs: list[KVSpec], budget: int, expansion: float | None, num_host_pages: int,
+                 min_pool_pages: int) -> tuple[int, dict[str, int]]:
+    """Divide the device KV budget between the page pool and the staging buffers of streamed requests.
+
+    Streaming ``expansion`` times the pool's pages costs ``STAGING_DEPTH / layers_in_type`` of them in
+    staging, so a pool of P large pages needs ``P * large_page_bytes * (1 + f)`` bytes with
+    ``f = STAGING_DEPTH * expansion * sum(1 / layers_in_type)``. ``expansion=None`` streams
+    ``DEFAULT_EXPANSION`` when that staging is at most ``MAX_STAGING_SHARE`` of the budget (many layers
+    per type), else nothing; streaming never leaves the pool short of ``min_pool_pages``.
+    Returns (pool large pages, staging slots per type).
+    """
+    lcm_bytes = math.lcm(*(s.page_elems for s in specs)) * specs[0].dtype.itemsize
+    per_unit = STAGING_DEPTH * sum(1 / len(s.layers) for s in specs)
+    if expansion is None:
+        expansion = DEFAULT_EXPANSION if per_unit * DEFAULT_EXPANSION <= MAX_STAGING_SHARE / (1 - MAX_STAGING_SHARE) else 0.0
+    if expansion < 0:
+        raise ValueError(f"stream_expansion must be >= 0, not {expansion}")
+    pool = int(budget // (lcm_bytes * (1 + per_unit * expansion))) if num_host_pages else budget // lcm_bytes
+    if not num_host_pages or not expansion or pool < min_pool_pages:
+        return budget // lcm_bytes, {}
+    slots = {}
+    for s in specs:
+        ratio = lcm_bytes // s.page_bytes
+        slots[s.name] = min(int(expansion * pool * ratio), num_host_pages * ratio)
+    return pool, slots

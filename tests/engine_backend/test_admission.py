@@ -210,7 +210,8 @@ def random_case(rng, path, page_of, minimum_of):
         requests.append((prompt, SamplingParams(max_tokens=max_tokens, ignore_eos=rng.random() < 0.7)))
     # drawn last, so the cases without a host tier stay the ones they were before it existed
     swap_space = rng.choice([0, 0, page, one, 4 * one])
-    engine_args.update(swap_space=swap_space, preemption=rng.choice(["auto", "swap"]) if swap_space else "recompute")
+    engine_args.update(swap_space=swap_space, preemption=rng.choice(["auto", "swap"]) if swap_space else "recompute",
+                       stream_expansion=rng.choice([None, 0.5, 2.0]))
     return engine_args, requests
 
 

@@ -1,5 +1,6 @@
 """Pie's host tier: swapped-out requests and host-tier prefix hits stay exact; neither tier leaks pages."""
 import random
+import time
 from collections import Counter
 
 import pytest
@@ -145,6 +146,63 @@ def test_bad_swap_options_are_clear_errors(tiny_model_dir):
         LLMEngine(model=path, kv_cache_memory="8MB", swap_space=10)
 
 
+# Streaming needs staging that is cheap next to the pool it extends: tiny models have few layers, so the
+# tests ask for it explicitly and give Gemma 3 more layers (10 sliding + 2 full).
+STREAMING = [("llama", {}, 2.5), ("gemma3_text", {"num_hidden_layers": 12}, 3.0), ("llmsql_hetero", {}, 3.0)]
+
+
+@pytest.mark.parametrize("arch,overrides,requests_on_device", STREAMING)
+def test_streamed_requests_match_the_oracle(tiny_model_dir, arch, overrides, requests_on_device):
+    """Pie's expansion: requests beyond the device pool run on from the host tier, layer by layer."""
+    path = tiny_model_dir(arch, **overrides)
+    engine = tight_engine(path, requests_on_device=requests_on_device, stream_expansion=1.0)
+    assert engine.kv.stream_slots and engine.stats()["kv_staging_bytes"] > 0
+    outs = engine.generate(workload(), SamplingParams(max_tokens=24, ignore_eos=True))
+    assert all(o.finish_reason == "length" for o in outs), [o.error for o in outs]
+    assert_matches_oracle(path, outs, f"{arch}: ")
+    s = engine.stats()
+    assert s["stream_demotions"] > 0 and s["streamed_running"] == 0, s
+    assert_no_leak(engine)
+
+
+def test_stream_share_follows_whether_prefetch_hides(tiny_model_dir, monkeypatch):
+    """Gathers that finish before their layer grow the streamed share; gathers that make layers wait
+    shrink it, and the outputs stay exact either way."""
+    from engine_backend.kv import copier
+
+    path = tiny_model_dir("llama")
+    fast = tight_engine(path, requests_on_device=2.5, stream_expansion=1.0)
+    fast.generate(workload(), SamplingParams(max_tokens=24, ignore_eos=True))
+    assert fast.kv.stream_share == 1.0
+
+    timed = copier.KVCopier._timed
+
+    def slow_copy(self, job):  # the copy thread's gathers and write-backs over a link far slower than compute
+        time.sleep(0.02)
+        timed(self, job)
+    monkeypatch.setattr(copier.KVCopier, "_timed", slow_copy)
+    slow = tight_engine(path, requests_on_device=2.5, stream_expansion=1.0)
+    outs = slow.generate(workload(), SamplingParams(max_tokens=24, ignore_eos=True))
+    assert_matches_oracle(path, outs)
+    assert slow.kv.stream_share < 0.5 and slow.stats()["swap_hidden_fraction"] < 0.9
+
+
+def test_adapt_stream_share_moves_within_bounds(tiny_model_dir):
+    kv = KVCacheManager(specs_for_model(read_config(tiny_model_dir("llmsql_hetero")), 16, torch.float32), 8,
+                        num_host_pages=8)
+    kv.stream_slots = {s.name: 10 for s in kv.specs}
+    for _ in range(50):
+        kv.adapt_stream_share(1.0)
+    assert kv.stream_share == 1.0 and all(kv.stream_limit(s.name) == 10 for s in kv.specs)
+    kv.adapt_stream_share(0.7)  # between the thresholds: unchanged
+    assert kv.stream_share == 1.0
+    for _ in range(50):
+        kv.adapt_stream_share(0.0)
+    assert kv.stream_share == 0.0 and all(kv.stream_limit(s.name) == 0 for s in kv.specs)
+    kv.adapt_stream_share(None)  # a step that streamed nothing says nothing
+    assert kv.stream_share == 0.0
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_random_mixes_leak_no_page_in_either_tier(tiny_model_dir, arch):
     """Requests, aborts, swaps, host-tier hits and evictions at random, with the model left out: every
@@ -155,6 +213,8 @@ def test_random_mixes_leak_no_page_in_either_tier(tiny_model_dir, arch):
         rng = random.Random(f"swap-{arch}-{case}")
         kv = KVCacheManager(specs, one + rng.randrange(3 * one), rng.random() < 0.8,
                             num_host_pages=rng.choice([1, one, 4 * one]))
+        kv.stream_slots = {s.name: rng.choice([0, 4, 64]) for s in specs}  # streaming on, sometimes
+        kv.stream_share = rng.random()
         scheduler = Scheduler(kv, rng.choice([2, 8]), rng.choice([8, 32, 64]), preemption=SwapPreemption())
         base = [rng.randrange(5, 500) for _ in range(64)]
         live = []
