@@ -175,7 +175,9 @@ class LLMEngine:
             # every step computes or finishes something; looping on here would hang generate() and the server
             raise RuntimeError(f"the scheduler scheduled nothing while requests wait: {self.scheduler.describe()}")
         done: list[Sequence] = list(failed)  # finished with an error that says what budget they need
-        if batch or batch.has_copies:
+        if not batch and not batch.has_copies:
+            self.kv.after_copies()
+        else:
             sample_seqs, logits = self.runner.run(batch)
             self._note_rates(batch, time.perf_counter() - t0)
             for seq, n in zip(batch.seqs, batch.num_new_tokens):

@@ -48,8 +48,8 @@ class ModelRunner:
             self.attention.copies = None
             if copies is not None:  # every copy completes, even if the forward failed: the books say so
                 copies.finish()
-                self.kv.after_copies()
                 self.last_stream_hidden = copies.stream_hidden_fraction
+            self.kv.after_copies()  # also when a resume found every block on the device and copied nothing
 
     def _stream_plan(self, batch: ScheduledBatch) -> tuple[StreamPlan, dict[str, dict[int, int]]]:
         """Staging slots for the host pages of streamed requests (one per distinct page), and which of them

@@ -42,6 +42,17 @@ def workload():
     return [PREFIX + r + " " + ROWS[(i + 1) % 5] * (i % 3) for i, r in enumerate(ROWS * 2)]
 
 
+def generate(engine, texts, params):
+    """``engine.generate``, checking after every step that no copy or deferred release is left behind."""
+    ids = [engine.add_request(t, params) for t in texts]
+    outs = {}
+    while engine.has_unfinished_requests():
+        outs.update((o.request_id, o) for o in engine.step())
+        kv = engine.kv
+        assert not (kv._copies_out or kv._copies_in or kv._release_after_copies), "step left copies behind"
+    return [outs[i] for i in ids]
+
+
 def assert_no_leak(engine):
     kv = engine.kv
     assert engine.stats()["kv_pages_used"] == 0
@@ -57,7 +68,7 @@ def assert_no_leak(engine):
 def test_swapped_out_requests_come_back_exact(tiny_model_dir, arch):
     path = tiny_model_dir(arch)
     engine = tight_engine(path, requests_on_device=1.0)
-    outs = engine.generate(workload(), SamplingParams(max_tokens=24, ignore_eos=True))
+    outs = generate(engine, workload(), SamplingParams(max_tokens=24, ignore_eos=True))
     assert all(o.finish_reason == "length" for o in outs), [o.error for o in outs]
     assert_matches_oracle(path, outs, f"{arch}: ")
     s = engine.stats()
@@ -157,7 +168,7 @@ def test_streamed_requests_match_the_oracle(tiny_model_dir, arch, overrides, req
     path = tiny_model_dir(arch, **overrides)
     engine = tight_engine(path, requests_on_device=requests_on_device, stream_expansion=1.0)
     assert engine.kv.stream_slots and engine.stats()["kv_staging_bytes"] > 0
-    outs = engine.generate(workload(), SamplingParams(max_tokens=24, ignore_eos=True))
+    outs = generate(engine, workload(), SamplingParams(max_tokens=24, ignore_eos=True))
     assert all(o.finish_reason == "length" for o in outs), [o.error for o in outs]
     assert_matches_oracle(path, outs, f"{arch}: ")
     s = engine.stats()
