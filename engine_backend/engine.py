@@ -113,6 +113,7 @@ class LLMEngine:
         self._generated_tokens = 0
         self._finished = 0
         self._step_seconds = 0.0
+        self._peak_active = 0  # most large pages held by running requests (not the cache) after a step's allocation
 
     def _default_budget(self, bytes_per_request: int, max_num_seqs: int) -> int:
         if self.device.type == "cuda":
@@ -184,6 +185,7 @@ class LLMEngine:
                 seq.num_computed += n
             for seq, token in zip(sample_seqs, sample(logits, sample_seqs, self._constraints)):
                 self._append(seq, token)
+            self._peak_active = max(self._peak_active, self.kv.num_active_large_pages)
             for seq in batch.seqs:
                 self.scheduler.after_step(seq)
                 if seq.finish_reason is not None:
@@ -302,6 +304,7 @@ class LLMEngine:
             "kv_pages_used": usage["large_pages_active"],  # held by requests now
             "kv_pages_cached": usage["large_pages_used"] - usage["large_pages_active"],  # only prefix cache
             "peak_kv_pages": usage["large_pages_peak"],
+            "peak_kv_pages_running": self._peak_active,
             "kv_page_bytes": usage["large_page_bytes"],
             "kv_bytes_by_type": {name: t["used_bytes"] + t["cached_bytes"] for name, t in usage["types"].items()},
             "kv_types": usage["types"],

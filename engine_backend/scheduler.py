@@ -58,6 +58,7 @@ class Scheduler:
         self.num_promotions = 0  # streamed requests moved back to the device
         self._stream_used: Counter = Counter()
         self._moved: set = set()
+        self._demoted: set = set()
         self.prompt_tokens = 0
         self.cached_prompt_tokens = 0
         self.host_cached_prompt_tokens = 0  # of the cached ones, served from the host tier
@@ -76,6 +77,7 @@ class Scheduler:
         budget = self.max_num_batched_tokens
         self._stream_used = Counter()  # blocks per type streamed from the host tier this step
         self._moved = set()  # requests with copies into the device this step: never demoted in it
+        self._demoted = set()  # requests moved to the host this step: not promoted back in it
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
@@ -133,6 +135,7 @@ class Scheduler:
             return False
         if count:
             self._stream_used.update(blocks)
+        self._demoted.add(seq)
         self.num_demotions += 1
         return True
 
@@ -152,7 +155,7 @@ class Scheduler:
         """Schedule a streamed request: back on the device if the pool has free room, else from the host
         within this step's share. False if neither (it then waits, swapped out)."""
         need = self.kv.large_pages_needed(0, seq.num_computed + n)
-        if self.kv.pool.num_free > need and self.kv.promote(seq, n):
+        if seq not in self._demoted and self.kv.pool.num_free > need and self.kv.promote(seq, n):
             self._moved.add(seq)
             self.num_promotions += 1
             return True

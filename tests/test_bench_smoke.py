@@ -155,3 +155,19 @@ def test_constrained_decoding_quick(tmp_path):
         # free decoding ran its whole budget; the constrained run generated tokens too and was timed per token
         assert run["free"]["generated_tokens"] > 0 and run["json_schema"]["generated_tokens"] > 0
         assert run["json_schema"]["ms_per_token"] > 0 and run["choices_trie"]["finished_early"] > 0
+
+
+def test_pie_swap_quick(tmp_path):
+    data, proc = run_bench("pie_swap", tmp_path)
+    pressure, prefixes = data["memory_pressure"], data["many_prefixes"]
+    assert pressure["outputs_identical"] and prefixes["outputs_identical"]  # no mode changes an answer
+    runs = pressure["runs"]
+    assert runs["recompute"]["preemptions"] > 0 and runs["recompute"]["preemptions_swapped"] == 0
+    assert runs["swap, no streaming"]["preemptions_swapped"] > 0 and runs["swap, no streaming"]["stream_demotions"] == 0
+    assert runs["swap + streaming"]["stream_demotions"] > 0 and runs["swap + streaming"]["kv_staging_bytes"] > 0
+    for r in runs.values():  # the same device budget for every bounded run, staging included
+        assert r["device_kv_bytes"] <= pressure["device_budget_bytes"] or r is runs["unbounded"]
+    p = prefixes["runs"]
+    assert p["small device + host tier"]["host_cached_prompt_tokens"] > 0
+    assert p["small device + host tier"]["prefix_hit_rate"] > p["small device"]["prefix_hit_rate"]
+    assert "Memory pressure" in proc.stdout and "Many prefixes" in proc.stdout

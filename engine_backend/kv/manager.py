@@ -436,6 +436,11 @@ class KVCacheManager:
             self._spilling = True
 
     # ---- reporting ------------------------------------------------------------------------
+    @property
+    def num_active_large_pages(self) -> int:
+        """Device large pages holding at least one page a request uses (not only cache)."""
+        return sum(m.device.num_active_large_pages for m in self.managers.values())
+
     def usage(self) -> dict:
         per_type = {}
         for s in self.specs:
@@ -455,7 +460,7 @@ class KVCacheManager:
         return {
             "large_pages_total": self.pool.num_pages,
             "large_pages_used": self.pool.num_used,
-            "large_pages_active": sum(m.device.num_active_large_pages for m in self.managers.values()),
+            "large_pages_active": self.num_active_large_pages,
             "large_pages_peak": self.peak_large_pages,
             "large_page_bytes": self.large_page_bytes,
             "host_large_pages_total": self.host_pool.num_pages if self.host_pool else 0,
