@@ -265,14 +265,11 @@ class KVCacheManager:
             for b, page in enumerate(seq.block_tables.get(m.name, [])):
                 h = NULL_PAGE
                 if page != NULL_PAGE:
-                    h = m.host.lookup(keys[b]) if b < len(keys) else None
-                    if h is not None:
-                        m.host.acquire(h)
-                    else:
-                        h = m.host.allocate(seq.request_id)
-                        if h is None:
-                            self._release_host_tables(seq, host_tables)
-                            return False
+                    h, fresh = self._hold_block(m.host, keys, b, seq.request_id)
+                    if h is None:
+                        self._release_host_tables(seq, host_tables)
+                        return False
+                    if fresh:
                         copies.append((m, page, h, keys[b] if b < len(keys) else None))
                 host_tables[m.name].append(h)
         for m, page, h, key in copies:
@@ -315,16 +312,23 @@ class KVCacheManager:
             for b, h in enumerate(seq.host_tables[m.name]):
                 page = NULL_PAGE
                 if h != NULL_PAGE:
-                    page = m.device.lookup(keys[b]) if b < len(keys) else None
-                    if page is not None:
-                        m.device.acquire(page)
-                    else:
-                        page = m.device.allocate(seq.request_id)
-                        if page is None:
-                            return None
+                    page, is_fresh = self._hold_block(m.device, keys, b, seq.request_id)
+                    if page is None:
+                        return None
+                    if is_fresh:
                         fresh.append((m, b, h, page))
                 table.append(page)
         return fresh
+
+    @staticmethod
+    def _hold_block(alloc, keys, b: int, request_id: str) -> tuple[int | None, bool]:
+        """A page of ``alloc``'s tier for block ``b``: the tier's cached copy if it has the block's key (shared,
+        nothing to copy), else a fresh page to copy into. Returns (page, fresh); page None if the tier is full."""
+        page = alloc.lookup(keys[b]) if b < len(keys) else None
+        if page is not None:
+            alloc.acquire(page)
+            return page, False
+        return alloc.allocate(request_id), True
 
     def _release_host_tables(self, seq, host_tables) -> None:
         for name, pages in host_tables.items():

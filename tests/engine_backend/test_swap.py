@@ -13,21 +13,13 @@ from engine_backend.scheduler import Scheduler
 from engine_backend.preemption import SwapPreemption
 from engine_backend.sequence import Sequence
 from engine_backend.server import render_metrics
-from test_admission import assert_matches_oracle
+from test_admission import assert_matches_oracle, one_torch_thread  # noqa: F401 (an autouse fixture)
 
 PREFIX = ("Classify the sentiment of this beer review as positive or negative. The review follows: "
           "The beer pours a deep amber color with a thick head that lingers. ")
 ROWS = ["Aroma of caramel malt and toffee.", "Flat and sour, a drain pour.", "Crisp, clean, refreshing finish.",
         "Aroma of caramel malt and dried fruit.", "Thin body, watery, no hop character at all."]
 ARCHS = ["llama", "gemma3_text", "llmsql_hetero"]  # one type; sliding + full; heterogeneous page sizes
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tight_engine(path, requests_on_device=1.5, **kw):
@@ -260,3 +252,24 @@ def test_random_mixes_leak_no_page_in_either_tier(tiny_model_dir, arch):
         kv.reset_prefix_cache()
         assert kv.pool.num_free == kv.pool.num_pages, f"case {case}"
         assert kv.host_pool.num_free == kv.host_pool.num_pages, f"case {case}"
+
+
+def test_budget_split_between_pool_and_staging(tiny_model_dir):
+    """Staging comes out of kv_cache_memory; by default only where it is cheap; never below one request."""
+    from engine_backend.kv.storage import STAGING_DEPTH, StagingBuffers, split_budget
+
+    deep = specs_for_model(read_config(tiny_model_dir("llama", num_hidden_layers=24)), 16, torch.float32)
+    shallow = specs_for_model(read_config(tiny_model_dir("llama")), 16, torch.float32)
+    page = KVCacheManager(deep, 0).large_page_bytes
+    budget = 100 * page
+    pool, slots = split_budget(deep, budget, None, num_host_pages=1000, min_pool_pages=10)
+    staging = sum(n * StagingBuffers.bytes_per_slot(s, STAGING_DEPTH) for s in deep for n in [slots[s.name]])
+    assert slots and pool * page + staging <= budget and staging <= 0.25 * budget
+    assert split_budget(shallow, budget, None, 1000, 10)[1] == {}  # 4 layers: staging would cost too much
+    assert split_budget(deep, budget, 0, 1000, 10) == (100, {})  # off: the pool has it all
+    assert split_budget(deep, budget, None, 0, 10) == (100, {})  # no host tier, nothing to stream from
+    assert split_budget(deep, budget, 50.0, 1000, 90) == (100, {})  # would leave the pool short of one request
+    assert split_budget(deep, budget, 2.0, 3, 10)[1]["full_attention"] == 3 * KVCacheManager(deep, 0).managers[
+        "full_attention"].ratio  # never more slots than the host tier has pages
+    with pytest.raises(ValueError, match="stream_expansion"):
+        split_budget(deep, budget, -1.0, 1000, 10)
