@@ -21,11 +21,10 @@ class PagedKVStorage:
         """``device``: where the model runs; with ``host_tier`` the buffer is in host memory for that device."""
         dtype = specs[0].dtype
         n = num_large_pages * large_page_elems
-        if host_tier:  # never read unwritten: copies fill every page before a layer reads it
-            pin = torch.device(device).type == "cuda"
-            self.buffer = torch.empty(n, dtype=dtype, device="cpu", pin_memory=pin)
-        else:  # zeroed, not empty: padded reads of unwritten slots must stay finite under masking
-            self.buffer = torch.zeros(n, dtype=dtype, device=device)
+        # Zeroed, not empty, in both tiers: pages move whole, and the slots a request has not written yet are
+        # read under a mask, where 0 * NaN from uninitialised memory would still poison the output.
+        pin = host_tier and torch.device(device).type == "cuda"
+        self.buffer = torch.zeros(n, dtype=dtype, device="cpu" if host_tier else device, pin_memory=pin)
         self.type_pages: dict[str, torch.Tensor] = {}  # type -> [pages, layers, 2, B, heads, dim]
         self.layer_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # K, V: [pages, B, heads, dim]
         for spec in specs:
