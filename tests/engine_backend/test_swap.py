@@ -20,11 +20,13 @@ PREFIX = ("Classify the sentiment of this beer review as positive or negative. T
 ROWS = ["Aroma of caramel malt and toffee.", "Flat and sour, a drain pour.", "Crisp, clean, refreshing finish.",
         "Aroma of caramel malt and dried fruit.", "Thin body, watery, no hop character at all."]
 ARCHS = ["llama", "gemma3_text", "llmsql_hetero"]  # one type; sliding + full; heterogeneous page sizes
+# Pie's real setting: pinned host memory, a copy stream and events. CI has no GPU; these run where one is.
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
 
 
 def tight_engine(path, requests_on_device=1.5, **kw):
     """An engine whose device KV budget holds about ``requests_on_device`` requests of 256 tokens."""
-    probe = LLMEngine(model=str(path), kv_cache_memory="32MB", max_model_len=256)
+    probe = LLMEngine(model=str(path), kv_cache_memory="32MB", max_model_len=256, device=kw.get("device", "cpu"))
     one = probe.kv.large_pages_for_one_request(256) * probe.kv.large_page_bytes
     kw = {"swap_space": "64MB", "preemption": "swap", "max_num_batched_tokens": 48, **kw}
     return LLMEngine(model=str(path), kv_cache_memory=int(one * requests_on_device), max_model_len=256, **kw)
@@ -56,10 +58,11 @@ def assert_no_leak(engine):
         assert m.device.ref == {} and m.host.ref == {} and not m.device.cached and not m.host.cached
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("arch", ARCHS)
-def test_swapped_out_requests_come_back_exact(tiny_model_dir, arch):
+def test_swapped_out_requests_come_back_exact(tiny_model_dir, arch, device):
     path = tiny_model_dir(arch)
-    engine = tight_engine(path, requests_on_device=1.0)
+    engine = tight_engine(path, requests_on_device=1.0, device=device)
     outs = generate(engine, workload(), SamplingParams(max_tokens=24, ignore_eos=True))
     assert all(o.finish_reason == "length" for o in outs), [o.error for o in outs]
     assert_matches_oracle(path, outs, f"{arch}: ")
@@ -70,10 +73,11 @@ def test_swapped_out_requests_come_back_exact(tiny_model_dir, arch):
     assert_no_leak(engine)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("arch", ARCHS)
-def test_host_tier_prefix_hits_are_exact(tiny_model_dir, arch):
+def test_host_tier_prefix_hits_are_exact(tiny_model_dir, arch, device):
     path = tiny_model_dir(arch)
-    engine = LLMEngine(model=str(path), kv_cache_memory="8MB", swap_space="16MB", max_model_len=256)
+    engine = LLMEngine(model=str(path), kv_cache_memory="8MB", swap_space="16MB", max_model_len=256, device=device)
     texts = workload()[:5]
     first = engine.generate(texts, SamplingParams(max_tokens=8))
     engine.kv.evict_device_cache()  # every cached block now lives on the host only
@@ -154,11 +158,12 @@ def test_bad_swap_options_are_clear_errors(tiny_model_dir):
 STREAMING = [("llama", {}, 2.5), ("gemma3_text", {"num_hidden_layers": 12}, 3.0), ("llmsql_hetero", {}, 3.0)]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("arch,overrides,requests_on_device", STREAMING)
-def test_streamed_requests_match_the_oracle(tiny_model_dir, arch, overrides, requests_on_device):
+def test_streamed_requests_match_the_oracle(tiny_model_dir, arch, overrides, requests_on_device, device):
     """Pie's expansion: requests beyond the device pool run on from the host tier, layer by layer."""
     path = tiny_model_dir(arch, **overrides)
-    engine = tight_engine(path, requests_on_device=requests_on_device, stream_expansion=1.0)
+    engine = tight_engine(path, requests_on_device=requests_on_device, stream_expansion=1.0, device=device)
     assert engine.kv.stream_slots and engine.stats()["kv_staging_bytes"] > 0
     outs = generate(engine, workload(), SamplingParams(max_tokens=24, ignore_eos=True))
     assert all(o.finish_reason == "length" for o in outs), [o.error for o in outs]
