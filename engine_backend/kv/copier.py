@@ -272,6 +272,9 @@ class KVCopier:
         self.seconds += time.perf_counter() - t0
 
     def _worker(self) -> None:
+        # One thread, no OpenMP team of its own: a second team's spin-waiting workers took the compute's cores
+        # (every layer ran ~1.5x slower on 2 cores); the copies are memory-bound and gain little from threads.
+        torch.set_num_threads(1)
         while True:
             step, fn, args = self._jobs.get()
             try:
