@@ -26,6 +26,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -114,8 +115,9 @@ class KVCopier:
         if self.cuda:
             self.stream = torch.cuda.Stream(self.device)
         else:
-            self._jobs: queue.Queue = queue.Queue()
-            threading.Thread(target=self._worker, name="kv-copier", daemon=True).start()
+            jobs = self._jobs = queue.Queue()
+            threading.Thread(target=_copy_worker, args=(jobs,), name="kv-copier", daemon=True).start()
+            weakref.finalize(self, jobs.put, None)  # the thread holds no reference to us: it ends when we go
 
     # ---- accounting --------------------------------------------------------------------
     def note_wait(self, hidden: bool) -> None:
@@ -271,18 +273,21 @@ class KVCopier:
         job()
         self.seconds += time.perf_counter() - t0
 
-    def _worker(self) -> None:
-        # One thread, no OpenMP team of its own: a second team's spin-waiting workers took the compute's cores
-        # (every layer ran ~1.5x slower on 2 cores); the copies are memory-bound and gain little from threads.
-        torch.set_num_threads(1)
-        while True:
-            step, fn, args = self._jobs.get()
-            try:
-                fn(*args)
-            except BaseException as e:  # the step hears it in wait()/finish(); the copier stays alive
-                step.error = e
-                for ev in list(step.swap_ready.values()) + list(step.stage_ready.values()):
-                    ev.set()
+
+def _copy_worker(jobs: queue.Queue) -> None:
+    """The CPU copy thread: runs ``(step, function, args)`` jobs in order until it gets None."""
+    # One thread, no OpenMP team of its own: a second team's spin-waiting workers took the compute's cores
+    # (every layer ran ~1.5x slower on 2 cores); the copies are memory-bound and gain little from threads.
+    torch.set_num_threads(1)
+    while (job := jobs.get()) is not None:
+        step, fn, args = job
+        try:
+            fn(*args)
+        except BaseException as e:  # the step hears it in wait()/finish(); the copier stays alive
+            step.error = e
+            for ev in list(step.swap_ready.values()) + list(step.stage_ready.values()):
+                ev.set()
+        del job, step, fn, args  # hold nothing between jobs, so a finished engine can be collected
 
 
 def _runs_by_type(outs):

@@ -278,3 +278,26 @@ def test_budget_split_between_pool_and_staging(tiny_model_dir):
         "full_attention"].ratio  # never more slots than the host tier has pages
     with pytest.raises(ValueError, match="stream_expansion"):
         split_budget(deep, budget, -1.0, 1000, 10)
+
+
+def test_a_dropped_engine_takes_its_copy_thread_and_host_tier_with_it(tiny_model_dir):
+    import gc
+    import threading
+    import weakref
+
+    def copiers():
+        return sum(t.name == "kv-copier" for t in threading.enumerate())
+    before = copiers()
+    engine = LLMEngine(model=str(tiny_model_dir("llama")), kv_cache_memory="8MB", swap_space="8MB")
+    engine.generate(workload()[:3], SamplingParams(max_tokens=3))
+    engine.kv.evict_device_cache()
+    engine.generate(workload()[:3], SamplingParams(max_tokens=3))  # the copy thread has worked
+    assert copiers() == before + 1
+    host = weakref.ref(engine.host_storage)
+    del engine
+    gc.collect()
+    for _ in range(100):
+        if copiers() == before:
+            break
+        time.sleep(0.01)
+    assert copiers() == before and host() is None
