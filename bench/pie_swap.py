@@ -16,6 +16,7 @@ Qwen2 vocabulary (Pie's premise needs many layers: a streamed request costs the 
 
     python bench/pie_swap.py                # both workloads, about 15 minutes on 2 cores
     python bench/pie_swap.py --quick        # a small smoke run
+    python bench/pie_swap.py --device cuda  # Pie's real setting: pinned host memory, a copy stream
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import REPO, checkpoint_dir, log, print_table, save_bar_chart, write_json  # noqa: E402
+
+import torch  # noqa: E402
 
 from engine_backend import LLMEngine, SamplingParams  # noqa: E402
 from engine_backend.testing import make_tiny_model  # noqa: E402
@@ -106,6 +109,7 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=1019, help="many-prefix rows (movies_small.csv)")
     ap.add_argument("--cached-movies", type=float, default=4.0, help="prefixes the small device budget caches")
     ap.add_argument("--quick", action="store_true", help="a small smoke run (few prompts, narrow model)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--out", default="bench/results")
     args = ap.parse_args()
     model_args = dict(PIE_MODEL)
@@ -119,20 +123,21 @@ def main() -> int:
         log(f"writing the checkpoint {model_dir}")
         make_tiny_model(model_dir, arch="llama", tokenizer="qwen2", **model_args)
     tok = Tokenizer.from_dir(model_dir)
-    probe = LLMEngine(model=str(model_dir), kv_cache_memory="64MB")
+    probe = LLMEngine(model=str(model_dir), kv_cache_memory="64MB", device=args.device, swap_space=0)
     bytes_per_token = probe.kv.large_page_bytes // probe.kv.block_size
 
     # ---- 1. memory pressure ----------------------------------------------------------------------------
     prompts = pressure_prompts(args.prompts)
     mean_len = sum(len(tok.encode(p)) for p in prompts) / len(prompts)
     unshared = int(args.max_num_seqs * (mean_len + args.max_tokens + probe.kv.block_size) * bytes_per_token)
-    pressure = {"unbounded": run(str(model_dir), prompts, args.max_tokens, tok, max_num_seqs=args.max_num_seqs,
-                                 kv_cache_memory=2 * unshared, preemption="recompute")}
+    pressure = {"unbounded": run(str(model_dir), prompts, args.max_tokens, tok, device=args.device,
+                                 max_num_seqs=args.max_num_seqs, kv_cache_memory=2 * unshared, swap_space=0,
+                                 preemption="recompute")}
     log(f"memory pressure, unbounded: {pressure['unbounded']['seconds']:.1f} s")
     running_set = pressure["unbounded"]["peak_kv_bytes"]  # what the running set held at its peak, sharing included
     quarter = running_set // 4
     configs = {
-        "recompute": dict(kv_cache_memory=quarter, preemption="recompute"),
+        "recompute": dict(kv_cache_memory=quarter, swap_space=0, preemption="recompute"),
         "swap, no streaming": dict(kv_cache_memory=quarter, swap_space=2 * running_set, preemption="swap",
                                    stream_expansion=0),
         "swap + streaming": dict(kv_cache_memory=quarter, swap_space=2 * running_set, preemption="swap",
@@ -140,7 +145,7 @@ def main() -> int:
         "auto (default)": dict(kv_cache_memory=quarter, swap_space=2 * running_set),
     }
     for label, engine_args in configs.items():
-        pressure[label] = run(str(model_dir), prompts, args.max_tokens, tok, max_num_seqs=args.max_num_seqs,
+        pressure[label] = run(str(model_dir), prompts, args.max_tokens, tok, device=args.device, max_num_seqs=args.max_num_seqs,
                               **engine_args)
         log(f"memory pressure, {label}: {pressure[label]['seconds']:.1f} s")
     pressure_exact = same_outputs(pressure)
@@ -157,13 +162,13 @@ def main() -> int:
     head_and_movie = sorted(lens)[len(lens) // 2]  # a movie's prefix is most of its prompt
     small = int((seqs * (max(lens) + 2 * probe.kv.block_size) + args.cached_movies * head_and_movie) * bytes_per_token)
     configs = {
-        "unbounded device": dict(kv_cache_memory=max(small * 16, 64 * 2**20)),
-        "small device": dict(kv_cache_memory=small),
+        "unbounded device": dict(kv_cache_memory=max(small * 16, 64 * 2**20), swap_space=0),
+        "small device": dict(kv_cache_memory=small, swap_space=0),
         "small device + host tier": dict(kv_cache_memory=small, swap_space=max(small * 16, 64 * 2**20)),
     }
     prefixes = {}
     for label, engine_args in configs.items():
-        prefixes[label] = run(str(model_dir), prompts, 2, tok, max_num_seqs=seqs, **engine_args)
+        prefixes[label] = run(str(model_dir), prompts, 2, tok, device=args.device, max_num_seqs=seqs, **engine_args)
         log(f"many prefixes, {label}: {prefixes[label]['seconds']:.1f} s, "
             f"hit rate {prefixes[label]['prefix_hit_rate']:.1%}")
     prefix_exact = same_outputs(prefixes)
@@ -173,6 +178,7 @@ def main() -> int:
 
     data = {
         "model": {"checkpoint": name, **model_args, "kv_bytes_per_token": bytes_per_token},
+        "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
         "memory_pressure": {
             "prompts": args.prompts, "max_tokens": args.max_tokens, "max_num_seqs": args.max_num_seqs,
             "mean_prompt_tokens": mean_len, "running_set_kv_bytes": running_set, "device_budget_bytes": quarter,
