@@ -186,6 +186,8 @@ def make_config(*, model: str | None = None, models: Mapping[str, Any] | None = 
 
     if on_error not in ("null", "raise"):
         raise ValueError(f"on_error must be 'null' or 'raise', got {on_error!r}")
+    if preemption not in (None, "auto", "swap", "recompute"):  # the engine's modes, checked before it loads
+        raise ValueError(f"preemption must be 'auto', 'swap' or 'recompute', got {preemption!r}")
     try:
         defaults = dict(validate_options(defaults, where="register() option"))
     except ValueError as exc:

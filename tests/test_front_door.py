@@ -78,6 +78,10 @@ def test_unknown_model_is_a_clear_error(two_models, con):
         make_config(models={"x": {"dir": small}})
     with pytest.raises(FileNotFoundError, match="model directory not found"):
         make_config(models={"x": str(small) + "-missing"})
+    with pytest.raises(ValueError, match="preemption must be 'auto', 'swap' or 'recompute'"):
+        make_config(model=small, preemption="sometimes")  # before any engine loads
+    assert dict(make_config(model=small, swap_space="1GiB", preemption="swap").model().engine_options)[
+        "swap_space"] == "1GiB"
 
 
 def test_config_entries_and_identities(two_models):
