@@ -32,6 +32,17 @@ def checkpoint_dir(name: str) -> Path:
     return root / name
 
 
+def timed_generate(engine, prompts: list, params) -> tuple[list, float, dict, dict]:
+    """Warm ``engine`` up on two prompts (not timed), empty its prefix cache, then time ``generate(prompts,
+    params)``. Returns (outputs, seconds, stats before, stats after)."""
+    engine.generate(prompts[:2], type(params)(max_tokens=2))
+    engine.reset_prefix_cache()
+    before = engine.stats()
+    t0 = time.perf_counter()
+    outs = engine.generate(prompts, params)
+    return outs, time.perf_counter() - t0, before, engine.stats()
+
+
 def write_json(data: dict, out: str | Path = DEFAULT_OUT, name: str = "results", echo: bool = True) -> Path:
     """Write ``data`` to ``OUT/NAME.json`` (and print it to stdout when ``echo``); return the path."""
     text = json.dumps(data, indent=2, default=str)

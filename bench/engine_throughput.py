@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import LLAMA_24M, checkpoint_dir, print_table, save_bar_chart, write_json  # noqa: E402
+from _common import LLAMA_24M, checkpoint_dir, print_table, save_bar_chart, timed_generate, write_json  # noqa: E402
 
 from engine_backend import LLMEngine, SamplingParams  # noqa: E402
 from engine_backend.loader import load_model  # noqa: E402
@@ -64,13 +64,7 @@ def run_ours(model_dir: str, prompts: list[str], max_tokens: int, prefix_caching
              block_size: int = 16) -> dict:
     engine = LLMEngine(model=model_dir, kv_cache_memory="1GB", enable_prefix_caching=prefix_caching,
                        max_num_batched_tokens=2048, max_num_seqs=256, block_size=block_size)
-    engine.generate(prompts[:2], SamplingParams(max_tokens=2))  # warm-up, not timed
-    engine.reset_prefix_cache()
-    before = engine.stats()
-    t0 = time.perf_counter()
-    outs = engine.generate(prompts, SamplingParams(max_tokens=max_tokens, ignore_eos=True))
-    seconds = time.perf_counter() - t0
-    s = engine.stats()
+    outs, seconds, before, s = timed_generate(engine, prompts, SamplingParams(max_tokens=max_tokens, ignore_eos=True))
     prompt_tokens = s["prompt_tokens"] - before["prompt_tokens"]
     cached = s["cached_prompt_tokens"] - before["cached_prompt_tokens"]
     gen = sum(len(o.token_ids) for o in outs)

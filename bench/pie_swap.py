@@ -6,8 +6,9 @@ Qwen2 vocabulary (Pie's premise needs many layers: a streamed request costs the 
 
 1. Memory pressure: ``--prompts`` beer rows (``../shared/data/llmsql/beer.csv``, grouped by beer as the
    optimiser orders them), each generating ``--max-tokens`` tokens, ``--max-num-seqs`` at a time, with a device
-   KV budget of a quarter of what the unbounded run's running set held at its peak (prefix sharing included). Preemption by recomputation, by swapping with and
-   without streaming, and ``auto`` (the default), against an unbounded budget.
+   KV budget of a quarter of what the unbounded run's running set held at its peak (prefix sharing included).
+   Preemption by recomputation, by swapping with and without streaming, and ``auto`` (the default), against an
+   unbounded budget.
    Aim: swap at least 1.5x over recompute and within 10% of the unbounded budget.
 2. Many prefixes: ``llm_filter`` over ``movies_small.csv`` in table order (51 movies interleaved across
    1,019 rows, reordering off), the movie's description before the review, with a device budget whose
@@ -23,12 +24,11 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import REPO, checkpoint_dir, log, print_table, save_bar_chart, write_json  # noqa: E402
+from _common import REPO, checkpoint_dir, log, print_table, save_bar_chart, timed_generate, write_json  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -68,13 +68,7 @@ def prefix_prompts(n: int) -> list[str]:
 def run(model_dir: str, prompts: list[str], max_tokens: int, tok: Tokenizer, **engine_args) -> dict:
     max_model_len = max(len(tok.encode(p)) for p in prompts) + max_tokens + 1  # what the budget must hold alone
     engine = LLMEngine(model=model_dir, max_num_batched_tokens=2048, max_model_len=max_model_len, **engine_args)
-    engine.generate(prompts[:1], SamplingParams(max_tokens=1))  # warm-up, not timed
-    engine.reset_prefix_cache()
-    before = engine.stats()
-    t0 = time.perf_counter()
-    outs = engine.generate(prompts, SamplingParams(max_tokens=max_tokens, ignore_eos=True))
-    seconds = time.perf_counter() - t0
-    s = engine.stats()
+    outs, seconds, before, s = timed_generate(engine, prompts, SamplingParams(max_tokens=max_tokens, ignore_eos=True))
     prompt_tokens = s["prompt_tokens"] - before["prompt_tokens"]
     cached = s["cached_prompt_tokens"] - before["cached_prompt_tokens"]
     errors = sum(o.finish_reason == "error" for o in outs)
@@ -145,8 +139,8 @@ def main() -> int:
         "auto (default)": dict(kv_cache_memory=quarter, swap_space=2 * running_set),
     }
     for label, engine_args in configs.items():
-        pressure[label] = run(str(model_dir), prompts, args.max_tokens, tok, device=args.device, max_num_seqs=args.max_num_seqs,
-                              **engine_args)
+        pressure[label] = run(str(model_dir), prompts, args.max_tokens, tok, device=args.device,
+                              max_num_seqs=args.max_num_seqs, **engine_args)
         log(f"memory pressure, {label}: {pressure[label]['seconds']:.1f} s")
     pressure_exact = same_outputs(pressure)
     base = pressure["recompute"]["seconds"]

@@ -369,8 +369,8 @@ class KVCacheManager:
         """Blocks per type ``seq`` holds once ``num_new_tokens`` more are allocated (what streaming it costs)."""
         end_block = (seq.num_computed + num_new_tokens - 1) // self.block_size
         tables = seq.block_tables if not seq.swapped else seq.host_tables
-        return {name: sum(p != NULL_PAGE for p in tables.get(name, [])) + max(0, end_block + 1 - len(tables.get(name, [])))
-                for name in self.managers}
+        held = {name: tables.get(name, []) for name in self.managers}
+        return {name: sum(p != NULL_PAGE for p in t) + max(0, end_block + 1 - len(t)) for name, t in held.items()}
 
     def adapt_stream_share(self, hidden_fraction: float | None) -> None:
         """Pie's adaptive expansion: stream more while the gathers finished before their layers needed them,

@@ -91,7 +91,8 @@ def split_budget(specs: list[KVSpec], budget: int, expansion: float | None, num_
     lcm_bytes = math.lcm(*(s.page_elems for s in specs)) * specs[0].dtype.itemsize
     per_unit = STAGING_DEPTH * sum(1 / len(s.layers) for s in specs)
     if expansion is None:
-        expansion = DEFAULT_EXPANSION if per_unit * DEFAULT_EXPANSION <= MAX_STAGING_SHARE / (1 - MAX_STAGING_SHARE) else 0.0
+        cheap = per_unit * DEFAULT_EXPANSION <= MAX_STAGING_SHARE / (1 - MAX_STAGING_SHARE)
+        expansion = DEFAULT_EXPANSION if cheap else 0.0
     if expansion < 0:
         raise ValueError(f"stream_expansion must be >= 0, not {expansion}")
     pool = int(budget // (lcm_bytes * (1 + per_unit * expansion))) if num_host_pages else budget // lcm_bytes

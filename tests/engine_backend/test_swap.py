@@ -117,7 +117,8 @@ def test_device_evictions_spill_to_the_host_and_hit_there(tiny_model_dir):
 def test_full_host_tier_falls_back_to_recompute(tiny_model_dir):
     path = tiny_model_dir("gemma3_text")
     probe = tight_engine(path)
-    engine = tight_engine(path, requests_on_device=1.0, swap_space=probe.kv.large_page_bytes)  # one host page: no victim fits
+    # one host page: no victim fits
+    engine = tight_engine(path, requests_on_device=1.0, swap_space=probe.kv.large_page_bytes)
     outs = engine.generate(workload(), SamplingParams(max_tokens=24, ignore_eos=True))
     assert_matches_oracle(path, outs)
     s = engine.stats()
