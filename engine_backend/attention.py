@@ -219,7 +219,6 @@ class PagedAttention:
         self.storage = storage
         self.layer_spec = layer_spec
         self.staging = staging  # ``kv.storage.StagingBuffers`` when requests may stream from the host tier
-        self.index_in_type = {layer: s.layers.index(layer) for layer, s in layer_spec.items()}
         self.meta: dict[str, TypeStepMeta] = {}
         self.copies = None  # this step's copies between KV tiers (``kv.copier.StepCopies``), if any
 
@@ -241,7 +240,7 @@ class PagedAttention:
         else:
             k_cache[m.slot_page, m.slot_off] = k[:nd].to(k_cache.dtype)
             v_cache[m.slot_page, m.slot_off] = v[:nd].to(v_cache.dtype)
-            k_stage, v_stage = self.staging.layer_kv(name, self.index_in_type[layer])
+            k_stage, v_stage = self.staging.layer_kv[layer]
             k_stage[m.stage_slot, m.stage_off] = k[nd:].to(k_stage.dtype)
             v_stage[m.stage_slot, m.stage_off] = v[nd:].to(v_stage.dtype)
         if len(m.groups) == 1 and m.groups[0].token_slice == (0, q.shape[0]):
@@ -271,7 +270,7 @@ class PagedAttention:
             kg, vg = k[a:b].unsqueeze(0), v[a:b].unsqueeze(0)
         else:
             if g.staged:
-                k_cache, v_cache = self.staging.layer_kv(self.layer_spec[layer].name, self.index_in_type[layer])
+                k_cache, v_cache = self.staging.layer_kv[layer]
             else:
                 k_cache, v_cache = self.storage.layer_kv[layer]
             kg, vg = k_cache[g.pages].flatten(1, 2), v_cache[g.pages].flatten(1, 2)  # [S, T, Hkv, D], no copy

@@ -180,7 +180,7 @@ class LLMEngine:
             self.kv.after_copies()
         else:
             sample_seqs, logits = self.runner.run(batch)
-            self._note_rates(batch, time.perf_counter() - t0)
+            self._learn_from_step(batch, time.perf_counter() - t0)
             for seq, n in zip(batch.seqs, batch.num_new_tokens):
                 seq.num_computed += n
             for seq, token in zip(sample_seqs, sample(logits, sample_seqs, self._constraints)):
@@ -200,8 +200,9 @@ class LLMEngine:
         self._step_seconds += time.perf_counter() - t0
         return outputs
 
-    def _note_rates(self, batch, seconds: float) -> None:
-        """Feed the swap-or-recompute choice: prefill speed from this step, bandwidth from the copier."""
+    def _learn_from_step(self, batch, seconds: float) -> None:
+        """What the host tier adapts to: prefill speed and copy bandwidth for the swap-or-recompute choice,
+        and whether this step's streamed layers waited, for the streamed share."""
         self.rates.note_prefill(sum(n for n in batch.num_new_tokens if n > 1), seconds)
         if self.runner.copier is not None:
             self.rates.copy_bytes_per_s = self.runner.copier.bandwidth

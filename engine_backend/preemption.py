@@ -40,8 +40,6 @@ class TransferRates:
 class RecomputePreemption:
     """Drop the victim's pages; it re-enters at the head of the queue and recomputes."""
 
-    name = "recompute"
-
     def choose_victim(self, running: list[Sequence]) -> int:
         """The most recently admitted request goes first: the oldest keep their progress."""
         return len(running) - 1
@@ -65,15 +63,11 @@ class RecomputePreemption:
 
 
 class SwapPreemption(RecomputePreemption):
-    name = "swap"
-
     def should_swap(self, seq, kv):
         return True
 
 
 class AutoPreemption(RecomputePreemption):
-    name = "auto"
-
     def __init__(self, rates: TransferRates):
         self.rates = rates
 

@@ -33,7 +33,6 @@ class ModelRunner:
         self.copier = (KVCopier(kv.specs, storage, host_storage, staging, device)
                        if host_storage is not None else None)
         self.last_stream_hidden: float | None = None  # of the last step's streamed layers, hidden share
-        self.staging_slots = staging.slots if staging is not None else {}
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor]:
@@ -69,9 +68,9 @@ class ModelRunner:
                         pages.append(page)
                 plan.written.setdefault(name, []).extend(slots[table[b]] for b in written)
         for name, pages in plan.pages.items():  # the scheduler keeps within the share; a breach is a bug
-            if len(pages) > self.staging_slots.get(name, 0):
-                raise RuntimeError(f"{len(pages)} streamed {name} pages exceed the {self.staging_slots.get(name, 0)} "
-                                   "staging slots")
+            if len(pages) > self.kv.stream_slots.get(name, 0):
+                raise RuntimeError(f"{len(pages)} streamed {name} pages exceed the "
+                                   f"{self.kv.stream_slots.get(name, 0)} staging slots")
         return plan, slot_of
 
     def _forward(self, batch: ScheduledBatch, copies, slot_of) -> tuple[list[Sequence], torch.Tensor]:

@@ -121,7 +121,9 @@ class Scheduler:
     # ---- Pie's expansion: running requests streamed from the host tier -----------------------------
     @property
     def streaming(self) -> bool:
-        return self.preemption.name != "recompute" and any(self.kv.stream_slots.values())
+        """Whether requests may run from the host tier: the KV manager has staging for them (the engine
+        gives it none under recompute preemption)."""
+        return any(self.kv.stream_slots.values())
 
     def _stream_fits(self, blocks: dict[str, int]) -> bool:
         return all(self._stream_used[t] + b <= self.kv.stream_limit(t) for t, b in blocks.items() if b)
@@ -144,7 +146,7 @@ class Scheduler:
         blocks = self.kv.stream_blocks(seq, n)
         if not self.streaming or not self._stream_fits(blocks):
             return False
-        self.kv.pause(seq, resume=True)
+        self.kv.stream(seq)
         if not self.kv.allocate(seq, n):
             self.kv.pause(seq)
             return False

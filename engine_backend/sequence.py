@@ -45,7 +45,6 @@ class Sequence:
         self.host_tables: dict[str, list[int]] | None = None  # swapped out: host page per block, per type
         self.streamed = False  # running from the host tier: block_tables name host pages (Pie's expansion)
         self.num_host_hit_tokens = 0  # of the last prefix match, tokens copied back from the host tier
-        self.num_host_cached_tokens = 0  # of the prefix-cache hit at first admission, tokens from the host tier
         self.exclusive = False  # restarted alone from an empty cache: nothing is admitted beside it
         self.finish_reason: str | None = None
         self.error: str | None = None

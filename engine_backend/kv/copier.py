@@ -107,7 +107,6 @@ class KVCopier:
         self.dev = device_storage.type_pages
         self.host = host_storage.type_pages
         self.staging = staging
-        self.bytes_copied = 0
         self.seconds = 0.0
         self.waits = 0
         self.hidden_waits = 0
@@ -180,9 +179,9 @@ class KVCopier:
             ev.record(torch.cuda.current_stream(self.device))
             self.stream.wait_event(ev)
             with torch.cuda.stream(self.stream):
-                self._write_back(step, name, i)
+                self._write_back(step, layer)
         else:
-            self._jobs.put((step, self._write_back, (step, name, i)))
+            self._jobs.put((step, self._write_back, (step, layer)))
         if following:
             self._gather(step, following[0])
 
@@ -197,13 +196,12 @@ class KVCopier:
             done = threading.Event()
             self._jobs.put((step, done.set, ()))
             done.wait()
-        self.bytes_copied += step.swap_bytes
 
     # ---- the copies themselves ------------------------------------------------------------
     def _gather(self, step: StepCopies, layer: int) -> None:
         name, i = self.layer_slot[layer]
         pages = step.plan.pages[name]
-        buf = self.staging.layer_buffer(name, i)
+        buf = self.staging.layer_buffer[layer]
         if self.cuda:
             with torch.cuda.stream(self.stream):
                 for j, h in enumerate(pages):
@@ -216,8 +214,9 @@ class KVCopier:
                 step.stage_ready[layer].set()
             self._jobs.put((step, self._timed, (job,)))
 
-    def _write_back(self, step: StepCopies, name: str, i: int) -> None:
-        pages, buf = step.plan.pages[name], self.staging.layer_buffer(name, i)
+    def _write_back(self, step: StepCopies, layer: int) -> None:
+        name, i = self.layer_slot[layer]
+        pages, buf = step.plan.pages[name], self.staging.layer_buffer[layer]
         if self.cuda:
             for j in step.plan.written.get(name, []):
                 self.host[name][pages[j], i].copy_(buf[j], non_blocking=True)
@@ -291,11 +290,15 @@ def _copy_worker(jobs: queue.Queue) -> None:
 
 
 def _runs_by_type(outs):
-    """Consecutive copies of one type, in recorded order (a later copy to the same host memory wins)."""
-    runs: list[tuple[str, list[tuple[int, int]]]] = []
+    """Consecutive copies of one type, in recorded order, as ``(type, [(device page, host page)])``.
+
+    A later copy to the same host memory wins: across runs by their order (a host large page can change
+    type within a step), within a run by keeping only the last copy to each host page, because
+    ``index_copy_`` leaves the winner of duplicate indices undefined."""
+    runs: list[tuple[str, dict[int, int]]] = []  # host page -> device page, per run
     for name, d, h in outs:
-        if runs and runs[-1][0] == name:
-            runs[-1][1].append((d, h))
-        else:
-            runs.append((name, [(d, h)]))
-    return runs
+        if not runs or runs[-1][0] != name:
+            runs.append((name, {}))
+        runs[-1][1].pop(h, None)
+        runs[-1][1][h] = d
+    return [(name, [(d, h) for h, d in dests.items()]) for name, dests in runs]

@@ -121,8 +121,8 @@ class KVCacheManager:
             return 0
         keys = seq.block_keys(self.block_size, (len(seq.token_ids) - 1) // self.block_size)
         on_device = {n: [m.device.lookup(k) for k in keys] for n, m in self.managers.items()}
-        on_host = {n: [m.host.lookup(k) if m.host else None for k in keys] for n, m in self.managers.items()}
         if self.has_host_tier:
+            on_host = {n: [m.host.lookup(k) for k in keys] for n, m in self.managers.items()}
             n = self._aligned_hit({t: [d is not None or h is not None for d, h in zip(on_device[t], on_host[t])]
                                    for t in on_device}, len(keys))
             if n and self._attach(seq, keys, n, on_device, on_host):
@@ -224,7 +224,7 @@ class KVCacheManager:
         """Evict a large page full of cached-but-unused pages from another type of the tier, stalest first."""
         candidates = []
         for name, m in self.managers.items():
-            alloc = m.device if tier == "device" else m.host
+            alloc = getattr(m, tier)
             if name != needy:
                 found = alloc.reclaimable_large_page()
                 if found is not None:
@@ -232,8 +232,7 @@ class KVCacheManager:
         if not candidates:
             return False
         _, name, large = min(candidates)
-        m = self.managers[name]
-        (m.device if tier == "device" else m.host).evict_large_page(large)
+        getattr(self.managers[name], tier).evict_large_page(large)
         return True
 
     # ---- host tier ----------------------------------------------------------------------------
@@ -343,22 +342,24 @@ class KVCacheManager:
         """A running request gives its device pages up but keeps running, streamed from the host tier."""
         if not self.swap_out(seq):
             return False
-        self.pause(seq, resume=True)
+        self.stream(seq)
         return True
 
-    def pause(self, seq, resume: bool = False) -> None:
-        """Streamed -> swapped out (waiting on the host), or with ``resume`` the reverse; no copies either way."""
-        if resume:
-            seq.block_tables, seq.host_tables, seq.streamed = seq.host_tables, None, True
-        else:
-            seq.host_tables, seq.block_tables, seq.streamed = seq.block_tables, {n: [] for n in self.managers}, False
+    @staticmethod
+    def stream(seq) -> None:
+        """Swapped out -> running from the host tier: its host pages become its block tables; no copies."""
+        seq.block_tables, seq.host_tables, seq.streamed = seq.host_tables, None, True
+
+    def pause(self, seq) -> None:
+        """Streamed -> swapped out, waiting on the host tier; no copies."""
+        seq.host_tables, seq.block_tables, seq.streamed = seq.block_tables, {n: [] for n in self.managers}, False
 
     def promote(self, seq, num_new_tokens: int) -> bool:
         """A streamed request moves back to the device (copied in this step) if the device has room."""
         self.pause(seq)
         if self.swap_in(seq, num_new_tokens):
             return True
-        self.pause(seq, resume=True)
+        self.stream(seq)
         return False
 
     def stream_limit(self, name: str) -> int:

@@ -8,11 +8,9 @@ can run asynchronously on their own stream).
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
-from .spec import KVSpec
+from .spec import KVSpec, large_page_elems
 
 
 class PagedKVStorage:
@@ -42,34 +40,24 @@ class StagingBuffers:
     """Device buffers that streamed requests' pages pass through one layer at a time (Pie's expansion).
 
     Per type, ``depth`` buffers of ``slots[type]`` pages of one layer each, ``[slots, 2 (K/V), B, heads,
-    dim]``; layer ``i`` of a type uses buffer ``i % depth``, so ``depth`` layers can be in flight while the
-    device holds only ``depth / layers_in_type`` of the streamed pages.
+    dim]``; the ``i``-th layer of a type uses buffer ``i % depth``, so ``depth`` layers can be in flight while
+    the device holds only ``depth / layers_in_type`` of the streamed pages. Looked up by model layer, as
+    ``PagedKVStorage.layer_kv`` is.
     """
 
     def __init__(self, specs: list[KVSpec], slots: dict[str, int], depth: int, device):
         self.depth = depth
-        self.slots = slots
         self.buffers = {  # zeroed: padded reads of unused slots must stay finite under masking
             s.name: torch.zeros(depth, max(slots.get(s.name, 0), 1), 2, s.block_size, s.num_kv_heads, s.head_dim,
                                 dtype=s.dtype, device=device)
             for s in specs
         }
-
-    def layer_buffer(self, name: str, index_in_type: int) -> torch.Tensor:
-        return self.buffers[name][index_in_type % self.depth]
-
-    def layer_kv(self, name: str, index_in_type: int) -> tuple[torch.Tensor, torch.Tensor]:
-        buf = self.layer_buffer(name, index_in_type)
-        return buf[:, 0], buf[:, 1]
+        self.layer_buffer = {layer: self.buffers[s.name][i % depth] for s in specs for i, layer in enumerate(s.layers)}
+        self.layer_kv = {layer: (buf[:, 0], buf[:, 1]) for layer, buf in self.layer_buffer.items()}
 
     @property
     def nbytes(self) -> int:
         return sum(b.numel() * b.element_size() for b in self.buffers.values())
-
-    @staticmethod
-    def bytes_per_slot(spec: KVSpec, depth: int) -> int:
-        """Device bytes one streamed page of ``spec`` costs: ``depth`` layers of it."""
-        return depth * spec.page_bytes // len(spec.layers)
 
 
 STAGING_DEPTH = 2  # layers of a type in flight: one computed while the next is gathered
@@ -88,7 +76,7 @@ def split_budget(specs: list[KVSpec], budget: int, expansion: float | None, num_
     per type), else nothing; streaming never leaves the pool short of ``min_pool_pages``.
     Returns (pool large pages, staging slots per type).
     """
-    lcm_bytes = math.lcm(*(s.page_elems for s in specs)) * specs[0].dtype.itemsize
+    lcm_bytes = large_page_elems(specs) * specs[0].dtype.itemsize
     per_unit = STAGING_DEPTH * sum(1 / len(s.layers) for s in specs)
     if expansion is None:
         cheap = per_unit * DEFAULT_EXPANSION <= MAX_STAGING_SHARE / (1 - MAX_STAGING_SHARE)

@@ -134,8 +134,9 @@ def test_auto_preemption_chooses_by_measured_rates(tiny_model_dir):
     s = engine.stats()
     assert s["preemptions"] == s["preemptions_swapped"] + s["preemptions_recomputed"] > 0
     assert engine.rates.prefill_tokens_per_s and engine.rates.copy_bytes_per_s
-    # a copy far slower than compute makes recompute the cheaper choice, and the reverse
-    engine.rates.copy_bytes_per_s, engine.rates.prefill_tokens_per_s = 1.0, 1e12
+    # prefill far faster than any copy makes recompute the cheaper choice (the copier's measured bandwidth
+    # replaces any value set here every step; the prefill rate is smoothed, so a huge one lasts the run)
+    engine.rates.prefill_tokens_per_s = 1e12
     recomputed = engine.stats()["preemptions_recomputed"]
     engine.generate(workload(), SamplingParams(max_tokens=24, ignore_eos=True))
     assert engine.stats()["preemptions_recomputed"] > recomputed
@@ -269,7 +270,7 @@ def test_budget_split_between_pool_and_staging(tiny_model_dir):
     page = KVCacheManager(deep, 0).large_page_bytes
     budget = 100 * page
     pool, slots = split_budget(deep, budget, None, num_host_pages=1000, min_pool_pages=10)
-    staging = sum(n * StagingBuffers.bytes_per_slot(s, STAGING_DEPTH) for s in deep for n in [slots[s.name]])
+    staging = StagingBuffers(deep, slots, STAGING_DEPTH, "cpu").nbytes  # the buffers the engine would allocate
     assert slots and pool * page + staging <= budget and staging <= 0.25 * budget
     assert split_budget(shallow, budget, None, 1000, 10)[1] == {}  # 4 layers: staging would cost too much
     assert split_budget(deep, budget, 0, 1000, 10) == (100, {})  # off: the pool has it all
@@ -302,3 +303,20 @@ def test_a_dropped_engine_takes_its_copy_thread_and_host_tier_with_it(tiny_model
             break
         time.sleep(0.01)
     assert copiers() == before and host() is None
+
+
+def test_copies_to_one_host_page_in_a_step_leave_the_last_one(tiny_model_dir):
+    """A spilled host page can be evicted and spilled into again in the same step: the later copy wins."""
+    from engine_backend.kv import PagedKVStorage, large_page_elems
+    from engine_backend.kv.copier import KVCopier, _runs_by_type
+
+    specs = specs_for_model(read_config(tiny_model_dir("llama")), 16, torch.float32)
+    name, elems = specs[0].name, large_page_elems(specs)
+    device, host = PagedKVStorage(specs, 4, elems, "cpu"), PagedKVStorage(specs, 4, elems, "cpu", host_tier=True)
+    for d in range(4):
+        device.type_pages[name][d].fill_(d + 1)
+    outs = [(name, 0, 2), (name, 3, 1), (name, 1, 2)]
+    # one index_copy_ per run, and its winner among duplicate indices is undefined: no run repeats a page
+    assert _runs_by_type(outs) == [(name, [(3, 1), (1, 2)])]
+    KVCopier(specs, device, host, None, "cpu").start(outs, []).finish()
+    assert (host.type_pages[name][2] == 2).all() and (host.type_pages[name][1] == 4).all()
