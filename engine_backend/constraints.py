@@ -9,7 +9,9 @@ Every output constraint speaks the same protocol to the engine and the sampler:
 ``start()`` -> a request's state, ``mask_rows(logits, states)`` sets what the states
 forbid to -inf, ``step(state, token)`` -> (next state, output complete). ``bounded``
 says whether the constraint itself bounds the output's length (a finite choice list
-does; a grammar leaves it to ``max_tokens``). ``engine_backend.grammar`` is the other kind.
+does; a grammar leaves it to ``max_tokens``). ``draft_step(state, token)`` is the state
+after a speculative token the constraint allows without completing the output, or None
+(the draft is cut there). ``engine_backend.grammar`` is the other kind.
 """
 from __future__ import annotations
 
@@ -64,6 +66,10 @@ class ChoiceTrie:
     def mask_rows(self, logits: torch.Tensor, nodes: list) -> None:
         for i, node in enumerate(nodes):
             self.mask_row(logits[i], node)
+
+    def draft_step(self, node: _Node, token: int) -> _Node | None:
+        nxt = node.children.get(token)
+        return None if nxt is None or (nxt.terminal and not nxt.children) else nxt
 
     def step(self, node: _Node, token: int) -> tuple[_Node | None, bool]:
         nxt = self.advance(node, token)

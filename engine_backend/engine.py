@@ -18,6 +18,7 @@ from .sampler import sample
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
 from .sequence import RequestOutput, Sequence
+from .spec import Speculator, parse_options
 from .tokenizer import Tokenizer
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
@@ -52,15 +53,22 @@ class LLMEngine:
     stream; the staging it needs comes out of ``kv_cache_memory``. By default (None) it is 2 when that
     staging costs at most a quarter of the budget (models with many layers), else 0. How much of it is
     used adapts to whether the prefetches hide behind compute (``stats()["stream_share"]``).
+
+    ``speculative`` turns on speculative decoding (``engine_backend.spec``): ``{"method": "ngram" | "batch" |
+    "draft" | [several], "num_speculative_tokens": "auto" | k, "draft_model": DIR}`` (``"ngram"`` alone is
+    short for ``{"method": "ngram"}``). Outputs are unchanged: greedy tokens equal those without it, and
+    sampled ones keep their distribution. ``"auto"`` (the default) lets SmartSpec choose each request's
+    k every step, 0 included, for the most tokens per second.
     """
 
     def __init__(self, model: str, device: str = "cpu", dtype=None, kv_cache_memory: int | str | None = None,
                  enable_prefix_caching: bool = True, block_size: int = 16, max_num_seqs: int = 128,
                  max_num_batched_tokens: int = 1024, max_model_len: int | None = None, seed: int = 0,
                  swap_space: int | str | None = None, preemption: str = "auto",
-                 stream_expansion: float | None = None):
+                 stream_expansion: float | None = None, speculative: dict | str | None = None):
         if device == "cuda" and not torch.cuda.is_available():
             raise ValueError("device='cuda' was asked for but torch sees no CUDA device")
+        spec_options = parse_options(speculative)  # before anything loads: a typo fails fast
         if preemption not in PREEMPTION_MODES:
             raise ValueError(f"preemption must be one of {', '.join(PREEMPTION_MODES)}, not {preemption!r}")
         self.device = torch.device(device)
@@ -114,6 +122,7 @@ class LLMEngine:
         self._finished = 0
         self._step_seconds = 0.0
         self._peak_active = 0  # most large pages held by running requests (not the cache) after a step's allocation
+        self.speculator = Speculator(spec_options, self) if spec_options else None
 
     def _default_budget(self, bytes_per_request: int, max_num_seqs: int) -> int:
         if self.device.type == "cuda":
@@ -162,6 +171,8 @@ class LLMEngine:
         if seq is not None:
             self.scheduler.finish(seq)
             self._constraints.pop(request_id, None)
+            if self.speculator is not None:
+                self.speculator.finish(seq)
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_work()
@@ -171,6 +182,9 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """Run one scheduler step; return the requests that finished in it."""
         t0 = time.perf_counter()
+        if self.speculator is not None:
+            self.speculator.plan(self.scheduler)
+        t_step = time.perf_counter()
         batch, failed = self.scheduler.schedule()
         if not batch and not failed and self.scheduler.has_work():
             # every step computes or finishes something; looping on here would hang generate() and the server
@@ -179,12 +193,15 @@ class LLMEngine:
         if not batch and not batch.has_copies:
             self.kv.after_copies()
         else:
+            shape = self._step_shape(batch)
             sample_seqs, logits = self.runner.run(batch)
             self._learn_from_step(batch, time.perf_counter() - t0)
             for seq, n in zip(batch.seqs, batch.num_new_tokens):
                 seq.num_computed += n
-            for seq, token in zip(sample_seqs, sample(logits, sample_seqs, self._constraints)):
-                self._append(seq, token)
+            for seq, tokens in zip(sample_seqs, sample(logits, sample_seqs, self._constraints)):
+                self._accept(seq, tokens)
+            if self.speculator is not None:
+                self.speculator.observe_step(*shape, time.perf_counter() - t_step)
             self._peak_active = max(self._peak_active, self.kv.num_active_large_pages)
             for seq in batch.seqs:
                 self.scheduler.after_step(seq)
@@ -195,6 +212,8 @@ class LLMEngine:
             self.scheduler.finish(seq)
             self._seqs.pop(seq.request_id, None)
             self._constraints.pop(seq.request_id, None)
+            if self.speculator is not None:
+                self.speculator.finish(seq)
             self._finished += 1
             outputs.append(self._output(seq))
         self._step_seconds += time.perf_counter() - t0
@@ -207,6 +226,29 @@ class LLMEngine:
         if self.runner.copier is not None:
             self.rates.copy_bytes_per_s = self.runner.copier.bandwidth
         self.kv.adapt_stream_share(self.runner.last_stream_hidden)
+
+    @staticmethod
+    def _step_shape(batch) -> tuple[int, int, int]:
+        """(new tokens, requests, tokens attended): what a step's seconds are modelled on (``spec.goodput``)."""
+        return (sum(batch.num_new_tokens), len(batch.seqs),
+                sum(s.num_computed + n for s, n in zip(batch.seqs, batch.num_new_tokens)))
+
+    def _accept(self, seq: Sequence, tokens: list[int]) -> None:
+        """Append a request's verified tokens, one at a time, until it finishes; roll back the KV of rejected drafts."""
+        rejected = len(seq.draft_token_ids) - (len(tokens) - 1)
+        if rejected:
+            seq.num_computed -= rejected
+            self.kv.truncate(seq, seq.num_computed)
+        if self.speculator is not None:
+            self.speculator.verified(seq, tokens)
+        appended = []
+        for token in tokens:
+            self._append(seq, token)
+            appended.append(token)
+            if seq.finish_reason is not None:
+                break
+        if self.speculator is not None:
+            self.speculator.appended(seq, appended)
 
     def _append(self, seq: Sequence, token: int) -> None:
         seq.token_ids.append(token)
@@ -311,7 +353,15 @@ class LLMEngine:
             "kv_types": usage["types"],
             "step_seconds": self._step_seconds,
             **self._swap_stats(usage),
+            **self._spec_stats(),
         }
+
+    def _spec_stats(self) -> dict:
+        """SmartSpec's counters: draft tokens proposed and accepted, mean k over decoding request-steps."""
+        if self.speculator is not None:
+            return self.speculator.stats()
+        return {"spec_proposed_tokens": 0, "spec_accepted_tokens": 0, "spec_mean_k": 0.0,
+                "spec_acceptance_rate": 0.0, "spec_by_proposer": {}, "spec_step_time_weights": None}
 
     def _swap_stats(self, usage: dict) -> dict:
         """Pie's counters: blocks moved each way, host-tier hits and bytes, copy time and how much of it hid."""

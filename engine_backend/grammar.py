@@ -64,6 +64,11 @@ class GrammarConstraint:
         mask = self.allowed_mask(guides).to(logits.device)
         logits.masked_fill_(~mask[:, : logits.shape[1]], float("-inf"))
 
+    def draft_step(self, guide, token: int):
+        """No speculation under a grammar: a guide is advanced in place, and masks along a draft would need
+        copies of it (outlines-core guides roll back, but not cheaply per row)."""
+        return None
+
     def step(self, guide, token: int) -> tuple[Any, bool]:
         """Advance by the sampled ``token``; True when the output is complete: EOS, or a state from which only
         EOS may follow. Where the expression may end but also go on (``[0-9]+``), the model chooses."""

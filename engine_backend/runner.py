@@ -1,9 +1,9 @@
 """Run one scheduled batch through the model: flatten tokens, attend over pages, return logits.
 
 Requests are laid out decoders first, then prefill chunks; logits are computed only at
-the last position of requests that are ready to sample. The batch may carry several
-new tokens for a request that has already started (a prefill chunk today, a draft to
-verify with speculative decoding later): attention and positions handle any count.
+the last position of requests that are ready to sample, and, for a request verifying
+speculative tokens (``seq.draft_token_ids``), at each of them too: 1 + k rows, in order.
+Attention and positions handle any count of new tokens per request.
 
 With a host tier, the batch also carries the copies between tiers that the scheduler recorded;
 they start before the forward pass and each layer waits only for its own (``kv/copier.py``).
@@ -36,7 +36,8 @@ class ModelRunner:
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor]:
-        """Compute the batch; return the requests that sample now and their logits (float32, CPU)."""
+        """Compute the batch; return the requests that sample now and their logits (float32, CPU): one row
+        each, plus one per speculative token it carries."""
         plan, slot_of = self._stream_plan(batch)
         copies = self.copier.start(batch.swap_out, batch.swap_in, plan) if batch.has_copies or plan else None
         self.last_stream_hidden = None
@@ -84,10 +85,14 @@ class ModelRunner:
         counts = [n for _, n in ordered]
         input_ids, positions, sample_rows, sample_seqs = [], [], [], []
         for (seq, n), start in zip(ordered, starts):
-            input_ids.extend(seq.token_ids[start:start + n])
+            tokens = seq.token_ids[start:start + n]
+            drafts = seq.draft_token_ids
+            if start + n > len(seq.token_ids):  # a decoding request with speculative tokens to verify
+                tokens = tokens + drafts[:start + n - len(seq.token_ids)]
+            input_ids.extend(tokens)
             positions.extend(range(start, start + n))
-            if start + n == len(seq.token_ids):
-                sample_rows.append(len(input_ids) - 1)
+            if start + n == len(seq.token_ids) + len(drafts):  # logits at its last real token and every draft
+                sample_rows.extend(range(len(input_ids) - 1 - len(drafts), len(input_ids)))
                 sample_seqs.append(seq)
         nd = len(on_device)
         groups = plan_groups(starts[:nd], counts[:nd], sum(n == 1 for _, n in on_device)) + [

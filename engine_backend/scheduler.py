@@ -11,6 +11,9 @@ chooses the victim and whether its pages are dropped (recompute) or copied to th
 (swap, Pie). A swapped-out request waits at the head of the queue and is resumed before any
 prefix matching; the copies a step needs travel with its ``ScheduledBatch``.
 
+A decoding request may carry speculative tokens (``seq.draft_token_ids``, ``engine_backend.spec``): they are
+scheduled after its one real token, as far as the budget and the pool allow, and cut otherwise.
+
 Every prefill chunk is cut so that the request would fit the whole budget alone
 (``KVCacheManager.max_chunk``, the rule behind the constructor's minimum budget), so an
 accepted request always runs once it is alone. If it still does not fit alone, cached pages
@@ -168,8 +171,11 @@ class Scheduler:
         return True
 
     def _chunk(self, seq: Sequence, budget: int) -> int:
-        """Tokens to compute for ``seq`` this step: within the step's budget, and few enough to fit alone."""
-        return self.kv.max_chunk(seq.num_computed, min(seq.num_uncomputed, budget))
+        """Tokens to compute for ``seq`` this step: within the step's budget, and few enough to fit alone.
+        A decoding request's speculative tokens ride along as far as both allow; the rest are dropped."""
+        n = self.kv.max_chunk(seq.num_computed, min(seq.num_uncomputed + len(seq.draft_token_ids), budget))
+        del seq.draft_token_ids[max(0, n - seq.num_uncomputed):]
+        return n
 
     def _admit(self, batch: ScheduledBatch, budget: int, failed: list[Sequence]) -> None:
         B = self.kv.block_size
@@ -257,6 +263,7 @@ class Scheduler:
 
     def _preempt(self, seq: Sequence, may_swap: bool = True) -> None:
         self._unpend(seq)
+        seq.draft_token_ids = []
         if not may_swap:
             self.kv.free(seq)
         elif self.preemption.preempt(seq, self.kv):

@@ -51,6 +51,8 @@ class Sequence:
         self.stop_text_len: int | None = None  # where a stop string cut the text
         self.generator = None  # torch.Generator for seeded sampling
         self.constraint_node = None  # the output constraint's state (choice-trie node, grammar guide)
+        self.draft_token_ids: list[int] = []  # speculative tokens this step verifies (not yet part of the output)
+        self.draft_proposer: str | None = None  # who proposed them (``engine_backend.spec``)
 
     @property
     def output_token_ids(self) -> list[int]:
@@ -71,6 +73,10 @@ class Sequence:
     @property
     def is_finished(self) -> bool:
         return self.status == SequenceStatus.FINISHED
+
+    def forget_keys_after(self, num_blocks: int) -> None:
+        """Drop the cached keys of blocks from ``num_blocks`` on: their tokens are about to change."""
+        del self._block_keys[num_blocks:]
 
     def block_keys(self, block_size: int, num_blocks: int) -> list[bytes]:
         """Chained keys of the first ``num_blocks`` full blocks: a block's key names its whole prefix.

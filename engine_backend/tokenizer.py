@@ -149,6 +149,10 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self._tk.get_vocab_size(with_added_tokens=True)
 
+    def same_vocabulary(self, other: "Tokenizer") -> bool:
+        """Whether both map every token string to the same id (a draft model must share the target's)."""
+        return self._tk.get_vocab(with_added_tokens=True) == other._tk.get_vocab(with_added_tokens=True)
+
     def token_to_id(self, token: str) -> int | None:
         return self._tk.token_to_id(token)
 

@@ -415,6 +415,24 @@ class KVCacheManager:
         for m in self.managers.values():
             m.release_skipped(seq, self.tier_of(m, seq))
 
+    def truncate(self, seq, num_tokens: int) -> None:
+        """Roll ``seq`` back to its first ``num_tokens`` computed tokens (speculative tokens that verification
+        rejected): pages of blocks wholly past them are released and forgotten, nothing past them is published.
+
+        Registered blocks are never rolled back: they hold verified tokens only (``commit`` publishes blocks
+        below ``num_computed``, and verification lowers ``num_computed`` before ``commit`` runs)."""
+        keep = -(-num_tokens // self.block_size)
+        if num_tokens < seq.num_registered_blocks * self.block_size:
+            raise ValueError(f"cannot roll {seq.request_id} back to {num_tokens} tokens: "
+                             f"{seq.num_registered_blocks} blocks are already published")
+        for m in self.managers.values():
+            table, alloc = seq.block_tables.get(m.name, []), self.tier_of(m, seq)
+            for page in reversed(table[keep:]):
+                if page != NULL_PAGE:
+                    alloc.release(page)
+            del table[keep:]
+        seq.num_computed = min(seq.num_computed, num_tokens)
+
     def free(self, seq) -> None:
         """Drop every page of ``seq`` in both tiers (finished, aborted or preempted), tail blocks first."""
         if seq.host_tables is not None:

@@ -14,6 +14,7 @@ from engine_backend.kv import KVCacheManager, specs_for_model
 from engine_backend.loader import read_config
 from engine_backend.scheduler import Scheduler
 from engine_backend.sequence import Sequence
+from engine_backend.spec import Proposer
 from engine_backend.testing import ARCHS, HF_ARCHS
 
 CASES = int(os.environ.get("LLMSQL_PROPERTY_CASES", "42"))
@@ -190,6 +191,15 @@ def assert_matches_oracle(path, outs, context=""):
                 f"{context}{o.request_id} token {step}: engine {token}, oracle {int(row.argmax())}")
 
 
+class WrongProposer(Proposer):
+    """Proposes tokens that are almost never right: nearly every draft is rejected and rolled back."""
+
+    name = "wrong"
+
+    def propose(self, seqs, ks):
+        return [[(s.token_ids[-1] * 7 + j + 11) % 400 + 50 for j in range(k)] for s, k in zip(seqs, ks)]
+
+
 def random_case(rng, path, page_of, minimum_of):
     """One random workload: budget from the accepted minimum up, prompts up to max_model_len - 1."""
     max_model_len = rng.choice([40, 64, 64, 100, 128, 256])
@@ -212,6 +222,11 @@ def random_case(rng, path, page_of, minimum_of):
     swap_space = rng.choice([0, 0, page, one, 4 * one])
     engine_args.update(swap_space=swap_space, preemption=rng.choice(["auto", "swap"]) if swap_space else "recompute",
                        stream_expansion=rng.choice([None, 0.5, 2.0]))
+    # drawn after the host tier, for the same reason: speculation, with drafts right, wrong, or chosen by goodput
+    engine_args.update(speculative=rng.choice([
+        None, None, "ngram", {"method": ["ngram", "batch"], "num_speculative_tokens": rng.randint(1, 6)},
+        {"method": WrongProposer(), "num_speculative_tokens": rng.randint(1, 6)},
+        {"method": "draft", "draft_model": str(path), "num_speculative_tokens": rng.choice(["auto", 3])}]))
     return engine_args, requests
 
 

@@ -1,0 +1,172 @@
+"""SmartSpec's choice: how many speculative tokens each request verifies this step (arXiv 2406.14066).
+
+Goodput is the tokens a step is expected to add to outputs, divided by the seconds it is expected to
+take. Speculating more adds tokens only as far as proposals are right, and makes every step of the
+batch slower; at low load a step costs about the same for 1 or 5 tokens per request, at high load
+it costs in proportion. Two online estimates give both sides:
+
+**Acceptance.** Proposed tokens are modelled as independent trials with a per-(request, proposer)
+rate alpha: the j-th draft token is kept if it and every one before it are right, with probability
+alpha**j, so k drafts add ``sum_{j=1..k} alpha**j`` tokens in expectation (plus the one token every
+step yields). Each verification gives trials until the first rejection: ``a`` successes out of
+``a + (a < k)`` trials. A free proposer (prompt lookup, batch lookup) also gets one trial per step
+when it is not used: its first proposed token against the token the step produced ("shadow"
+trials), so an estimate stays alive while its proposer is switched off. A request's rate is its own
+counts shrunk toward its proposer's batch-wide rate (``PRIOR_WEIGHT`` pseudo-trials), which itself
+starts at ``PRIOR_ALPHA`` and forgets slowly (``DECAY`` per update), so a query whose answers turn
+predictable is noticed.
+
+**Batch time.** A step's seconds are modelled as ``w0 + w1*tokens + w2*requests + w3*context``
+(new tokens, requests in the batch, and tokens they attend to), fitted by ridge-regularised least
+squares over exponentially weighted steps actually run (``BatchTimeModel``). The ridge pulls toward
+"every step costs what the first one did", so early on speculation looks nearly free and gets tried,
+and the slope is learned from the steps that tried it. Proposal time is modelled the same way for a
+draft model (``DraftTimeModel``): ``v0 * draft steps + v1 * draft tokens``.
+
+**The choice** (``choose_lengths``). With the batch's other work fixed, a step's time depends on
+the total number of draft tokens K (and, for a draft model, on the longest draft). Each request's
+next draft token adds alpha**j, decreasing in j, so the best K tokens are the K largest of all
+requests' marginal gains; ``choose_lengths`` walks K upward over the gains in descending order and
+keeps the K with the highest expected goodput, K = 0 (no speculation) included.
+"""
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+
+import numpy as np
+
+PRIOR_ALPHA = 0.5  # a proposer's acceptance before it has been tried
+PRIOR_WEIGHT = 4.0  # pseudo-trials of the proposer-wide rate behind each request's own estimate
+DECAY = 0.995  # per update, of the proposer-wide counts (about the last 200 trials count)
+
+
+class AcceptanceEstimator:
+    """Per-proposer and per-(request, proposer) acceptance rates from verification and shadow trials."""
+
+    def __init__(self):
+        self._global: dict[str, list[float]] = {}  # proposer -> [successes, trials], decayed
+        self._own: dict[tuple[str, str], list[float]] = {}  # (request id, proposer) -> [successes, trials]
+
+    def record(self, request_id: str, proposer: str, successes: int, trials: int) -> None:
+        if trials <= 0:
+            return
+        g = self._global.setdefault(proposer, [PRIOR_ALPHA * PRIOR_WEIGHT, PRIOR_WEIGHT])
+        g[0] = g[0] * DECAY + successes
+        g[1] = g[1] * DECAY + trials
+        own = self._own.setdefault((request_id, proposer), [0.0, 0.0])
+        own[0] += successes
+        own[1] += trials
+
+    def proposer_rate(self, proposer: str) -> float:
+        s, t = self._global.get(proposer, (PRIOR_ALPHA, 1.0))
+        return s / t
+
+    def rate(self, request_id: str, proposer: str) -> float:
+        s, t = self._own.get((request_id, proposer), (0.0, 0.0))
+        return (s + PRIOR_WEIGHT * self.proposer_rate(proposer)) / (t + PRIOR_WEIGHT)
+
+    def forget(self, request_id: str) -> None:
+        for key in [k for k in self._own if k[0] == request_id]:
+            del self._own[key]
+
+
+class _RidgeModel:
+    """Least squares over exponentially weighted observations, pulled toward a prior weight vector."""
+
+    def __init__(self, num_features: int, forget: float = 0.98, ridge: float = 1.0):
+        self.a = np.zeros((num_features, num_features))
+        self.b = np.zeros(num_features)
+        self.forget = forget
+        self.ridge = ridge
+        self.prior = None
+        self.w = None
+        self.observations = 0
+
+    def observe(self, x: list[float], y: float) -> None:
+        x = np.asarray(x, dtype=float)
+        if self.prior is None:
+            self.prior = np.zeros_like(x)
+            self.prior[0] = y / max(x[0], 1.0)  # "every step costs what the first one did"
+        self.a = self.forget * self.a + np.outer(x, x)
+        self.b = self.forget * self.b + x * y
+        self.observations += 1
+        scale = np.maximum(np.diag(self.a), 1e-12)  # ridge per feature, relative to its own magnitude
+        lam = self.ridge * np.diag(scale) / max(self.observations, 1)
+        w = np.maximum(np.linalg.solve(self.a + lam + 1e-12 * np.eye(len(x)), self.b + lam @ self.prior), 0.0)
+        self.w = [float(v) for v in w]  # plain floats: predictions run thousands of times per step
+
+    def predict(self, x: list[float]) -> float | None:
+        return None if self.w is None else sum(w * v for w, v in zip(self.w, x))
+
+
+class BatchTimeModel:
+    """Seconds of one target-model step from (tokens, requests, context tokens attended)."""
+
+    def __init__(self):
+        self._model = _RidgeModel(4)
+
+    @staticmethod
+    def features(tokens: int, requests: int, context: int) -> list[float]:
+        return [1.0, float(tokens), float(requests), float(context)]
+
+    def observe(self, tokens: int, requests: int, context: int, seconds: float) -> None:
+        self._model.observe(self.features(tokens, requests, context), seconds)
+
+    def predict(self, tokens: int, requests: int, context: int) -> float | None:
+        return self._model.predict(self.features(tokens, requests, context))
+
+    @property
+    def weights(self) -> list[float] | None:
+        return self._model.w
+
+
+class DraftTimeModel:
+    """Seconds a draft model takes to propose: ``v0 * steps + v1 * tokens`` (both over the whole batch)."""
+
+    def __init__(self):
+        self._model = _RidgeModel(2)
+
+    def observe(self, steps: int, tokens: int, seconds: float) -> None:
+        if steps:
+            self._model.observe([float(steps), float(tokens)], seconds)
+
+    def predict(self, steps: int, tokens: int) -> float:
+        if not steps:
+            return 0.0
+        t = self._model.predict([float(steps), float(tokens)])
+        return 0.0 if t is None else t
+
+
+def expected_tokens(alpha: float, k: int) -> float:
+    """Tokens a step adds for one request verifying k drafts of acceptance ``alpha``: 1 + alpha + ... + alpha**k."""
+    return sum(alpha ** j for j in range(k + 1))
+
+
+def choose_lengths(alphas: list[float], caps: list[int], step_seconds: Callable[[int, int], float],
+                   max_total: int | None = None) -> list[int]:
+    """The number of drafts per request that maximises expected tokens per second.
+
+    ``alphas[i]``: request i's acceptance estimate; ``caps[i]``: the most drafts it may verify (proposal
+    length, remaining tokens); ``step_seconds(K, k_max)``: the predicted seconds of a step with K drafts in
+    all, k_max of them for the longest request; ``max_total``: the most drafts in all. Ties go to fewer drafts."""
+    ks = [0] * len(alphas)
+    heap = [(-a, i, 1) for i, (a, c) in enumerate(zip(alphas, caps)) if c > 0 and a > 0]
+    heapq.heapify(heap)
+    tokens, total, k_max = float(len(alphas)), 0, 0
+    best, best_count = tokens / max(step_seconds(0, 0), 1e-9), 0
+    taken: list[int] = []  # requests in the order their next draft token was added
+    while heap and (max_total is None or total < max_total):
+        neg_gain, i, j = heapq.heappop(heap)
+        tokens -= neg_gain
+        total += 1
+        k_max = max(k_max, j)
+        taken.append(i)
+        goodput = tokens / max(step_seconds(total, k_max), 1e-9)
+        if goodput > best * (1 + 1e-9):
+            best, best_count = goodput, len(taken)
+        if j < caps[i]:
+            heapq.heappush(heap, (-(alphas[i] ** (j + 1)), i, j + 1))
+    for i in taken[:best_count]:
+        ks[i] += 1
+    return ks
