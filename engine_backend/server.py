@@ -309,6 +309,21 @@ _METRICS = [  # (stats key, metric name, type, help)
     ("swap_seconds", "llm_sql_swap_seconds_total", "counter", "Seconds spent copying KV between tiers."),
     ("swap_hidden_fraction", "llm_sql_swap_hidden_fraction", "gauge",
      "Share of layers whose host-tier copies were done before the layer needed them."),
+    ("spec_proposed_tokens", "llm_sql_spec_proposed_tokens_total", "counter",
+     "Speculative tokens verified (proposed and scheduled)."),
+    ("spec_accepted_tokens", "llm_sql_spec_accepted_tokens_total", "counter",
+     "Speculative tokens accepted by verification."),
+    ("spec_mean_k", "llm_sql_spec_mean_k", "gauge",
+     "Mean speculative tokens per decoding request-step, zeros included."),
+]
+# per proposer, from stats["spec_by_proposer"]: (field, metric name, type, help)
+_PROPOSER_METRICS = [
+    ("proposed_tokens", "llm_sql_spec_proposer_proposed_tokens_total", "counter",
+     "Speculative tokens verified, by proposer."),
+    ("accepted_tokens", "llm_sql_spec_proposer_accepted_tokens_total", "counter",
+     "Speculative tokens accepted, by proposer."),
+    ("mean_k", "llm_sql_spec_proposer_mean_k", "gauge",
+     "Mean speculative tokens per request-step that chose the proposer, zeros included."),
 ]
 
 
@@ -352,6 +367,10 @@ def render_metrics(stats: dict, http_counts: Counter) -> str:
     known.add("kv_bytes_by_type")
     family("llm_sql_kv_cache_bytes", "gauge", "KV-cache bytes per layer type.",
            [(f'{{layer_type="{_label(t)}"}}', b) for t, b in sorted(by_type.items())])
+    by_proposer = stats.get("spec_by_proposer") or {}
+    known.add("spec_by_proposer")
+    for field, name, kind, help_ in _PROPOSER_METRICS:
+        family(name, kind, help_, [(f'{{proposer="{_label(p)}"}}', v[field]) for p, v in sorted(by_proposer.items())])
     # Whatever else the engine reports (swap, speculation, ...) is exposed as gauges as it comes.
     for key in sorted(stats):
         value = stats[key]

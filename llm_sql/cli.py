@@ -30,6 +30,8 @@ def _engine_kwargs(args: argparse.Namespace) -> dict:
         kwargs["swap_space"] = args.swap_space
     if getattr(args, "preemption", None):
         kwargs["preemption"] = args.preemption
+    if getattr(args, "speculative", None):
+        kwargs["speculative"] = args.speculative
     return kwargs
 
 
@@ -108,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: 4GiB on cuda, none on cpu)")
         p.add_argument("--preemption", choices=["auto", "swap", "recompute"], default=None,
                        help="what a preempted request does with its KV pages (default: auto)")
+        p.add_argument("--speculative", default=None, metavar="METHOD|JSON",
+                       help="speculative decoding: ngram, batch, or JSON such as "
+                            "'{\"method\": \"draft\", \"draft_model\": \"DIR\"}' (default: off)")
 
     serve = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
     serve.add_argument("--model", required=True, metavar="DIR", help="a local Hugging Face model directory")

@@ -27,7 +27,8 @@ from typing import Any, Mapping
 from udf.api import EvalSettings
 
 BACKENDS = ("embedded", "openai", "vllm")
-ENGINE_OPTIONS = ("device", "dtype", "kv_cache_memory", "enable_prefix_caching", "swap_space", "preemption")
+ENGINE_OPTIONS = ("device", "dtype", "kv_cache_memory", "enable_prefix_caching", "swap_space", "preemption",
+                  "speculative")
 # register(...) options that are not function defaults
 SESSION_OPTIONS = ("model", "models", "backend", "base_url", "api_key", "optimize", "dedup", "reorder", "cache",
                    "cache_path", "on_error", "progress", *ENGINE_OPTIONS, "backend_options")
@@ -160,6 +161,7 @@ def _spec(name: str, entry: Any, base: dict[str, Any]) -> ModelSpec:
     backend = o["backend"]
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)} or pass a Backend")
+    o["speculative"] = _speculative_text(o.get("speculative"))
     engine = tuple((k, o.get(k)) for k in ENGINE_OPTIONS)
     options = tuple(sorted((o.get("backend_options") or {}).items()))
     if backend == "embedded":
@@ -174,12 +176,30 @@ def _spec(name: str, entry: Any, base: dict[str, Any]) -> ModelSpec:
     return ModelSpec(name, "vllm", check_model_dir(model) if model else model, backend_options=options)
 
 
+def _speculative_text(speculative: Any) -> str | None:
+    """The engine's ``speculative`` option checked now (before any engine loads) and kept as JSON text, so a
+    ``Config`` stays hashable and picklable and the same text reaches ``llm-sql serve --speculative``."""
+    if speculative is None:
+        return None
+    import json
+
+    from engine_backend.spec import parse_options
+
+    options = parse_options(speculative)
+    if options is None:
+        return None
+    if not all(isinstance(m, str) for m in options["method"]):
+        raise ValueError("register(speculative=...) takes method names; a Proposer object works with LLMEngine only")
+    return json.dumps(options, sort_keys=True)
+
+
 def make_config(*, model: str | None = None, models: Mapping[str, Any] | None = None, backend: Any = "embedded",
                 base_url: str | None = None, api_key: str | None = None, optimize: bool | None = True,
                 dedup: bool = True, reorder: bool = True, cache: bool = True, cache_path: str | None = None,
                 on_error: str = "null", progress: bool = True, device: str = "cpu", dtype: str | None = None,
                 kv_cache_memory: Any = None, enable_prefix_caching: bool = True, swap_space: Any = None,
-                preemption: str | None = None, backend_options: dict | None = None, **defaults: Any) -> Config:
+                preemption: str | None = None, speculative: Any = None, backend_options: dict | None = None,
+                **defaults: Any) -> Config:
     """Validate ``register``'s options into a ``Config`` (see the module doc). ``backend`` may also be a ready
     ``Backend`` instance (DuckDB mode): it is the one model, named ``model`` or ``"default"``."""
     from udf.options import validate_options
@@ -196,7 +216,8 @@ def make_config(*, model: str | None = None, models: Mapping[str, Any] | None = 
         raise
     base = {"backend": backend, "base_url": base_url, "api_key": api_key, "backend_options": backend_options,
             "device": device, "dtype": dtype, "kv_cache_memory": kv_cache_memory,
-            "enable_prefix_caching": enable_prefix_caching, "swap_space": swap_space, "preemption": preemption}
+            "enable_prefix_caching": enable_prefix_caching, "swap_space": swap_space, "preemption": preemption,
+            "speculative": speculative}
     if not isinstance(backend, str):  # a Backend instance
         if models:
             raise ValueError("models= cannot be combined with a Backend instance as backend=")

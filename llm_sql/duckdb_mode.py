@@ -300,7 +300,7 @@ def register(con: duckdb.DuckDBPyConnection | LLMConnection, **options: Any) -> 
     default, ``backend='embedded'|'openai'|'vllm'`` (or a Backend), ``base_url``, ``api_key``,
     ``optimize``, ``dedup``, ``reorder``, ``cache``, ``cache_path``, ``on_error='null'|'raise'``, ``progress``,
     engine options (``device``, ``dtype``, ``kv_cache_memory``, ``enable_prefix_caching``,
-    ``swap_space``, ``preemption``), and function
+    ``swap_space``, ``preemption``, ``speculative``), and function
     defaults (``max_tokens``, ``temperature``, ``top_p``, ``top_k``, ``seed``, ``system``, ``max_field_chars``,
     ``reorder_fields``...). Anything else is a ``TypeError``.
     """

@@ -231,7 +231,7 @@ def stop_server(key: str) -> bool:
 
 def engine_args_from(options: dict[str, Any]) -> list[str]:
     """``llm-sql serve`` flags from engine options (device, dtype, kv_cache_memory, enable_prefix_caching,
-    swap_space, preemption)."""
+    swap_space, preemption, speculative)."""
     args: list[str] = []
     if options.get("device"):
         args += ["--device", str(options["device"])]
@@ -245,6 +245,8 @@ def engine_args_from(options: dict[str, Any]) -> list[str]:
         args += ["--swap-space", str(options["swap_space"])]
     if options.get("preemption"):
         args += ["--preemption", str(options["preemption"])]
+    if options.get("speculative"):
+        args += ["--speculative", str(options["speculative"])]
     return args
 
 

@@ -104,3 +104,17 @@ def test_instruction_without_a_field(two_models, con, own_answers):
         assert len(got) == len(REVIEWS) and len(set(got)) == 1 and got[0]  # one prompt, asked once
         assert got[0] == own_answers(small, [()], instruction="Say hi", names=())[0]
         db.close()
+
+
+def test_speculative_decoding_through_register_leaves_answers_unchanged(two_models, con, own_answers):
+    """``register(speculative=...)`` reaches the embedded engine (checked before it loads) and changes no answer."""
+    small, _ = two_models
+    with pytest.raises(ValueError, match="speculative method must be one of"):
+        make_config(model=small, speculative={"method": "medusa"})
+    cfg = make_config(model=small, speculative={"method": ["ngram", "batch"], "num_speculative_tokens": 3})
+    assert '"num_speculative_tokens": 3' in cfg.model().backend_kwargs()["speculative"]  # JSON text: hashable
+    hash(cfg.model())
+    db = llm_sql.register(con, model=small, speculative="ngram", **COMMON)
+    got = [r[0] for r in db.sql("SELECT llm('Summarise', review) FROM t ORDER BY id").fetchall()]
+    assert got == own_answers(small, [(r,) for r in REVIEWS])
+    db.close()
