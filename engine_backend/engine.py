@@ -222,7 +222,8 @@ class LLMEngine:
     def _learn_from_step(self, batch, seconds: float) -> None:
         """What the host tier adapts to: prefill speed and copy bandwidth for the swap-or-recompute choice,
         and whether this step's streamed layers waited, for the streamed share."""
-        self.rates.note_prefill(sum(n for n in batch.num_new_tokens if n > 1), seconds)
+        prefill = sum(n for s, n in zip(batch.seqs, batch.num_new_tokens) if n - len(s.draft_token_ids) > 1)
+        self.rates.note_prefill(prefill, seconds)  # a decode verifying drafts is not prefill
         if self.runner.copier is not None:
             self.rates.copy_bytes_per_s = self.runner.copier.bandwidth
         self.kv.adapt_stream_share(self.runner.last_stream_hidden)
