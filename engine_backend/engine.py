@@ -193,7 +193,7 @@ class LLMEngine:
         if not batch and not batch.has_copies:
             self.kv.after_copies()
         else:
-            shape = self._step_shape(batch)
+            shape = self.speculator.step_shape(batch) if self.speculator is not None else None
             sample_seqs, logits = self.runner.run(batch)
             self._learn_from_step(batch, time.perf_counter() - t0)
             for seq, n in zip(batch.seqs, batch.num_new_tokens):
@@ -201,7 +201,7 @@ class LLMEngine:
             for seq, tokens in zip(sample_seqs, sample(logits, sample_seqs, self._constraints)):
                 self._accept(seq, tokens)
             if self.speculator is not None:
-                self.speculator.observe_step(*shape, time.perf_counter() - t_step)
+                self.speculator.observe_step(shape, time.perf_counter() - t_step)
             self._peak_active = max(self._peak_active, self.kv.num_active_large_pages)
             for seq in batch.seqs:
                 self.scheduler.after_step(seq)
@@ -227,12 +227,6 @@ class LLMEngine:
         if self.runner.copier is not None:
             self.rates.copy_bytes_per_s = self.runner.copier.bandwidth
         self.kv.adapt_stream_share(self.runner.last_stream_hidden)
-
-    @staticmethod
-    def _step_shape(batch) -> tuple[int, int, int]:
-        """(new tokens, requests, tokens attended): what a step's seconds are modelled on (``spec.goodput``)."""
-        return (sum(batch.num_new_tokens), len(batch.seqs),
-                sum(s.num_computed + n for s, n in zip(batch.seqs, batch.num_new_tokens)))
 
     def _accept(self, seq: Sequence, tokens: list[int]) -> None:
         """Append a request's verified tokens, one at a time, until it finishes; roll back the KV of rejected drafts."""

@@ -16,9 +16,13 @@ counts shrunk toward its proposer's batch-wide rate (``PRIOR_WEIGHT`` pseudo-tri
 starts at ``PRIOR_ALPHA`` and forgets slowly (``DECAY`` per update), so a query whose answers turn
 predictable is noticed.
 
-**Batch time.** A step's seconds are modelled as ``w0 + w1*tokens + w2*requests + w3*context``
-(new tokens, requests in the batch, and tokens they attend to), fitted by ridge-regularised least
-squares over exponentially weighted steps actually run (``BatchTimeModel``). The ridge pulls toward
+**Batch time.** A step's seconds are modelled as
+``w0 + w1*prefill tokens + w2*decode tokens + w3*requests + w4*context`` (``StepShape``: new tokens of
+prompt chunks, new tokens of decoding requests, one each plus their drafts, requests in the batch, and
+tokens they attend to), fitted by ridge-regularised least squares over exponentially weighted steps
+actually run (``BatchTimeModel``). Prefill and decode tokens get their own weights because they run
+through different attention shapes (one long chunk against short draft runs), so the cost of a draft
+token is learned from steps with drafts, not borrowed from prompt chunks. The ridge pulls toward
 "every step costs what the first one did", so early on speculation looks nearly free and gets tried,
 and the slope is learned from the steps that tried it. Proposal time is modelled the same way for a
 draft model (``DraftTimeModel``): ``v0 * draft steps + v1 * draft tokens``.
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -100,21 +105,35 @@ class _RidgeModel:
         return None if self.w is None else sum(w * v for w, v in zip(self.w, x))
 
 
+@dataclass(frozen=True)
+class StepShape:
+    """What a step's seconds are modelled on."""
+
+    prefill_tokens: int  # new tokens of prompt chunks
+    decode_tokens: int  # new tokens of decoding requests: one each, plus the drafts they verify
+    requests: int
+    context: int  # tokens attended: each request's computed tokens once the step is done
+
+    def features(self) -> list[float]:
+        return [1.0, float(self.prefill_tokens), float(self.decode_tokens), float(self.requests), float(self.context)]
+
+
 class BatchTimeModel:
-    """Seconds of one target-model step from (tokens, requests, context tokens attended)."""
+    """Seconds of one target-model step from its ``StepShape``."""
 
     def __init__(self):
-        self._model = _RidgeModel(4)
+        self._model = _RidgeModel(5)
 
-    @staticmethod
-    def features(tokens: int, requests: int, context: int) -> list[float]:
-        return [1.0, float(tokens), float(requests), float(context)]
+    def observe(self, shape: StepShape, seconds: float) -> None:
+        self._model.observe(shape.features(), seconds)
 
-    def observe(self, tokens: int, requests: int, context: int, seconds: float) -> None:
-        self._model.observe(self.features(tokens, requests, context), seconds)
+    def predict(self, shape: StepShape) -> float | None:
+        return self._model.predict(shape.features())
 
-    def predict(self, tokens: int, requests: int, context: int) -> float | None:
-        return self._model.predict(self.features(tokens, requests, context))
+    def seconds_per_draft(self) -> float:
+        """What one more draft token adds to a step: a decode token and a token attended."""
+        w = self._model.w
+        return 0.0 if w is None else w[2] + w[4]
 
     @property
     def weights(self) -> list[float] | None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from .goodput import AcceptanceEstimator, BatchTimeModel, DraftTimeModel, choose_lengths
+from .goodput import AcceptanceEstimator, BatchTimeModel, DraftTimeModel, StepShape, choose_lengths
 from .proposers import BatchLookupProposer, DraftModelProposer, PromptLookupProposer, Proposer
 
 METHODS = ("ngram", "batch", "draft")
@@ -159,15 +159,14 @@ class Speculator:
             if pending >= budget:
                 break
             pending += s.num_uncomputed
-        base_tokens = len(seqs) + min(pending, max(budget - len(seqs), 0))
-        room = max(budget - base_tokens, 0)  # draft tokens never displace prefill work
-        requests = len(scheduler.running) + (1 if scheduler.waiting else 0)
-        context = sum(len(s.token_ids) for s in scheduler.running)
-        base = self.step_time.predict(base_tokens, requests, context)
+        prefill = min(pending, max(budget - len(seqs), 0))
+        room = max(budget - len(seqs) - prefill, 0)  # draft tokens never displace prefill work
+        shape = StepShape(prefill, len(seqs), len(scheduler.running) + (1 if scheduler.waiting else 0),
+                          sum(len(s.token_ids) for s in scheduler.running))
+        base = self.step_time.predict(shape)
         if base is None:
             return [0] * len(seqs)  # nothing measured yet: this step measures the batch without drafts
-        w = self.step_time.weights
-        per_draft = w[1] + w[3]  # a draft token is one more new token and one more token attended
+        per_draft = self.step_time.seconds_per_draft()
         uses_draft = any(name == "draft" for name in chosen)
 
         def seconds(total: int, k_max: int) -> float:
@@ -179,9 +178,21 @@ class Speculator:
         return choose_lengths(alphas, lengths, seconds, max_total=room)
 
     # ---- after a step ---------------------------------------------------------------------------------
-    def observe_step(self, tokens: int, requests: int, context: int, seconds: float) -> None:
-        """A target step ran: its shape (``LLMEngine._step_shape``) and seconds feed the batch-time model."""
-        self.step_time.observe(tokens, requests, context, seconds)
+    def observe_step(self, shape: StepShape, seconds: float) -> None:
+        """A target step ran: its shape (``step_shape``) and seconds feed the batch-time model."""
+        self.step_time.observe(shape, seconds)
+
+    @staticmethod
+    def step_shape(batch) -> StepShape:
+        """The shape of a scheduled batch, before its requests' progress is updated."""
+        prefill = decode = 0
+        for s, n in zip(batch.seqs, batch.num_new_tokens):
+            if n - len(s.draft_token_ids) == 1 and s.num_output_tokens > 0:
+                decode += n
+            else:
+                prefill += n
+        return StepShape(prefill, decode, len(batch.seqs),
+                         sum(s.num_computed + n for s, n in zip(batch.seqs, batch.num_new_tokens)))
 
     def verified(self, seq, tokens: list[int]) -> None:
         """``seq`` verified its drafts and will append ``tokens`` (accepted drafts, then one more)."""
