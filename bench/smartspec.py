@@ -7,8 +7,9 @@ instructions: ``extract`` (copies the beer's name out of the prompt), ``classify
 answers) and ``describe`` (a sentence, part template and part copy). Prompts are the trained format
 (``engine_backend.tiny_training.task_prompt``), on rows held out of training.
 
-1. **Workloads.** Each instruction at batch sizes 1, 8, 64 and 256 (B requests submitted together; batch 1
-   runs 8 requests one after another). Proposers: prompt lookup and batch lookup (``["ngram", "batch"]``),
+1. **Workloads.** Each instruction at batch sizes 1, 8, 64 and 256 (B requests submitted together; such
+   batches run 16, 4, 2 and 1 times one after another, so that each measurement lasts long enough to time).
+   Proposers: prompt lookup and batch lookup (``["ngram", "batch"]``),
    each request taking its better one. Tokens/s and mean request latency per setting; the draft model at
    k = 4 and under SmartSpec is measured beside them.
 2. **Acceptance sweep.** An oracle proposer (it knows the greedy answer and corrupts each token with
@@ -50,7 +51,7 @@ DRAFT = dict(hidden_size=64, num_hidden_layers=2, intermediate_size=128, num_att
 FREE = ["ngram", "batch"]
 FIXED_KS = (2, 4, 8)
 MAX_TOKENS = 48
-SEQUENTIAL_AT_BATCH_1 = 8  # requests run one after another at batch size 1
+ROUNDS = {1: 16, 8: 4, 64: 2, 256: 1}  # batches run one after another per measurement: long enough to time
 
 
 def settings(method, ks=FIXED_KS) -> dict:
@@ -82,13 +83,13 @@ def measure(engine, prompts: list[str], batch: int, params) -> dict:
             "tokens": tokens, "outputs": texts}
 
 
-def run_setting(target, spec, prompts, warm, batches, params, device, repeats) -> dict:
+def run_setting(target, spec, prompts, warm, batches, params, device, repeats, rounds) -> dict:
     """One engine per setting, warmed on other rows, measured at each batch size (best of ``repeats``)."""
     engine = LLMEngine(str(target), device=device, max_num_seqs=max(batches), speculative=spec)
     engine.generate(warm, params)
     out = {}
     for b in batches:
-        n = SEQUENTIAL_AT_BATCH_1 if b == 1 else b
+        n = b * rounds.get(b, 1)
         runs = [measure(engine, prompts[:n], b, params) for _ in range(repeats)]
         best = max(runs, key=lambda r: r["tokens_per_s"])
         stats = engine.stats()
@@ -144,7 +145,8 @@ def main() -> None:
     if table is None:
         log(f"{TABLE} is missing: using the synthetic beer-like table")
     target, draft = checkpoints(quick, table)
-    n = max(batches) if max(batches) > 1 else SEQUENTIAL_AT_BATCH_1
+    rounds = {1: 4, 8: 1} if quick else ROUNDS
+    n = max(b * rounds.get(b, 1) for b in batches)
     rows = list(rows_for(table, n + 16, seed=123, split="test"))
     params = SamplingParams(max_tokens=MAX_TOKENS)
     report = {"device": args.device, "target": TARGET, "draft": DRAFT, "batches": batches, "repeats": repeats,
@@ -160,7 +162,7 @@ def main() -> None:
         specs["draft smartspec"] = {"method": "draft", "draft_model": str(draft)}
         for name, spec in specs.items():
             log(f"{task}: {name}")
-            results[name] = run_setting(target, spec, measured, warm, batches, params, args.device, repeats)
+            results[name] = run_setting(target, spec, measured, warm, batches, params, args.device, repeats, rounds)
         identical = all(results[s][b]["outputs"] == results["none"][b]["outputs"] for s in results for b in batches)
         all_identical &= identical
         table_rows = compare({k: v for k, v in results.items() if not k.startswith("draft")}, batches)
@@ -187,7 +189,7 @@ def main() -> None:
         results = {}
         for name, spec in settings(lambda: [OracleProposer(truth, p, vocab, seed=7)]).items():
             log(f"oracle p={p}: {name}")
-            results[name] = run_setting(target, spec, measured, warm, batches, params, args.device, repeats)
+            results[name] = run_setting(target, spec, measured, warm, batches, params, args.device, repeats, rounds)
         identical = all(results[s][b]["outputs"] == results["none"][b]["outputs"] for s in results for b in batches)
         all_identical &= identical
         table_rows = compare(results, batches)

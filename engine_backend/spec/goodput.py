@@ -17,9 +17,10 @@ starts at ``PRIOR_ALPHA`` and forgets slowly (``DECAY`` per update), so a query 
 predictable is noticed.
 
 **Batch time.** A step's seconds are modelled as
-``w0 + w1*prefill tokens + w2*decode tokens + w3*requests + w4*context`` (``StepShape``: new tokens of
-prompt chunks, new tokens of decoding requests, one each plus their drafts, requests in the batch, and
-tokens they attend to), fitted by ridge-regularised least squares over exponentially weighted steps
+``w0 + w1*prefill tokens + w2*decode tokens + w3*requests + w4*context + w5*drafting requests``
+(``StepShape``: new tokens of prompt chunks, new tokens of decoding requests, one each plus their drafts,
+requests in the batch, tokens they attend to, and requests verifying at least one draft: such a request
+leaves the batch's single decode attention call for a run of its own), fitted by ridge-regularised least squares over exponentially weighted steps
 actually run (``BatchTimeModel``). Prefill and decode tokens get their own weights because they run
 through different attention shapes (one long chunk against short draft runs), so the cost of a draft
 token is learned from steps with drafts, not borrowed from prompt chunks. The ridge pulls toward
@@ -113,16 +114,18 @@ class StepShape:
     decode_tokens: int  # new tokens of decoding requests: one each, plus the drafts they verify
     requests: int
     context: int  # tokens attended: each request's computed tokens once the step is done
+    drafting: int = 0  # requests verifying at least one draft
 
     def features(self) -> list[float]:
-        return [1.0, float(self.prefill_tokens), float(self.decode_tokens), float(self.requests), float(self.context)]
+        return [1.0, float(self.prefill_tokens), float(self.decode_tokens), float(self.requests), float(self.context),
+                float(self.drafting)]
 
 
 class BatchTimeModel:
     """Seconds of one target-model step from its ``StepShape``."""
 
     def __init__(self):
-        self._model = _RidgeModel(5)
+        self._model = _RidgeModel(6)
 
     def observe(self, shape: StepShape, seconds: float) -> None:
         self._model.observe(shape.features(), seconds)
@@ -130,10 +133,11 @@ class BatchTimeModel:
     def predict(self, shape: StepShape) -> float | None:
         return self._model.predict(shape.features())
 
-    def seconds_per_draft(self) -> float:
-        """What one more draft token adds to a step: a decode token and a token attended."""
+    def draft_costs(self) -> tuple[float, float]:
+        """Seconds one more draft token adds to a step (a decode token and a token attended), and what a request's
+        first draft adds on top (it leaves the decode call)."""
         w = self._model.w
-        return 0.0 if w is None else w[2] + w[4]
+        return (0.0, 0.0) if w is None else (w[2] + w[4], w[5])
 
     @property
     def weights(self) -> list[float] | None:
@@ -162,30 +166,38 @@ def expected_tokens(alpha: float, k: int) -> float:
     return sum(alpha ** j for j in range(k + 1))
 
 
-def choose_lengths(alphas: list[float], caps: list[int], step_seconds: Callable[[int, int], float],
+def choose_lengths(alphas: list[float], caps: list[int], step_seconds: Callable[[int, int, int], float],
                    max_total: int | None = None) -> list[int]:
     """The number of drafts per request that maximises expected tokens per second.
 
     ``alphas[i]``: request i's acceptance estimate; ``caps[i]``: the most drafts it may verify (proposal
-    length, remaining tokens); ``step_seconds(K, k_max)``: the predicted seconds of a step with K drafts in
-    all, k_max of them for the longest request; ``max_total``: the most drafts in all. Ties go to fewer drafts."""
+    length, remaining tokens); ``step_seconds(K, k_max, n)``: the predicted seconds of a step with K drafts in
+    all, k_max of them for the longest request, n requests drafting; ``max_total``: the most drafts in all.
+
+    Drafts are added one at a time, the one with the most expected tokens per added second first (a request's
+    j-th draft adds alpha**j tokens; its first also pays for leaving the decode call), and the prefix with the
+    best goodput of the whole step is kept. Ties go to fewer drafts."""
     ks = [0] * len(alphas)
-    heap = [(-a, i, 1) for i, (a, c) in enumerate(zip(alphas, caps)) if c > 0 and a > 0]
+    per_token = max(step_seconds(2, 2, 1) - step_seconds(1, 1, 1), 1e-12)
+    first = max(step_seconds(1, 1, 1) - step_seconds(0, 0, 0), 1e-12)
+    heap = [(-a / first, a, i, 1) for i, (a, c) in enumerate(zip(alphas, caps)) if c > 0 and a > 0]
     heapq.heapify(heap)
-    tokens, total, k_max = float(len(alphas)), 0, 0
-    best, best_count = tokens / max(step_seconds(0, 0), 1e-9), 0
+    tokens, total, k_max, drafting = float(len(alphas)), 0, 0, 0
+    best, best_count = tokens / max(step_seconds(0, 0, 0), 1e-9), 0
     taken: list[int] = []  # requests in the order their next draft token was added
     while heap and (max_total is None or total < max_total):
-        neg_gain, i, j = heapq.heappop(heap)
-        tokens -= neg_gain
+        _, gain, i, j = heapq.heappop(heap)
+        tokens += gain
         total += 1
         k_max = max(k_max, j)
+        drafting += j == 1
         taken.append(i)
-        goodput = tokens / max(step_seconds(total, k_max), 1e-9)
+        goodput = tokens / max(step_seconds(total, k_max, drafting), 1e-9)
         if goodput > best * (1 + 1e-9):
             best, best_count = goodput, len(taken)
         if j < caps[i]:
-            heapq.heappush(heap, (-(alphas[i] ** (j + 1)), i, j + 1))
+            nxt = alphas[i] ** (j + 1)
+            heapq.heappush(heap, (-nxt / per_token, nxt, i, j + 1))
     for i in taken[:best_count]:
         ks[i] += 1
     return ks

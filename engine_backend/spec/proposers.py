@@ -18,6 +18,7 @@ the speculator asks them every step and learns their acceptance even while they 
 from __future__ import annotations
 
 import time
+from array import array
 from collections import OrderedDict
 
 from ..sampling_params import SamplingParams
@@ -41,29 +42,26 @@ class Proposer:
         """``seq`` finished or was aborted: forget it."""
 
 
-class _NgramIndex:
-    """Latest position after each n-gram of a growing token list (only n-grams something followed)."""
+def prompt_lookup(tokens: list[int], k: int, sizes=NGRAM_SIZES) -> list[int]:
+    """Up to ``k`` tokens that followed the latest earlier occurrence of the longest suffix n-gram of ``tokens``.
 
-    def __init__(self, sizes=NGRAM_SIZES):
-        self.sizes = sizes
-        self.after: dict[tuple, int] = {}
-        self.upto = 0  # positions below this are indexed
-
-    def extend(self, tokens: list[int]) -> None:
-        for end in range(max(self.upto, 1), len(tokens)):  # the n-gram tokens[end-n:end] is followed by tokens[end]
-            for n in self.sizes:
-                if end >= n:
-                    self.after[tuple(tokens[end - n:end])] = end
-        self.upto = len(tokens)
-
-    def lookup(self, suffix_source: list[int], sizes=None) -> tuple[int, int] | None:
-        """(position after the latest earlier occurrence of the source's longest indexed suffix, n)."""
-        for n in sizes or self.sizes:
-            if len(suffix_source) >= n:
-                end = self.after.get(tuple(suffix_source[-n:]))
-                if end is not None:
-                    return end, n
-        return None
+    The search runs in C over the tokens' bytes (``bytes.rfind``, realigned to whole tokens), so a request that
+    decodes only a token or two never pays for indexing its prompt."""
+    data = array("i", tokens).tobytes()
+    width = 4  # bytes per token in array("i")
+    for n in sizes:
+        if len(tokens) <= n:
+            continue
+        pattern, end = data[-n * width:], (len(tokens) - 1) * width  # a match must end before the last token
+        while True:
+            at = data.rfind(pattern, 0, end)
+            if at < 0:
+                break
+            if at % width == 0:
+                start = at // width + n
+                return tokens[start:start + k]
+            end = at + len(pattern) - 1  # a match across token boundaries: look further left
+    return []
 
 
 class PromptLookupProposer(Proposer):
@@ -71,21 +69,8 @@ class PromptLookupProposer(Proposer):
 
     name = "ngram"
 
-    def __init__(self):
-        self._index: dict[str, _NgramIndex] = {}
-
     def propose(self, seqs, ks):
-        out = []
-        for seq, k in zip(seqs, ks):
-            index = self._index.setdefault(seq.request_id, _NgramIndex())
-            tokens = seq.token_ids
-            index.extend(tokens)
-            hit = index.lookup(tokens) if k > 0 else None
-            out.append(tokens[hit[0]:hit[0] + k] if hit else [])
-        return out
-
-    def finish(self, seq):
-        self._index.pop(seq.request_id, None)
+        return [prompt_lookup(seq.token_ids, k) if k > 0 else [] for seq, k in zip(seqs, ks)]
 
 
 class _TrieNode:

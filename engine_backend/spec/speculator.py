@@ -23,6 +23,7 @@ from .proposers import BatchLookupProposer, DraftModelProposer, PromptLookupProp
 METHODS = ("ngram", "batch", "draft")
 OPTIONS = ("method", "num_speculative_tokens", "max_speculative_tokens", "draft_model", "draft_kv_cache_memory")
 MAX_SPECULATIVE_TOKENS = 8  # "auto"'s default cap per request and step
+EXPLORE_EVERY = 16  # "auto" asks the proposers at least this often, even while no draft could pay
 LIMIT = 64  # the most a fixed or capped k may be
 
 
@@ -86,6 +87,7 @@ class Speculator:
         self.draft_time = DraftTimeModel()
         self._shadow: dict[str, dict[str, int]] = {}  # request -> free proposer -> its first proposed token
         self._candidates: dict[str, str | None] = {}  # this step's decoding requests -> the proposer chosen
+        self._plans = 0  # steps with decoding requests
         self._stats = {name: Counter() for name in self.by_name}
         self.request_steps = 0  # decoding request-steps that could speculate
         self.proposed = self.accepted = 0
@@ -98,6 +100,10 @@ class Speculator:
         self._shadow, self._candidates = {}, {}
         seqs = [s for s in scheduler.running if self._may_speculate(s)]
         if not seqs:
+            return
+        self._plans += 1
+        if self.auto and self._plans % EXPLORE_EVERY and not self._could_pay(scheduler, seqs):
+            self._candidates = {s.request_id: None for s in seqs}  # decoding request-steps at k = 0
             return
         caps = [self._cap(s) for s in seqs]
         free = {p.name: [self._trim(s, t) for s, t in zip(seqs, p.propose(seqs, caps))]
@@ -151,8 +157,18 @@ class Speculator:
                 return tokens[:j]
         return tokens
 
-    def _choose(self, scheduler, seqs, alphas, lengths, chosen) -> list[int]:
-        """SmartSpec: per request, the k with the best expected goodput of the whole step."""
+    def _could_pay(self, scheduler, seqs) -> bool:
+        """Whether even a sure draft would raise this step's goodput: at high load a step's time grows with every
+        token, and then asking the proposers for every request each step is pure overhead."""
+        shape, _ = self._expected_shape(scheduler, seqs)
+        base = self.step_time.predict(shape)
+        if base is None:
+            return False
+        per_draft, per_request = self.step_time.draft_costs()
+        return base > len(seqs) * (per_draft + per_request)  # (N + 1) / (base + cost) > N / base
+
+    def _expected_shape(self, scheduler, seqs) -> tuple[StepShape, int]:
+        """The coming step without drafts, and the token budget left for drafts (never taken from prefills)."""
         budget = scheduler.max_num_batched_tokens
         pending = sum(s.num_uncomputed for s in scheduler.running if s.num_uncomputed > 1 or s.num_output_tokens == 0)
         for s in scheduler.waiting:
@@ -160,17 +176,21 @@ class Speculator:
                 break
             pending += s.num_uncomputed
         prefill = min(pending, max(budget - len(seqs), 0))
-        room = max(budget - len(seqs) - prefill, 0)  # draft tokens never displace prefill work
         shape = StepShape(prefill, len(seqs), len(scheduler.running) + (1 if scheduler.waiting else 0),
                           sum(len(s.token_ids) for s in scheduler.running))
+        return shape, max(budget - len(seqs) - prefill, 0)
+
+    def _choose(self, scheduler, seqs, alphas, lengths, chosen) -> list[int]:
+        """SmartSpec: per request, the k with the best expected goodput of the whole step."""
+        shape, room = self._expected_shape(scheduler, seqs)
         base = self.step_time.predict(shape)
         if base is None:
             return [0] * len(seqs)  # nothing measured yet: this step measures the batch without drafts
-        per_draft = self.step_time.seconds_per_draft()
+        per_draft, per_drafting_request = self.step_time.draft_costs()
         uses_draft = any(name == "draft" for name in chosen)
 
-        def seconds(total: int, k_max: int) -> float:
-            t = base + per_draft * total
+        def seconds(total: int, k_max: int, drafting: int) -> float:
+            t = base + per_draft * total + per_drafting_request * drafting
             if uses_draft:
                 t += self.draft_time.predict(k_max, total)
             return t
@@ -185,14 +205,15 @@ class Speculator:
     @staticmethod
     def step_shape(batch) -> StepShape:
         """The shape of a scheduled batch, before its requests' progress is updated."""
-        prefill = decode = 0
+        prefill = decode = drafting = 0
         for s, n in zip(batch.seqs, batch.num_new_tokens):
             if n - len(s.draft_token_ids) == 1 and s.num_output_tokens > 0:
                 decode += n
+                drafting += n > 1
             else:
                 prefill += n
         return StepShape(prefill, decode, len(batch.seqs),
-                         sum(s.num_computed + n for s, n in zip(batch.seqs, batch.num_new_tokens)))
+                         sum(s.num_computed + n for s, n in zip(batch.seqs, batch.num_new_tokens)), drafting)
 
     def verified(self, seq, tokens: list[int]) -> None:
         """``seq`` verified its drafts and will append ``tokens`` (accepted drafts, then one more)."""

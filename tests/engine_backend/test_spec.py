@@ -1,6 +1,5 @@
 """SmartSpec: speculation keeps greedy outputs exact and the sampling distribution intact, rolls rejected
 KV back without leaks, publishes only verified blocks, and chooses k by goodput."""
-import math
 import random
 from collections import Counter
 
@@ -15,6 +14,7 @@ from engine_backend.sequence import Sequence
 from engine_backend.server import render_metrics
 from engine_backend.spec import Proposer, choose_lengths, expected_tokens, parse_options
 from engine_backend.spec.oracle import OracleProposer
+from engine_backend.spec.proposers import prompt_lookup
 from test_admission import WrongProposer, assert_matches_oracle, assert_no_leak, one_torch_thread  # noqa: F401
 
 ARCHS = ["llama", "qwen3", "gemma2"]
@@ -205,14 +205,32 @@ def test_engine_sampling_with_speculation_matches_without(tiny_model_dir):
     assert stat < CHI2_999[2], counts
 
 
+def test_prompt_lookup_finds_the_latest_earlier_match_of_the_longest_suffix():
+    def by_hand(tokens, k):
+        for n in (3, 2, 1):
+            for i in range(len(tokens) - n - 1, -1, -1):
+                if len(tokens) > n and tokens[i:i + n] == tokens[-n:]:
+                    return tokens[i + n:i + n + k]
+        return []
+    rng = random.Random(0)
+    for _ in range(3000):  # ids whose bytes overlap across token boundaries (256, 65536) included
+        tokens = [rng.choice([0, 1, 2, 3, 256, 257, 65536]) for _ in range(rng.randint(1, 30))]
+        k = rng.randint(1, 5)
+        assert prompt_lookup(tokens, k) == by_hand(tokens, k), tokens
+    assert prompt_lookup([5, 6, 7, 8, 9, 6, 7], 2) == [8, 9]
+
+
 def test_choose_lengths_follows_goodput():
     # a step costs the same whatever its tokens: every request takes all it may
-    assert choose_lengths([0.9, 0.5], [4, 4], lambda total, k_max: 1.0) == [4, 4]
+    assert choose_lengths([0.9, 0.5], [4, 4], lambda total, k_max, n: 1.0) == [4, 4]
     # a step costs in proportion to its tokens (100 requests): speculating never pays
-    assert choose_lengths([0.5] * 100, [4] * 100, lambda total, k_max: 100 + total) == [0] * 100
+    assert choose_lengths([0.5] * 100, [4] * 100, lambda total, k_max, n: 100 + total) == [0] * 100
     # in between: the better guesser gets more drafts, the poor one none
-    ks = choose_lengths([0.95, 0.1], [8, 8], lambda total, k_max: 1.0 + 0.15 * total)
+    ks = choose_lengths([0.95, 0.1], [8, 8], lambda total, k_max, n: 1.0 + 0.15 * total)
     assert ks[0] > 2 and ks[1] == 0
+    # a request's first draft is dear (it leaves the decode call), further ones cheap: drafts concentrate
+    ks = choose_lengths([0.9] * 10, [8] * 10, lambda total, k_max, n: 1.0 + 0.01 * total + 0.3 * n, max_total=24)
+    assert sum(ks) <= 24 and max(ks) == 8 and ks.count(0) >= 7
     assert expected_tokens(0.5, 2) == pytest.approx(1.75)
 
 
@@ -281,4 +299,3 @@ def test_random_seeded_requests_are_reproducible_with_speculation(tiny_model_dir
     b = LLMEngine(str(path), speculative=spec).generate(PROMPTS[:3] + PROMPTS[5:], [params] * 3 + [
         SamplingParams(temperature=0.5, max_tokens=4)] * 5)
     assert [o.token_ids for o in a] == [o.token_ids for o in b[:3]]
-    assert not math.isnan(random.random())
