@@ -29,14 +29,15 @@ and the slope is learned from the steps that tried it. Proposal time is modelled
 draft model (``DraftTimeModel``): ``v0 * draft steps + v1 * draft tokens``.
 
 **The choice** (``choose_lengths``). With the batch's other work fixed, a step's time depends on
-the total number of draft tokens K (and, for a draft model, on the longest draft). Each request's
-next draft token adds alpha**j, decreasing in j, so the best K tokens are the K largest of all
-requests' marginal gains; ``choose_lengths`` walks K upward over the gains in descending order and
-keeps the K with the highest expected goodput, K = 0 (no speculation) included.
+the total number of draft tokens K, the requests drafting and (for a draft model) the longest draft.
+Each request either speculates or not, and those that do verify one length k per step (or their
+whole proposal if shorter): the runner attends runs of one length in one call, and every extra
+length would cost a call of its own, which the time model does not see. For every k up to the cap,
+requests join in order of acceptance while the expected goodput (expected tokens over predicted
+seconds) grows; the best (k, set of requests) is kept, no speculation included.
 """
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -174,30 +175,25 @@ def choose_lengths(alphas: list[float], caps: list[int], step_seconds: Callable[
     length, remaining tokens); ``step_seconds(K, k_max, n)``: the predicted seconds of a step with K drafts in
     all, k_max of them for the longest request, n requests drafting; ``max_total``: the most drafts in all.
 
-    Drafts are added one at a time, the one with the most expected tokens per added second first (a request's
-    j-th draft adds alpha**j tokens; its first also pays for leaving the decode call), and the prefix with the
-    best goodput of the whole step is kept. Ties go to fewer drafts."""
+    Each request speculates or not (k = 0), and those that do verify one length k of the step (or their whole
+    proposal, if shorter): runs of one length share one attention call, where every distinct length would cost
+    a call of its own. For each k, requests join in order of acceptance while the step's expected goodput
+    grows; the best (k, requests) wins, no speculation included. Ties go to fewer drafts."""
+    order = sorted((i for i in range(len(alphas)) if caps[i] > 0 and alphas[i] > 0), key=lambda i: -alphas[i])
+    n = float(len(alphas))
+    best, best_k, best_count = n / max(step_seconds(0, 0, 0), 1e-9), 0, 0
+    for k in range(1, max(caps, default=0) + 1):
+        tokens, total = n, 0
+        for count, i in enumerate(order, 1):
+            ki = min(k, caps[i])
+            if max_total is not None and total + ki > max_total:
+                break
+            tokens += expected_tokens(alphas[i], ki) - 1
+            total += ki
+            goodput = tokens / max(step_seconds(total, k, count), 1e-9)
+            if goodput > best * (1 + 1e-9):
+                best, best_k, best_count = goodput, k, count
     ks = [0] * len(alphas)
-    per_token = max(step_seconds(2, 2, 1) - step_seconds(1, 1, 1), 1e-12)
-    first = max(step_seconds(1, 1, 1) - step_seconds(0, 0, 0), 1e-12)
-    heap = [(-a / first, a, i, 1) for i, (a, c) in enumerate(zip(alphas, caps)) if c > 0 and a > 0]
-    heapq.heapify(heap)
-    tokens, total, k_max, drafting = float(len(alphas)), 0, 0, 0
-    best, best_count = tokens / max(step_seconds(0, 0, 0), 1e-9), 0
-    taken: list[int] = []  # requests in the order their next draft token was added
-    while heap and (max_total is None or total < max_total):
-        _, gain, i, j = heapq.heappop(heap)
-        tokens += gain
-        total += 1
-        k_max = max(k_max, j)
-        drafting += j == 1
-        taken.append(i)
-        goodput = tokens / max(step_seconds(total, k_max, drafting), 1e-9)
-        if goodput > best * (1 + 1e-9):
-            best, best_count = goodput, len(taken)
-        if j < caps[i]:
-            nxt = alphas[i] ** (j + 1)
-            heapq.heappush(heap, (-nxt / per_token, nxt, i, j + 1))
-    for i in taken[:best_count]:
-        ks[i] += 1
+    for i in order[:best_count]:
+        ks[i] = min(best_k, caps[i])
     return ks
