@@ -165,7 +165,8 @@ class Speculator:
         if base is None:
             return False
         per_draft, per_request = self.step_time.draft_costs()
-        return base > len(seqs) * (per_draft + per_request)  # (N + 1) / (base + cost) > N / base
+        k = self.k_limit  # one request's longest run of sure drafts: (N + k) / (base + cost) > N / base
+        return base * k > len(seqs) * (k * per_draft + per_request)
 
     def _expected_shape(self, scheduler, seqs) -> tuple[StepShape, int]:
         """The coming step without drafts, and the token budget left for drafts (never taken from prefills)."""
