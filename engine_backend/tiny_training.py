@@ -1,7 +1,7 @@
 """Train a tiny checkpoint on CPU so it answers LLM-SQL style prompts like a real (if small) model.
 
 A random-weight checkpoint emits tokens nobody can predict, so speculative decoding on it measures nothing. This
-module teaches a tiny model three instruction kinds over one table row, in about a minute on two cores:
+module teaches a tiny model three instruction kinds over one table row, in a minute or two on two cores:
 
 * ``extract``: copy a span of the prompt (the beer's name), then EOS;
 * ``classify``: one of two labels that is a function of a field (``good`` when taste >= 7/10, else ``bad``);
@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 # Bump when the prompt format, data mix or training recipe changes: it is part of every cache key.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 TASKS = ("extract", "classify", "describe")
 TRAIN_KINDS = ("copy",)
 
@@ -61,12 +61,12 @@ def good_or_bad(row: dict[str, str]) -> str:
 def task_prompt(task: str, row: dict[str, str], fields: tuple[str, ...] = PROMPT_FIELDS) -> tuple[str, str]:
     """(prompt, answer) for ``task`` on ``row`` (a dict of the table's fields as strings).
 
-    The prompt lists ``fields`` (default ``PROMPT_FIELDS``) as ``key: value`` joined by ``"; "``, then a line with the instruction
-    and a line ``"Answer:"``. The answer is the exact text the trained model generates before EOS; it starts
-    with a space, as a model continues after a colon (llm-sql's own prompts end with a cue such as "Answer:"),
-    which also makes a copied value the very tokens it is in the prompt (``"Iron"`` and ``" Iron"`` tokenize
-    differently). Compare ``answer.strip()`` with a stripped output if the space does not matter. Encode the
-    prompt as the engine does (``tokenizer.encode(prompt)``, special tokens included).
+    The prompt lists ``fields`` (default ``PROMPT_FIELDS``) as ``key: value`` joined by ``"; "``, then a line
+    with the instruction and a line ``"Answer:"``. The answer is the exact text the trained model generates
+    before EOS. It starts with a space, as a model continues after a colon (llm-sql's own prompts end with a cue
+    such as "Answer:"), which also makes a copied value the very tokens it is in the prompt (``"Iron"`` and
+    ``" Iron"`` tokenize differently). Encode the prompt as the engine does (``tokenizer.encode(prompt)``,
+    special tokens included).
     """
     if task not in INSTRUCTIONS:
         raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
@@ -454,7 +454,7 @@ def accuracy(model, tokenizer, rows: list[dict[str, str]], task: str) -> tuple[f
 # Checkpoints: train what make_tiny_model wrote, through a cache
 # ---------------------------------------------------------------------------------------------------------------
 TRAIN_INIT_STD = 0.02  # make_tiny_model's 0.2 keeps random outputs varied but trains far slower
-DEFAULT_STEPS = 700
+DEFAULT_STEPS = 900
 _WEIGHT_FILES = ("*.safetensors", "model.safetensors.index.json")
 
 
@@ -519,6 +519,8 @@ def train_checkpoint(path: str | Path, train: str = "copy", train_table: str | P
         raise ValueError(f"unknown train {train!r}; choose from {', '.join(TRAIN_KINDS)}")
     path = Path(path)
     steps = DEFAULT_STEPS if train_steps is None else int(train_steps)
+    if steps < 1:
+        raise ValueError(f"train_steps must be at least 1, got {steps}")
     cached = cache_root() / cache_key(path, train, train_table, steps, seed, shards)
     if (cached / "train.json").is_file():
         _copy_weights(cached, path)
