@@ -136,9 +136,16 @@ def test_second_call_is_cached_and_byte_identical(tmp_path, tiny_cache):
     assert len(list(tiny_cache.iterdir())) == 2
 
 
-def test_bad_train_kind_is_refused(tmp_path, tiny_cache):
+def test_bad_train_arguments_are_refused(tmp_path, tiny_cache):
     with pytest.raises(ValueError, match="unknown train"):
         make_tiny_model(tmp_path, "llama", train="chat")
+    with pytest.raises(ValueError, match="at least 1"):
+        make_tiny_model(tmp_path, "llama", train="copy", train_steps=0)
+
+
+def test_default_steps_follow_depth(tiny_model_dir):
+    assert tt.default_steps(tiny_model_dir("llama")) == tt.DEFAULT_STEPS
+    assert tt.default_steps(tiny_model_dir("llama", num_hidden_layers=2)) == tt.SHALLOW_STEPS > tt.DEFAULT_STEPS
 
 
 # ---- quality (minutes): LLMSQL_SLOW=1 ---------------------------------------------------------------------------
