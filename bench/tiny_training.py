@@ -11,9 +11,9 @@ beer table and of the synthetic generator, distinct names only.
 Greedy decoding here is ``tiny_training.greedy_answer`` (the engine's model, dense attention, no cache), so the
 figures do not depend on the serving engine.
 
-    python bench/tiny_training.py                 # target and draft, about 3 minutes the first time
+    python bench/tiny_training.py                 # target and draft: ~2.5 min training (cached after), ~3 min answering
     python bench/tiny_training.py --quick         # 60 steps each: a smoke run (accuracy near zero)
-    python bench/tiny_training.py --arch qwen3 --sizes target --steps 900
+    python bench/tiny_training.py --arch qwen3 --sizes target --steps 1000 --rows 40
 """
 from __future__ import annotations
 
