@@ -12,6 +12,7 @@ from .constraints import ChoiceTrie
 from .kv import KVCacheManager, PagedKVStorage, large_page_elems, specs_for_model
 from .kv.storage import STAGING_DEPTH, StagingBuffers, split_budget
 from .loader import load_model, read_config
+from .logprobs import raw_logprobs, token_logprobs
 from .preemption import PREEMPTION_MODES, TransferRates, make_policy
 from .runner import ModelRunner
 from .sampler import sample
@@ -151,6 +152,8 @@ class LLMEngine:
         if len(ids) >= self.max_model_len:
             raise ValueError(f"prompt is {len(ids)} tokens; the model's context is {self.max_model_len} "
                              "tokens, prompt and at least one generated token included")
+        if params.logit_bias and max(params.logit_bias) >= self.config.vocab_size:
+            raise ValueError(f"logit_bias token ids must be below the vocabulary size {self.config.vocab_size}")
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
         if request_id in self._seqs:
             raise ValueError(f"request id {request_id!r} is already in use")
@@ -159,6 +162,8 @@ class LLMEngine:
         if constraint is not None:
             self._constraints[request_id] = constraint
             seq.constraint_node = constraint.start()
+        if params.logprobs is not None:
+            seq.logprobs = []
         if params.temperature > 0:
             seed = params.seed if params.seed is not None else int(torch.randint(2**62, (1,), generator=self._rng))
             seq.generator = torch.Generator().manual_seed(seed)
@@ -198,8 +203,9 @@ class LLMEngine:
             self._learn_from_step(batch, time.perf_counter() - t0)
             for seq, n in zip(batch.seqs, batch.num_new_tokens):
                 seq.num_computed += n
-            for seq, tokens in zip(sample_seqs, sample(logits, sample_seqs, self._constraints)):
-                self._accept(seq, tokens)
+            wanted = raw_logprobs(logits, sample_seqs)  # before sample() penalises and masks in place
+            for i, (seq, tokens) in enumerate(zip(sample_seqs, sample(logits, sample_seqs, self._constraints))):
+                self._accept(seq, tokens, token_logprobs(wanted[i], tokens, seq.params.logprobs) if i in wanted else None)
             if self.speculator is not None:
                 self.speculator.observe_step(shape, time.perf_counter() - t_step)
             self._peak_active = max(self._peak_active, self.kv.num_active_large_pages)
@@ -228,8 +234,9 @@ class LLMEngine:
             self.rates.copy_bytes_per_s = self.runner.copier.bandwidth
         self.kv.adapt_stream_share(self.runner.last_stream_hidden)
 
-    def _accept(self, seq: Sequence, tokens: list[int]) -> None:
-        """Append a request's verified tokens, one at a time, until it finishes; roll back the KV of rejected drafts."""
+    def _accept(self, seq: Sequence, tokens: list[int], logprobs: list | None = None) -> None:
+        """Append a request's verified tokens, one at a time, until it finishes; roll back the KV of rejected drafts.
+        ``logprobs``: one entry per token, kept for the tokens appended."""
         rejected = len(seq.draft_token_ids) - (len(tokens) - 1)
         if rejected:
             seq.num_computed -= rejected
@@ -242,6 +249,8 @@ class LLMEngine:
             appended.append(token)
             if seq.finish_reason is not None:
                 break
+        if logprobs is not None:
+            seq.logprobs.extend(logprobs[:len(appended)])
         if self.speculator is not None:
             self.speculator.appended(seq, appended)
 
@@ -286,7 +295,16 @@ class LLMEngine:
             if seq.stop_text_len is not None:
                 text = text[:seq.stop_text_len]
         return RequestOutput(seq.request_id, seq.token_ids[:seq.prompt_len], seq.output_token_ids, text,
-                             seq.finish_reason, seq.num_cached_tokens, seq.error)
+                             seq.finish_reason, seq.num_cached_tokens, seq.error, seq.logprobs)
+
+    def partial_output(self, request_id: str, start: int = 0) -> tuple[list[int], list | None] | None:
+        """An unfinished request's generated tokens from ``start`` on, and their logprobs if it asked for them
+        (None for a request that is not running here): what a streaming caller has not seen yet."""
+        seq = self._seqs.get(request_id)
+        if seq is None:
+            return None
+        ids = seq.token_ids[seq.prompt_len + start:]
+        return ids, (seq.logprobs[start:] if seq.logprobs is not None else None)
 
     # ---- batch API -------------------------------------------------------------------------------
     def generate(self, prompts, params: SamplingParams | list[SamplingParams] | None = None,

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+MAX_LOGPROBS = 20  # OpenAI's limit for top_logprobs
+
 
 @dataclass
 class SamplingParams:
@@ -16,6 +18,12 @@ class SamplingParams:
     validates against the schema, or to text the expression matches
     (``engine_backend.grammar``); it stops when the output is complete or at
     ``max_tokens``. At most one of the three.
+
+    ``logprobs`` asks for each generated token's log-probability and the ``logprobs`` most likely
+    alternatives (0: the chosen token's only), from the model's own distribution: before
+    temperature, penalties, bias and constraints, as vLLM reports them.
+    ``presence_penalty`` / ``frequency_penalty`` (OpenAI's, in [-2, 2]) lower the logits of tokens
+    already generated, once / per occurrence; ``logit_bias`` adds to chosen token ids' logits.
     """
 
     max_tokens: int = 16
@@ -29,6 +37,10 @@ class SamplingParams:
     choices: list[str] | None = None
     json_schema: Any = None
     regex: str | None = None
+    logprobs: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -53,6 +65,18 @@ class SamplingParams:
             raise ValueError("stop must be a list of non-empty strings")
         if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
             raise ValueError("stop_token_ids must be non-negative integers")
+        if self.logprobs is not None and (not isinstance(self.logprobs, int) or isinstance(self.logprobs, bool)
+                                          or not 0 <= self.logprobs <= MAX_LOGPROBS):
+            raise ValueError(f"logprobs must be an integer in [0, {MAX_LOGPROBS}] or None, got {self.logprobs!r}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not -2.0 <= value <= 2.0:
+                raise ValueError(f"{name} must be a number in [-2, 2], got {value!r}")
+        if self.logit_bias is not None:
+            if not isinstance(self.logit_bias, dict) or any(
+                    not isinstance(t, int) or isinstance(t, bool) or t < 0 or isinstance(b, bool)
+                    or not isinstance(b, (int, float)) or not -100 <= b <= 100 for t, b in self.logit_bias.items()):
+                raise ValueError("logit_bias must map token ids (non-negative integers) to numbers in [-100, 100]")
         given = [n for n in ("choices", "json_schema", "regex") if getattr(self, n) is not None]
         if len(given) > 1:
             raise ValueError(f"give at most one output constraint, got {' and '.join(given)}")
@@ -68,6 +92,11 @@ class SamplingParams:
             if len(set(self.choices)) != len(self.choices):
                 raise ValueError(f"choices contain duplicates: {list(self.choices)!r}")
             self.choices = list(self.choices)
+
+    @property
+    def adjusts_logits(self) -> bool:
+        """Whether penalties or a bias change the logits before sampling."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias)
 
     @property
     def greedy(self) -> bool:

@@ -24,6 +24,7 @@ class RequestOutput:
     finish_reason: str  # "stop" | "length" | "error" | "abort"
     num_cached_tokens: int = 0
     error: str | None = None
+    logprobs: list | None = None  # one ``engine_backend.logprobs.TokenLogprob`` per token, if asked for
 
 
 class Sequence:
@@ -50,6 +51,7 @@ class Sequence:
         self.error: str | None = None
         self.stop_text_len: int | None = None  # where a stop string cut the text
         self.generator = None  # torch.Generator for seeded sampling
+        self.logprobs: list | None = None  # TokenLogprob per output token, when params.logprobs is set
         self.constraint_node = None  # the output constraint's state (choice-trie node, grammar guide)
         self.draft_token_ids: list[int] = []  # speculative tokens this step verifies (not yet part of the output)
         self.draft_proposer: str | None = None  # who proposed them (``engine_backend.spec``)
