@@ -134,6 +134,54 @@ class BatchHandle:
                 self._owner.abort(rid)
 
 
+class BatchStream(BatchHandle):
+    """A batch whose tokens arrive as they are generated, on the asyncio loop that opened it.
+
+    ``async for event in stream.events()`` yields ``("tokens", index, token_ids, logprobs)`` after
+    each engine step that extended request ``index`` (``logprobs`` is None unless it asked for
+    them), ``("done", index, RequestOutput)`` once it finishes (the output holds every token), and
+    ``("error", exception)`` if the engine failed, which ends the stream. Leaving the loop early
+    does not abort: call ``abort()`` (the server does when a client disconnects).
+    """
+
+    def __init__(self, owner: "AsyncLLMEngine", request_ids: list[str], loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._events: asyncio.Queue = asyncio.Queue()
+        self.num_sent = [0] * len(request_ids)  # tokens reported per request (the engine thread's own count)
+        super().__init__(owner, request_ids)
+
+    def _push(self, event: tuple) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._events.put_nowait, event)
+        except RuntimeError:  # the caller's loop is closed: nobody is listening
+            pass
+
+    # --- called by the engine thread (the only thread that calls these) ---------------------
+    def _progress(self, index: int, token_ids: list[int], logprobs: list | None) -> None:
+        self.num_sent[index] += len(token_ids)
+        self._push(("tokens", index, token_ids, logprobs))
+
+    def _set(self, index: int, output: Any) -> None:
+        if not self._done.is_set() and self._outputs[index] is None:
+            self._push(("done", index, output))
+        super()._set(index, output)
+
+    def _fail(self, error: BaseException) -> None:
+        if not self._done.is_set():
+            self._push(("error", error))
+        super()._fail(error)
+
+    # --- called by the caller, on its loop ---------------------------------------------------
+    async def events(self):
+        left = len(self.request_ids)
+        while left:
+            event = await self._events.get()
+            yield event
+            if event[0] == "error":
+                return
+            left -= event[0] == "done"
+
+
 class AsyncLLMEngine:
     """Owns an ``LLMEngine`` on a background thread and serves callers on any thread or loop.
 
@@ -146,6 +194,7 @@ class AsyncLLMEngine:
         self.engine = engine
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._pending: dict[str, tuple[BatchHandle, int]] = {}  # touched by the engine thread only
+        self._streams: dict[str, tuple[BatchStream, int]] = {}  # pending requests whose tokens are streamed
         self._ids = itertools.count()
         self._id_lock = threading.Lock()
         self._gate = threading.Lock()  # orders "closed/dead" against queue puts: nothing is queued after stop
@@ -212,6 +261,18 @@ class AsyncLLMEngine:
         if prompts:
             self._put(("add", handle, prompts, params_list))
         return handle
+
+    def stream(self, prompts: Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams]) -> BatchStream:
+        """Queue an ordered batch whose tokens are reported as they come (call on a running asyncio loop)."""
+        self._check_open()
+        prompts = list(prompts)
+        params_list = list(params) if isinstance(params, (list, tuple)) else [params] * len(prompts)
+        if len(params_list) != len(prompts):
+            raise ValueError(f"got {len(prompts)} prompts but {len(params_list)} sampling params")
+        stream = BatchStream(self, [self._new_id() for _ in prompts], asyncio.get_running_loop())
+        if prompts:
+            self._put(("add", stream, prompts, params_list))
+        return stream
 
     async def generate_batch(self, prompts: Sequence[Prompt],
                              params: SamplingParams | Sequence[SamplingParams]) -> list[Any]:
@@ -330,6 +391,8 @@ class AsyncLLMEngine:
                     return
                 else:
                     self._pending[rid] = (handle, i)
+                    if isinstance(handle, BatchStream):
+                        self._streams[rid] = (handle, i)
         elif kind == "abort":
             self._abort_pending(cmd[1])
         elif kind == "call":
@@ -366,6 +429,16 @@ class AsyncLLMEngine:
             entry = self._pending.pop(out.request_id, None)
             if entry is not None:
                 entry[0]._set(entry[1], out)
+        self._report_progress()
+
+    def _report_progress(self) -> None:
+        """Hand each streamed request's new tokens to its caller; forget the ones no longer pending."""
+        for rid, (stream, i) in list(self._streams.items()):
+            part = self.engine.partial_output(rid, stream.num_sent[i]) if rid in self._pending else None
+            if part is None:
+                del self._streams[rid]
+            elif part[0]:
+                stream._progress(i, *part)
 
     def _fail_all(self, error: BaseException, abort: bool) -> None:
         pending, self._pending = self._pending, {}

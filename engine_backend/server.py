@@ -13,6 +13,7 @@ requests aborted, so their KV pages are freed at once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import ipaddress
 import json
@@ -27,14 +28,17 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from engine_backend.async_engine import AsyncLLMEngine, EngineClosedError, EngineError
-from engine_backend.sampling_params import SamplingParams
+from engine_backend.async_engine import AsyncLLMEngine, BatchStream, EngineClosedError, EngineError
+from engine_backend.openai_shapes import chat_logprobs, completion_logprobs, usage
+from engine_backend.sampling_params import MAX_LOGPROBS, SamplingParams
+from engine_backend.server_stream import ChunkWriter, sse
 
 OPEN_PATHS = frozenset({"/health"})
+MAX_N = 16  # choices per prompt: each is a request of its own
 _KNOWN_PATHS = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics"})
 
 
@@ -91,7 +95,13 @@ class _SamplingFields(BaseModel):
     n: int | None = None
     best_of: int | None = None
     stream: bool | None = None
-    logprobs: Any = None
+    stream_options: dict[str, Any] | None = None  # {"include_usage": bool}
+    logprobs: Any = None  # completions: how many alternatives (int); chat: whether (bool), see top_logprobs
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None  # token id (as a string) -> bias in [-100, 100]
+    tools: list[Any] | None = None  # function calling is not offered: refused rather than ignored
+    functions: list[Any] | None = None
     choices: list[str] | None = None  # our extension: the output is exactly one of these
     guided_choice: list[str] | None = None  # vLLM's name for the same thing (before 0.12)
     guided_json: dict[str, Any] | str | None = None  # vLLM's (before 0.12): a JSON schema
@@ -115,21 +125,56 @@ class ChatMessage(BaseModel):
 class ChatRequest(_SamplingFields):
     messages: list[ChatMessage]
     max_completion_tokens: int | None = None
+    top_logprobs: int | None = None
 
 
 def _reject_unsupported(req: _SamplingFields) -> None:
-    if req.stream:
-        raise APIError(400, "stream=true is not supported by this server", param="stream")
-    if req.n not in (None, 1):
-        raise APIError(400, f"only n=1 is supported, got n={req.n}", param="n")
-    if req.best_of not in (None, 1):
-        raise APIError(400, f"only best_of=1 is supported, got best_of={req.best_of}", param="best_of")
-    if req.logprobs not in (None, False, 0):
-        raise APIError(400, "logprobs are not supported by this server", param="logprobs")
+    if req.n is not None and not 1 <= req.n <= MAX_N:
+        raise APIError(400, f"n must be between 1 and {MAX_N}, got n={req.n}", param="n")
+    if req.best_of not in (None, 1, req.n or 1):
+        raise APIError(400, f"best_of is not supported (only best_of equal to n), got best_of={req.best_of}",
+                       param="best_of")
+    if req.stream_options is not None:
+        if not req.stream:
+            raise APIError(400, "stream_options is only allowed with stream=true", param="stream_options")
+        if not isinstance(req.stream_options.get("include_usage", False), bool):
+            raise APIError(400, "stream_options.include_usage must be a boolean", param="stream_options")
+    for name in ("tools", "functions"):
+        if getattr(req, name):
+            raise APIError(400, f"{name} (function calling) is not supported by this server", param=name)
     if getattr(req, "echo", None):
         raise APIError(400, "echo=true is not supported by this server", param="echo")
     if getattr(req, "suffix", None):
         raise APIError(400, "suffix is not supported by this server", param="suffix")
+
+
+def _logprobs_asked(req: _SamplingFields) -> int | None:
+    """How many alternatives per token the request wants (0: the chosen token only), or None for no logprobs.
+    Completions give the count as ``logprobs``; chat says ``logprobs: true`` and the count as ``top_logprobs``."""
+    if isinstance(req, ChatRequest):
+        if req.logprobs not in (None, True, False):
+            raise APIError(400, "logprobs must be a boolean for chat (the count goes in top_logprobs)",
+                           param="logprobs")
+        if req.top_logprobs is not None and not req.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
+        count = (req.top_logprobs or 0) if req.logprobs else None
+        param = "top_logprobs"
+    else:
+        if req.logprobs is not None and (isinstance(req.logprobs, bool) or not isinstance(req.logprobs, int)):
+            raise APIError(400, "logprobs must be an integer (how many alternatives per token)", param="logprobs")
+        count, param = req.logprobs, "logprobs"
+    if count is not None and not 0 <= count <= MAX_LOGPROBS:
+        raise APIError(400, f"{param} must be between 0 and {MAX_LOGPROBS}, got {count}", param=param)
+    return count
+
+
+def _logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:
+    if not bias:
+        return None
+    if any(not k.isdigit() for k in bias):
+        raise APIError(400, "logit_bias keys must be token ids written as strings, e.g. {\"50256\": -100}",
+                       param="logit_bias")
+    return {int(k): float(v) for k, v in bias.items()}
 
 
 def _output_constraint(req: _SamplingFields) -> dict[str, Any]:
@@ -176,6 +221,10 @@ def _sampling_params(req: _SamplingFields, max_tokens: int | None) -> SamplingPa
         "stop_token_ids": list(req.stop_token_ids or []),
         "ignore_eos": bool(req.ignore_eos),
         "seed": req.seed,
+        "logprobs": _logprobs_asked(req),
+        "presence_penalty": req.presence_penalty or 0.0,
+        "frequency_penalty": req.frequency_penalty or 0.0,
+        "logit_bias": _logit_bias(req.logit_bias),
         **_output_constraint(req),
     }
     if max_tokens is not None:
@@ -227,22 +276,33 @@ def _message_text(content: str | list[dict[str, Any]] | None) -> str:
 
 
 # --- responses -------------------------------------------------------------------------------
-def _usage(outputs: list[Any]) -> dict:
-    prompt = sum(len(o.prompt_token_ids) for o in outputs)
-    completion = sum(len(o.token_ids) for o in outputs)
-    cached = sum(o.num_cached_tokens or 0 for o in outputs)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": cached}}
+def _with_choices(params: SamplingParams, n: int) -> list[SamplingParams]:
+    """``n`` requests for one prompt. A seeded sampler gets seed, seed + 1, ...: reproducible, yet n different
+    answers (one seed n times would give n equal ones)."""
+    if n == 1:
+        return [params]
+    if params.seed is None or params.greedy:
+        return [params] * n
+    return [dataclasses.replace(params, seed=(params.seed + j) % 2**64) for j in range(n)]
 
 
-def _completion_choice(index: int, out: Any) -> dict:
-    choice = {"index": index, "text": out.text, "logprobs": None, "finish_reason": out.finish_reason,
+def _completion_choice(index: int, out: Any, tokenizer: Any) -> dict:
+    logprobs = None
+    if out.logprobs is not None and out.finish_reason != "error":
+        logprobs = completion_logprobs(tokenizer, out.token_ids, out.logprobs)
+    choice = {"index": index, "text": out.text, "logprobs": logprobs, "finish_reason": out.finish_reason,
               # extensions: exact tokens and per-choice usage, so a client can account per row
-              "token_ids": list(out.token_ids), "usage": _usage([out])}
+              "token_ids": list(out.token_ids), "usage": usage([out])}
     if out.finish_reason == "error":
         choice["text"] = ""
         choice["error"] = out.error or "request failed"
     return choice
+
+
+def _chat_choice(index: int, out: Any, tokenizer: Any) -> dict:
+    logprobs = chat_logprobs(tokenizer, out.token_ids, out.logprobs) if out.logprobs is not None else None
+    return {"index": index, "message": {"role": "assistant", "content": out.text}, "logprobs": logprobs,
+            "finish_reason": out.finish_reason, "token_ids": list(out.token_ids)}
 
 
 # --- auth and request counting (pure ASGI: runs before the body is read) ---------------------
@@ -396,7 +456,7 @@ async def _client_gone(request: Request) -> None:
             return
 
 
-async def _run_batch(engine: AsyncLLMEngine, request: Request, prompts: list, params: SamplingParams) -> list:
+async def _run_batch(engine: AsyncLLMEngine, request: Request, prompts: list, params: SamplingParams | list) -> list:
     try:
         handle = engine.submit(prompts, params)
     except EngineClosedError as exc:
@@ -418,6 +478,48 @@ async def _run_batch(engine: AsyncLLMEngine, request: Request, prompts: list, pa
         raise APIError(503, str(exc), type="server_error") from None
     except EngineError as exc:
         raise APIError(500, str(exc), type="server_error") from None
+
+
+async def _first_event(events: Any, stream: BatchStream, request: Request) -> tuple:
+    """The stream's first event, or 499 if the client leaves before it (its requests are aborted)."""
+    nxt = asyncio.ensure_future(events.__anext__())
+    watch = asyncio.ensure_future(_client_gone(request))
+    try:
+        done, _ = await asyncio.wait({nxt, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not nxt.done():
+            stream.abort()
+            nxt.cancel()
+    if nxt not in done:
+        raise APIError(499, "client closed the request", type="client_closed_request")
+    return nxt.result()
+
+
+async def _stream_response(engine: AsyncLLMEngine, request: Request, prompts: list, params_list: list,
+                           writer: ChunkWriter, single: bool, param: str) -> StreamingResponse:
+    """Start streaming, once the first event shows the request was accepted: a single prompt the engine
+    rejects is still a 400 (headers are not sent yet), as it is without streaming."""
+    try:
+        stream = engine.stream(prompts, params_list)
+    except EngineClosedError as exc:
+        raise APIError(503, str(exc), type="server_error") from None
+    events = stream.events()
+    first = await _first_event(events, stream, request)
+    if first[0] == "error":
+        status = 503 if isinstance(first[1], EngineClosedError) else 500
+        raise APIError(status, str(first[1]), type="server_error")
+    if single and first[0] == "done" and first[2].finish_reason == "error":
+        stream.abort()
+        raise APIError(400, first[2].error or "invalid request", param=param)
+
+    async def replay() -> Any:
+        yield first
+        async for event in events:
+            yield event
+
+    return StreamingResponse(sse(writer, replay(), stream), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache"})
 
 
 # --- the app ----------------------------------------------------------------------------------------
@@ -467,20 +569,38 @@ def create_app(engine: AsyncLLMEngine, api_key: str, model_name: str) -> FastAPI
             stats = {}
         return PlainTextResponse(render_metrics(stats, counts), media_type="text/plain; version=0.0.4")
 
+    async def respond(request: Request, body: _SamplingFields, prompts: list, params: SamplingParams,
+                      single: bool, chat: bool) -> Any:
+        """Run every prompt ``n`` times (choice index = prompt index * n + j), streamed or whole."""
+        n = body.n or 1
+        batch = [p for p in prompts for _ in range(n)]
+        params_list = _with_choices(params, n) * len(prompts)
+        param = "messages" if chat else "prompt"
+        response_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        if body.stream:
+            include_usage = bool((body.stream_options or {}).get("include_usage"))
+            writer = ChunkWriter(engine.tokenizer, chat=chat, model=model_name, response_id=response_id,
+                                 params=params_list, include_usage=include_usage)
+            return await _stream_response(engine, request, batch, params_list, writer, single, param)
+        outs = await _run_batch(engine, request, batch, params_list)
+        if single and outs[0].finish_reason == "error":
+            raise APIError(400, outs[0].error or "invalid request", param=param)
+        if chat:
+            choices = [_chat_choice(i, o, engine.tokenizer) for i, o in enumerate(outs)]
+        else:
+            choices = [_completion_choice(i, o, engine.tokenizer) for i, o in enumerate(outs)]
+        return {"id": response_id, "object": "chat.completion" if chat else "text_completion",
+                "created": int(time.time()), "model": model_name, "choices": choices, "usage": usage(outs)}
+
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest, request: Request) -> dict:
+    async def completions(body: CompletionRequest, request: Request) -> Any:
         check_model(body.model)
         params = _sampling_params(body, body.max_tokens)
         prompts, single = _prompts(body.prompt)
-        outs = await _run_batch(engine, request, prompts, params)
-        if single and outs[0].finish_reason == "error":
-            raise APIError(400, outs[0].error or "invalid prompt", param="prompt")
-        return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-                "model": model_name, "choices": [_completion_choice(i, o) for i, o in enumerate(outs)],
-                "usage": _usage(outs)}
+        return await respond(request, body, prompts, params, single, chat=False)
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatRequest, request: Request) -> dict:
+    async def chat_completions(body: ChatRequest, request: Request) -> Any:
         check_model(body.model)
         if not body.messages:
             raise APIError(400, "messages must not be empty", param="messages")
@@ -492,16 +612,7 @@ def create_app(engine: AsyncLLMEngine, api_key: str, model_name: str) -> FastAPI
             prompt = engine.tokenizer.encode_chat(messages, add_generation_prompt=True)
         except Exception as exc:  # a template that rejects the roles, or none at all
             raise APIError(400, f"cannot apply the chat template: {exc}", param="messages") from None
-        (out,) = await _run_batch(engine, request, [prompt], params)
-        if out.finish_reason == "error":
-            raise APIError(400, out.error or "invalid request", param="messages")
-        usage = _usage([out])
-        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-                "model": model_name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text},
-                             "logprobs": None, "finish_reason": out.finish_reason,
-                             "token_ids": list(out.token_ids)}],
-                "usage": usage}
+        return await respond(request, body, [prompt], params, True, chat=True)
 
     return app
 
