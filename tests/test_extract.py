@@ -82,3 +82,21 @@ def test_output_schema_types_and_parsing():
     value, why = out.parse('{"a": 1, "n": 3, "xs": [], "s": {"ok": true}}')
     assert value is None and "answer.a: 1 is not a VARCHAR" in why
     assert out.json_schema["properties"]["a"]["maxLength"] > 0  # bounded, so an answer ends
+
+
+def test_extract_through_an_openai_compatible_endpoint(con, model_dir):
+    """The same query against our server over HTTP (the schema travels as response_format) gives the same STRUCTs
+    as the embedded engine on the same checkpoint."""
+    from engine_backend import LLMEngine
+    from engine_backend.async_engine import AsyncLLMEngine
+    from engine_backend.server import ServerThread, create_app
+
+    sql = f"SELECT id, llm_extract('Extract the facts', review, {{'schema': '{SCHEMA}'}}) AS x FROM t ORDER BY id"
+    _, embedded, _ = run(con, model_dir, sql)
+    with AsyncLLMEngine(LLMEngine(model=model_dir)) as aengine, \
+            ServerThread(create_app(aengine, "extract-key", aengine.model_name)) as srv:
+        types, remote, _ = run(con, aengine.model_name, sql, backend="openai", base_url=srv.url,
+                               api_key="extract-key")
+        assert aengine.stats()["requests_submitted"] == 2  # the two distinct reviews went over HTTP
+    assert str(types[1]).replace('"', "") == output_schema(SCHEMA).duckdb_type.replace('"', "")
+    assert remote == embedded
