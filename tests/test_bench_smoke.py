@@ -157,6 +157,16 @@ def test_constrained_decoding_quick(tmp_path):
         assert run["json_schema"]["ms_per_token"] > 0 and run["choices_trie"]["finished_early"] > 0
 
 
+def test_server_streaming_quick(tmp_path):
+    pytest.importorskip("openai")
+    data, _ = run_bench("server_streaming", tmp_path)
+    for mode in ("plain", "stream"):
+        s = data["summary"][mode]
+        assert 0 < s["ttft_p50"] <= s["total_p50"] and s["tokens_per_s"] > 0
+    # a client waiting for the whole answer sees its first token last
+    assert data["summary"]["plain"]["ttft_p50"] == data["summary"]["plain"]["total_p50"]
+
+
 @pytest.mark.skipif(not (REPO.parent / "shared" / "data" / "llmsql").is_dir(),
                     reason="the beer and movie tables live in ../shared/data/llmsql")
 def test_pie_swap_quick(tmp_path):
