@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -107,21 +108,111 @@ def regex_for(json_schema: Any = None, regex: str | None = None) -> str:
 
 ENUM_RANGE_LIMIT = 1000  # an integer range up to this many values becomes an enum the grammar can enforce
 
+_NUMERIC_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
+# keywords the regex compiler ignores although an output could break them: refused, never silently ignored
+_UNENFORCED = ("contains", "minContains", "maxContains", "dependentRequired", "dependentSchemas", "propertyNames",
+               "if", "not")
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions")  # name -> subschema
+_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")  # [subschema, ...]
+_SCHEMA_ONE = ("items", "additionalProperties", "then", "else")  # a subschema (or a boolean)
+
 
 def _enforceable(schema: Any) -> Any:
-    """The schema with what the regex compiler ignores made explicit: a bounded integer range (``minimum`` /
-    ``maximum``, e.g. a 1..5 score) becomes the enum of its values, so the output validates."""
-    if isinstance(schema, list):
+    """The schema rewritten so that every output of its regex validates, or ValueError naming what cannot be
+    enforced. The regex compiler (outlines-core) ignores numeric bounds, ``uniqueItems``, ``minProperties`` and a
+    few more keywords, and writes property names into the output unescaped; so here
+    - a bounded integer range (``minimum``/``maximum``, exclusive bounds, ``multipleOf``; e.g. a 1..5 score) becomes
+      the enum of its values; any other numeric bound is refused (a number range, a one-sided or huge range);
+    - a property name that JSON must escape (a quote, a backslash, a control character) is given escaped;
+    - a keyword the compiler would ignore is refused unless the output meets it anyway;
+    - outlines' digit-count extensions get at least one digit after a '.' or an exponent sign ("1." is not JSON).
+    Only subschemas are walked: enum/const values and property names are data."""
+    if isinstance(schema, list):  # items given as a list (draft 4's tuple form)
         return [_enforceable(s) for s in schema]
     if not isinstance(schema, dict):
-        return schema
-    out = {k: _enforceable(v) for k, v in schema.items()}
-    if out.get("type") == "integer" and "minimum" in out and "maximum" in out:
-        lo, hi = out["minimum"], out["maximum"]
-        if isinstance(lo, int) and isinstance(hi, int) and 0 <= hi - lo < ENUM_RANGE_LIMIT:
-            rest = {k: v for k, v in out.items() if k not in ("type", "minimum", "maximum")}
-            return {**rest, "enum": list(range(lo, hi + 1))}
+        return schema  # true / false
+    out = dict(schema)
+    for key in _SCHEMA_MAPS:
+        if isinstance(out.get(key), dict):
+            out[key] = {_name(n) if key == "properties" else n: _enforceable(v) for n, v in out[key].items()}
+    if isinstance(out.get("required"), list) and isinstance(schema.get("properties"), dict):
+        out["required"] = [_name(n) if isinstance(n, str) else n for n in out["required"]]
+    for key in _SCHEMA_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = [_enforceable(v) for v in out[key]]
+    for key in _SCHEMA_ONE:
+        if key in out:
+            out[key] = _enforceable(out[key])
+    _refuse_ignored(out)
+    for kind in ("Fraction", "Exponent"):  # {0,n} digits after '.' / 'e+' would allow "1." and "1e+"
+        if f"maxDigits{kind}" in out and f"minDigits{kind}" not in out:
+            out[f"minDigits{kind}"] = 1
+    kind = out.get("type")
+    numeric = kind in (None, "integer", "number") or (isinstance(kind, list) and {"integer", "number"} & set(kind))
+    if numeric and any(k in out for k in _NUMERIC_BOUNDS) and "enum" not in out and "const" not in out:
+        if kind != "integer":
+            raise ValueError(f"unsupported json_schema: bounds on a {out.get('type', 'value')!r} cannot be enforced "
+                             f"(only an integer range of at most {ENUM_RANGE_LIMIT} values): {_short(schema)}")
+        values = _integer_range(out, schema)
+        rest = {k: v for k, v in out.items() if k not in ("type", *_NUMERIC_BOUNDS)}
+        return {**rest, "enum": values}
     return out
+
+
+def _name(name: Any) -> Any:
+    """A property name as the regex must spell it: its JSON-escaped text (the compiler copies it verbatim)."""
+    return json.dumps(name, ensure_ascii=False)[1:-1] if isinstance(name, str) else name
+
+
+def _short(schema: Any) -> str:
+    text = json.dumps(schema, sort_keys=True)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _refuse_ignored(s: dict) -> None:
+    for key in _UNENFORCED:
+        if key in s:
+            raise ValueError(f"unsupported json_schema: {key!r} cannot be enforced: {_short(s)}")
+    props = s.get("properties") if isinstance(s.get("properties"), dict) else None
+    if s.get("uniqueItems") is True and not (isinstance(s.get("maxItems"), int) and s["maxItems"] <= 1):
+        raise ValueError(f"unsupported json_schema: uniqueItems cannot be enforced (only with maxItems <= 1): "
+                         f"{_short(s)}")
+    required = s.get("required") if isinstance(s.get("required"), list) else []
+    if required and not (props is not None and set(required) <= set(props)):
+        raise ValueError(f"unsupported json_schema: required names a property that properties does not declare: "
+                         f"{_short(s)}")
+    if "minProperties" in s and not (props is not None and isinstance(s["minProperties"], int)
+                                     and s["minProperties"] <= len(set(required))):
+        raise ValueError(f"unsupported json_schema: minProperties cannot be enforced (only when the required "
+                         f"properties meet it): {_short(s)}")
+    if "maxProperties" in s and not (props is not None and isinstance(s["maxProperties"], int)
+                                     and len(props) <= s["maxProperties"]):
+        raise ValueError(f"unsupported json_schema: maxProperties cannot be enforced (only when the declared "
+                         f"properties meet it): {_short(s)}")
+
+
+def _integer_range(s: dict, original: dict) -> list[int]:
+    """The integers an integer schema's bounds allow, in order; ValueError if unbounded, huge or empty."""
+    for key in _NUMERIC_BOUNDS:
+        v = s.get(key)
+        if key in s and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+            raise ValueError(f"unsupported json_schema: {key} must be a finite number (draft 4's boolean "
+                             f"exclusive bounds are not supported), got {v!r}")
+    lows = [math.ceil(s["minimum"])] if "minimum" in s else []
+    lows += [math.floor(s["exclusiveMinimum"]) + 1] if "exclusiveMinimum" in s else []
+    highs = [math.floor(s["maximum"])] if "maximum" in s else []
+    highs += [math.ceil(s["exclusiveMaximum"]) - 1] if "exclusiveMaximum" in s else []
+    if not lows or not highs or min(highs) - max(lows) >= ENUM_RANGE_LIMIT:
+        raise ValueError(f"unsupported json_schema: integer bounds are enforced for a range of at most "
+                         f"{ENUM_RANGE_LIMIT} values with both ends given: {_short(original)}")
+    step = s.get("multipleOf")
+    if step is not None and step <= 0:
+        raise ValueError(f"unsupported json_schema: multipleOf must be positive, got {step!r}")
+    values = [v for v in range(max(lows), min(highs) + 1)
+              if step is None or (v % step == 0 if isinstance(step, int) else (v / step).is_integer())]
+    if not values:
+        raise ValueError(f"unsupported json_schema: no integer satisfies the bounds: {_short(original)}")
+    return values
 
 
 @functools.lru_cache(maxsize=8)

@@ -151,3 +151,55 @@ def test_engine_json_schema_equals_transformers_with_the_same_mask(tiny_model_di
         SamplingParams(choices=["a"], regex="a")
     bad = engine.generate([ids[0]], SamplingParams(json_schema="{nope"))[0]
     assert bad.finish_reason == "error" and "not valid JSON" in bad.error
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "object", "properties": {n: {"type": "boolean"} for n in ('say "hi"', "back\\slash", "tab\there", "ü",
+                                                                       "a.b", "properties")},
+     "required": ['say "hi"', "back\\slash", "tab\there", "ü", "a.b", "properties"]},
+    {"type": "integer", "exclusiveMinimum": -3, "exclusiveMaximum": 4},
+    {"type": "integer", "minimum": 0.5, "maximum": 30, "multipleOf": 7},
+    {"type": "integer", "minimum": -2, "maximum": 40, "multipleOf": 0.5},
+    {"type": "number", "maxDigitsInteger": 2, "maxDigitsFraction": 2, "maxDigitsExponent": 1},
+    {"type": "array", "items": {"enum": [1, 2]}, "maxItems": 1, "uniqueItems": True},
+    {"type": "object", "properties": {"a": {"type": "boolean"}, "b": {"type": "boolean"}}, "required": ["a"],
+     "minProperties": 1, "maxProperties": 2},
+    {"type": "object", "properties": {"x": {"type": "integer", "minimum": 1, "maximum": 3},
+                                      "y": {"enum": [{"type": "integer", "minimum": 1, "maximum": 2}]}},
+     "required": ["x", "y"], "maxProperties": 2},
+], ids=["escaped-names", "exclusive-bounds", "multipleOf", "multipleOf-float", "digit-counts", "unique-one",
+        "properties-count", "only-subschemas"])
+def test_schemas_the_compiler_only_half_enforces_now_validate(tokenizer, schema):
+    """Found by the openai-client schema test's probing: property names were written unescaped ('say "hi"' gave
+    invalid JSON), exclusive bounds and multipleOf were ignored, outlines' digit counts allowed "1." and "1e+", and
+    an enum value shaped like an integer range was rewritten as if it were a schema; now the outputs validate."""
+    constraint = compile_constraint(tokenizer, tokenizer.vocab_size, json_schema=schema)
+    for seed in range(40):
+        jsonschema.validate(json.loads(walk(constraint, tokenizer, seed)), schema)
+
+
+@pytest.mark.parametrize("schema,needle", [
+    ({"type": "integer", "minimum": 3}, "both ends"),
+    ({"type": "integer", "maximum": -3}, "both ends"),
+    ({"type": "integer", "minimum": 0, "maximum": 100000}, "at most 1000"),
+    ({"type": "integer", "minimum": 1, "maximum": 5, "multipleOf": 7}, "no integer"),
+    ({"type": "number", "minimum": 0, "maximum": 1}, "bounds on a 'number'"),
+    ({"type": ["integer", "null"], "minimum": 0, "maximum": 3}, "bounds on a"),
+    ({"type": "number", "multipleOf": 0.5}, "bounds on a 'number'"),
+    ({"type": "integer", "minimum": 0, "maximum": 3, "exclusiveMaximum": True}, "finite number"),
+    ({"type": "array", "items": {"type": "boolean"}, "maxItems": 3, "uniqueItems": True}, "uniqueItems"),
+    ({"type": "array", "items": {"type": "integer"}, "contains": {"const": 1}}, "'contains'"),
+    ({"type": "object", "required": ["a"]}, "does not declare"),
+    ({"type": "object", "properties": {"a": {"type": "boolean"}}, "required": ["b"]}, "does not declare"),
+    ({"type": "object", "properties": {"a": {"type": "boolean"}}, "minProperties": 1}, "minProperties"),
+    ({"type": "object", "properties": {"a": {"type": "boolean"}, "b": {"type": "boolean"}}, "maxProperties": 1},
+     "maxProperties"),
+    ({"type": "object", "properties": {"a": {"type": "integer", "minimum": 0}}, "required": ["a"]}, "both ends"),
+    ({"type": "object", "properties": {"a": {"type": "boolean"}}, "if": {"required": ["a"]}}, "'if'"),
+])
+def test_schemas_the_compiler_would_ignore_are_refused(tokenizer, schema, needle):
+    """Each of these compiled to a regex whose outputs break the schema (a bound or keyword silently dropped): an
+    output constraint is enforced or refused, never ignored."""
+    with pytest.raises(ValueError, match="unsupported json_schema") as err:
+        regex_for(json_schema=schema)
+    assert needle in str(err.value)
