@@ -8,10 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 
-def usage(outputs: list[Any]) -> dict:
-    prompt = sum(len(o.prompt_token_ids) for o in outputs)
+def usage(outputs: list[Any], n: int = 1) -> dict:
+    """Token counts of a response; with ``n`` choices per prompt (consecutive outputs), each prompt counts once."""
+    prompt = sum(len(o.prompt_token_ids) for o in outputs[::n])
     completion = sum(len(o.token_ids) for o in outputs)
-    cached = sum(o.num_cached_tokens or 0 for o in outputs)
+    cached = sum(o.num_cached_tokens or 0 for o in outputs[::n])
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
             "prompt_tokens_details": {"cached_tokens": cached}}
 

@@ -580,7 +580,7 @@ def create_app(engine: AsyncLLMEngine, api_key: str, model_name: str) -> FastAPI
         if body.stream:
             include_usage = bool((body.stream_options or {}).get("include_usage"))
             writer = ChunkWriter(engine.tokenizer, chat=chat, model=model_name, response_id=response_id,
-                                 params=params_list, include_usage=include_usage)
+                                 params=params_list, include_usage=include_usage, n=n)
             return await _stream_response(engine, request, batch, params_list, writer, single, param)
         outs = await _run_batch(engine, request, batch, params_list)
         if single and outs[0].finish_reason == "error":
@@ -590,7 +590,7 @@ def create_app(engine: AsyncLLMEngine, api_key: str, model_name: str) -> FastAPI
         else:
             choices = [_completion_choice(i, o, engine.tokenizer) for i, o in enumerate(outs)]
         return {"id": response_id, "object": "chat.completion" if chat else "text_completion",
-                "created": int(time.time()), "model": model_name, "choices": choices, "usage": usage(outs)}
+                "created": int(time.time()), "model": model_name, "choices": choices, "usage": usage(outs, n)}
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Any:

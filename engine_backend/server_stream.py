@@ -21,10 +21,10 @@ class ChunkWriter:
     """Turns one request's stream events into SSE lines (``chat``: chat.completion.chunk, else text_completion)."""
 
     def __init__(self, tokenizer: Any, *, chat: bool, model: str, response_id: str, params: list,
-                 include_usage: bool):
+                 include_usage: bool, n: int = 1):
         self.tokenizer, self.chat, self.model, self.id = tokenizer, chat, model, response_id
         self.created = int(time.time())
-        self.include_usage = include_usage
+        self.include_usage, self.n = include_usage, n
         self.pieces = [TextPieces(tokenizer, p.stop) for p in params]
         self.want_logprobs = [p.logprobs is not None for p in params]
         self.outputs: list[Any] = [None] * len(params)
@@ -85,7 +85,7 @@ class ChunkWriter:
     def closing(self) -> list[str]:
         lines = []
         if self.include_usage:
-            lines.append(self._chunk([], usage=usage([o for o in self.outputs if o is not None])))
+            lines.append(self._chunk([], usage=usage(self.outputs, self.n)))
         return lines + ["data: [DONE]\n\n"]
 
     def failure(self, error: BaseException) -> str:

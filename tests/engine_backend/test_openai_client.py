@@ -150,6 +150,12 @@ def test_n_choices(client, model):
     three = client.completions.create(model=model, prompt=PROMPTS[:2], max_tokens=8, n=3)
     assert [c.index for c in three.choices] == list(range(6))
     assert [c.text for c in three.choices] == [one.choices[0].text] * 3 + [one.choices[1].text] * 3  # greedy
+    assert three.usage.prompt_tokens == one.usage.prompt_tokens  # each prompt counts once, as OpenAI's usage does
+    assert three.usage.completion_tokens == 3 * one.usage.completion_tokens
+    _, _, streamed = streamed_text(client.completions.create(model=model, prompt=PROMPTS[:2], max_tokens=8, n=3,
+                                                             stream=True, stream_options={"include_usage": True}), n=6)
+    assert (streamed.prompt_tokens, streamed.completion_tokens) == (three.usage.prompt_tokens,
+                                                                    three.usage.completion_tokens)
     sampled = dict(model=model, messages=MESSAGES, max_tokens=12, n=4, temperature=1.0, seed=11)
     first = client.chat.completions.create(**sampled)
     again = client.chat.completions.create(**sampled)
