@@ -4,7 +4,9 @@ answer parses and validates.
 
 The checkpoint has random weights, so the model "wants" arbitrary tokens at every step: whatever shape the answer
 has comes from the grammar alone. ``test_unconstrained_answers_are_not_json`` checks that this stays true (without
-the constraint the same requests do not give valid JSON), so the main test cannot pass by accident.
+the constraint the same requests do not give valid JSON), so the main test cannot pass by accident. The family
+includes property names JSON must escape and integer ranges with exclusive bounds and ``multipleOf`` (which the
+regex compiler alone got wrong, see ``engine_backend.grammar._enforceable``); a bound it cannot enforce is a 400.
 
 Every answer must finish by itself ("stop"): the family is bounded except for the digits of integers and numbers
 (``-?(0|[1-9][0-9]*)``, ...), and ``max_tokens`` is an upper bound on the answer's length in bytes (every token of
@@ -33,7 +35,8 @@ CLIENTS = 4  # openai clients, shared by the pool's threads
 WORKERS = 8  # requests in flight at once: the engine batches them
 NUMBER_TOKENS = 128  # budget for one unbounded integer or number: greedy runs of "1010..." reach 60 digits
 
-FIELDS = ["brewery", "abv", "style", "score", "ok", "notes", "hops", "malts", "origin", "year", "rating", "tags"]
+FIELDS = ["brewery", "abv", "style", "score", "ok", "notes", "hops", "malts", "origin", "year", "rating", "tags",
+          'the "name"', "back\\slash", "größe"]  # names JSON must escape: the grammar writes them escaped
 WORDS = ["IPA", "Stout", "amber ale", "Kölsch", "Weißbier", 'the "best"', "dry-hopped", "N/A", "sour", "Lager"]
 
 
@@ -46,7 +49,15 @@ def random_value(rng: random.Random, depth: int) -> dict:
     kind = rng.choice(kinds)
     if kind == "range":  # a bounded range: the grammar enforces it as the enum of its values
         lo = rng.randint(-10, 10)
-        return {"type": "integer", "minimum": lo, "maximum": lo + rng.randint(0, 30)}
+        schema = {"type": "integer", "minimum": lo, "maximum": lo + rng.randint(0, 30)}
+        if rng.random() < 0.3:
+            schema["multipleOf"] = rng.choice([2, 3, 5])
+            schema["maximum"] += 5  # six integers or more: at least one multiple in range
+        if rng.random() < 0.3:
+            schema["exclusiveMaximum"] = schema["maximum"] + 1  # redundant with maximum, and must agree
+        if rng.random() < 0.2:
+            schema["exclusiveMinimum"] = schema.pop("minimum") - 1
+        return schema
     if kind == "string":
         schema = {"type": "string", "maxLength": rng.randint(0, 8)}
         if schema["maxLength"] and rng.random() < 0.3:
@@ -83,8 +94,8 @@ def max_tokens_for(schema: dict) -> int:
         if "enum" in s:
             return max(len(json.dumps(v, ensure_ascii=a).encode()) for v in s["enum"] for a in (True, False))
         kind = s["type"]
-        if kind == "integer" and "minimum" in s:
-            return max(len(str(s["minimum"])), len(str(s["maximum"])))
+        if kind == "integer" and "maximum" in s:
+            return max(len(str(s.get("minimum", s.get("exclusiveMinimum")))), len(str(s["maximum"])))
         if kind in ("integer", "number"):
             return NUMBER_TOKENS
         if kind == "boolean":
@@ -204,3 +215,13 @@ def test_unconstrained_answers_are_not_json(clients, aengine):
     valid = [case["i"] for case, answer in zip(cases, answers)
              if check(case, *answer) is None]
     assert not valid, f"unconstrained answers of cases {valid} validate: the model alone gives valid JSON"
+
+
+@pytest.mark.parametrize("route", ["chat.response_format", "completions.response_format", "completions.guided_json"])
+def test_schemas_the_grammar_cannot_enforce_are_400(clients, aengine, route):
+    """A bound the grammar cannot enforce (here a number range) is refused, never ignored (issue 14)."""
+    schema = {"type": "object", "properties": {"p": {"type": "number", "minimum": 0, "maximum": 1}},
+              "required": ["p"]}
+    case = {"i": 1, "schema": schema, "route": route, "sampling": {"temperature": 0}, "max_tokens": 40}
+    with pytest.raises(openai.BadRequestError, match="unsupported json_schema"):
+        ask(clients[0], aengine.model_name, case)
