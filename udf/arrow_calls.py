@@ -121,17 +121,22 @@ Route = Callable[[str | None], Target]  # the model a call names (None = the ses
 def answer_batch(function: str, args: tuple[Any, ...], route: Route, settings: EvalSettings, *,
                  result_cache: ResultCache | None = None,
                  on_output: Callable[[LLMCall, EvalOutput, Target], None] | None = None,
-                 retry_backend_errors: bool = False) -> pa.Array:
+                 retry_backend_errors: bool = False, json_text: bool = False) -> pa.Array:
     """One Arrow batch of ``function``'s arguments in, one value per row out (NULL where a row failed).
 
     Each call of the batch goes to ``route(model)``, where ``model`` is its ``model`` option (or the session
     default's). With ``retry_backend_errors`` a call whose backend failed (after the backend's own retries) is
     routed again and evaluated once more from scratch, so no row is lost or answered twice; a second failure
     raises. ``on_output(call, output, target)`` sees every call's output (statistics, per-row reasons).
+    With ``json_text`` a function typed by its schema (``llm_extract``) answers each row's value as JSON text
+    (Spark, whose UDF types are fixed at registration, makes it the STRUCT: ``udf.extract``).
     """
     from udf.batch import evaluate
+    from udf.extract import json_text as json_value
 
     n, rows, calls = calls_of_batch(function, args)
+    typed = spec_of(function).typed_by_schema
+    as_json = json_text and typed
     values: list[Any] = [None] * n
     for call, idx in calls:
         model = merge_options(settings.defaults, call.options).get("model")
@@ -150,10 +155,12 @@ def answer_batch(function: str, args: tuple[Any, ...], route: Route, settings: E
             out = evaluate(call, batch_rows, target.backend, settings=settings, result_cache=result_cache,
                            model_id=target.model_id)
         for i, v in zip(idx, out.values):
-            values[i] = v
+            values[i] = json_value(v) if as_json else v
         if on_output is not None:
             on_output(call, out, target)
-    if spec_of(function).typed_by_schema:  # one registration per schema: every call of it has that type
+    if as_json:
+        return pa.array(values, type=pa.string())
+    if typed:  # one registration per schema: every call of it has that type
         from udf.functions import arrow_type_of
 
         return pa.array(values, type=arrow_type_of(calls[0][0], settings.defaults) if calls else pa.null())

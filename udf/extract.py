@@ -6,9 +6,13 @@ SQL and Arrow types of the value, and the typed value of an answer.
 returns ``STRUCT(brewery VARCHAR, abv DOUBLE, styles VARCHAR[])``. The model decodes under the equivalent JSON
 schema (``engine_backend.grammar``), so a complete answer always parses; one cut off at ``max_tokens`` is NULL
 with that reason. Strings and arrays are bounded (``MAX_STRING`` characters, ``MAX_ITEMS`` items) so that an
-answer ends within its token budget. Supported types: VARCHAR/TEXT, INTEGER/BIGINT (and the smaller ints),
-DOUBLE/FLOAT/DECIMAL (as DOUBLE), BOOLEAN, ``T[]`` and nested STRUCTs; a JSON schema may use string, integer,
-number, boolean, enum (of strings), array and object.
+answer ends within its token budget. Supported types: VARCHAR/TEXT/STRING, INTEGER/BIGINT/LONG (and the smaller
+ints), DOUBLE/FLOAT/DECIMAL (as DOUBLE), BOOLEAN, ``T[]`` / ``ARRAY<T>`` and nested ``STRUCT(...)`` /
+``STRUCT<...>``; Spark's spelling with colons and backquotes (``a: INT, `b c`: STRUCT<x: STRING>``) reads as
+Spark DDL. A JSON schema may use string, integer, number, boolean, enum (of strings), array and object.
+
+In Spark a value travels as its JSON text (``json_text``), which the Catalyst rule ``TypeExtractCalls`` turns
+into the STRUCT with ``from_json``: a UDF's return type is fixed when it is registered, a schema is not.
 """
 from __future__ import annotations
 
@@ -121,6 +125,11 @@ class OutputSchema:
             return None, f"the answer does not fit the schema: {exc}"
 
 
+def json_text(value: Any) -> str | None:
+    """A parsed value (``OutputSchema.parse``) as compact JSON, for Spark's ``from_json``; None stays None."""
+    return None if value is None else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
 _DDL_KINDS = {"TEXT": "string", "VARCHAR": "string", "CHAR": "string", "NVARCHAR": "string", "NCHAR": "string",
               "INT": "integer", "TINYINT": "integer", "SMALLINT": "integer", "BIGINT": "bigint",
               "DOUBLE": "number", "FLOAT": "number", "DECIMAL": "number", "BOOLEAN": "boolean"}
@@ -169,8 +178,9 @@ def _from_json(schema: Any, where: str = "schema") -> Field:
 
 @functools.lru_cache(maxsize=256)
 def output_schema(spec: str) -> OutputSchema:
-    """The output schema of a ``schema`` option: a DDL field list (``'a VARCHAR, b DOUBLE'``) or a JSON schema
-    of an object (text starting with ``{``). ValueError says what is wrong."""
+    """The output schema of a ``schema`` option: a DDL field list in DuckDB's or Spark's spelling (``'a VARCHAR,
+    b DOUBLE[]'``, ``'a STRING, b: ARRAY<DOUBLE>'``) or a JSON schema of an object (text starting with ``{``).
+    ValueError says what is wrong. Spark's Catalyst rule reads the same text (``ExtractSchema.java``)."""
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError("llm_extract needs the option schema: a field list like 'brewery VARCHAR, abv DOUBLE' "
                          "or a JSON schema")
@@ -184,8 +194,11 @@ def output_schema(spec: str) -> OutputSchema:
         import sqlglot
         from sqlglot import exp
 
+        # Spark's spelling (`name`: TYPE, STRUCT<a: INT>) reads as Spark DDL; DuckDB's reads ARRAY<T> too.
+        spark = ":" in text or "`" in text
         try:
-            root = _from_ddl(exp.DataType.build(f"STRUCT({text})", dialect="duckdb"))
+            root = _from_ddl(exp.DataType.build(f"STRUCT<{text}>" if spark else f"STRUCT({text})",
+                                                dialect="spark" if spark else "duckdb"))
         except sqlglot.errors.SqlglotError as exc:
             raise ValueError(f"schema {text!r} is not a field list like 'brewery VARCHAR, abv DOUBLE': "
                              f"{str(exc).splitlines()[0]}") from None
