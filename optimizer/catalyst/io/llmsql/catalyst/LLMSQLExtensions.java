@@ -19,6 +19,10 @@ import scala.runtime.BoxedUnit;
  * "Extract Python UDFs" batch turns LLM calls into ArrowEvalPython nodes, so the inserted sort and
  * split filters are neither undone by push-down nor re-added in a fixed-point loop. Every rule is a
  * no-op when {@code llm_sql.optimize=false} or when the plan holds no LLM Python UDF.
+ *
+ * <p>{@link TypeExtractCalls} is an analyzer (resolution) rule instead, on whatever the switch says: it
+ * gives {@code llm_extract} the STRUCT type of its schema, which later resolution (a {@code .field}
+ * of the value) needs.
  */
 public class LLMSQLExtensions extends AbstractFunction1<SparkSessionExtensions, BoxedUnit> {
 
@@ -40,6 +44,12 @@ public class LLMSQLExtensions extends AbstractFunction1<SparkSessionExtensions, 
         }
       });
     }
+    ext.injectResolutionRule(new AbstractFunction1<SparkSession, Rule<LogicalPlan>>() {
+      @Override
+      public Rule<LogicalPlan> apply(SparkSession s) {
+        return new TypeExtractCalls(s);
+      }
+    });
     return BoxedUnit.UNIT;
   }
 }
