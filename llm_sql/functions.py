@@ -1,10 +1,11 @@
 """The LLM functions for the PySpark DataFrame API (after ``llm_sql.register(spark, ...)``).
 
-    from llm_sql.functions import llm, llm_filter, llm_classify, llm_score
+    from llm_sql.functions import llm, llm_filter, llm_classify, llm_score, llm_extract
     df.select(llm("Classify the sentiment", F.col("review")))
     df.where(llm_filter("Is it about beer?", "review", "style", options={"max_tokens": 4}))
     df.select(llm_classify(F.col("review"), ["pos", "neg"]))
     df.groupBy("style").agg(F.avg(llm_score("How positive?", "review")))
+    df.select(llm_extract("Extract the facts", "review", schema="brewery STRING, abv DOUBLE").alias("x"))
 
 Fields are columns or column names; they are passed to the registered SQL function as ONE struct
 (``struct(review, style)``), so the prompt names each field after its column (an expression is named by
@@ -71,6 +72,16 @@ def llm_score(instruction: str, *fields: Any, options: Mapping[str, Any] | None 
     return _instructed("llm_score", instruction, fields, options)
 
 
+def llm_extract(instruction: str, *fields: Any, schema: str, options: Mapping[str, Any] | None = None):
+    """STRUCT column of ``schema``'s types (a field list like ``"brewery STRING, styles ARRAY<STRING>"`` or a JSON
+    schema; ``udf.extract``), typed by the Catalyst extension as in SQL; NULL where the model could not produce a
+    value, with the reason in ``llm_sql.last_stats(spark)``."""
+    from udf.extract import output_schema
+
+    output_schema(schema)  # a malformed schema is a ValueError now, naming what is wrong, not a failed task
+    return _instructed("llm_extract", instruction, fields, {**(options or {}), "schema": schema})
+
+
 def llm_classify(*fields_and_labels: Any, labels: Iterable[str] | None = None,
                  options: Mapping[str, Any] | None = None):
     """STRING column, one of ``labels``: ``llm_classify(col, ["pos", "neg"])`` or ``llm_classify(col, labels=[...])``."""
@@ -87,4 +98,4 @@ def llm_classify(*fields_and_labels: Any, labels: Iterable[str] | None = None,
     return _call("llm_classify", _fields(tuple(fields)), F.array(*[F.lit(x) for x in labels]), *_options(options))
 
 
-__all__ = ["llm", "llm_filter", "llm_classify", "llm_score"]
+__all__ = ["llm", "llm_filter", "llm_classify", "llm_score", "llm_extract"]

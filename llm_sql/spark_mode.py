@@ -7,7 +7,9 @@
     llm_sql.last_stats(spark)
 
 SQL forms: see ``udf.spark_udf`` (``llm(instruction, field, ... [, options])``, ``llm_filter``, ``llm_score``
-alike, ``llm_classify(field, ..., array('a', 'b') [, options])``; ``struct(col, ...)`` names the fields).
+alike, ``llm_classify(field, ..., array('a', 'b') [, options])``, ``llm_extract(instruction, field, ...,
+named_struct('schema', 'a STRING, b DOUBLE'))`` -> a STRUCT with the extension; ``struct(col, ...)`` names the
+fields).
 
 Configuration (``spark-defaults.conf`` or ``SparkSession.builder.config``):
 
@@ -66,7 +68,6 @@ from llm_sql.config import Config, ModelSpec, make_config
 from llm_sql.session import QueryStats
 from udf.api import FUNCTIONS, EvalSettings
 from udf.arrow_calls import Target
-from udf.registry import REGISTRY
 
 EXTENSION_CLASS = "io.llmsql.catalyst.LLMSQLExtensions"
 OPTIMIZE_CONF = "llm_sql.optimize"
@@ -142,7 +143,8 @@ def _warn_no_extension() -> None:
         _WARNED["extension"] = True
         warnings.warn(f"llm-sql: the Catalyst extension ({EXTENSION_CLASS}) is not loaded in this Spark session: "
                       "the LLM functions run through the vectorised UDF only (dedup and reordering within each "
-                      "Arrow batch, no plan rewriting). Use llm_sql.spark_session(...) or set spark.sql.extensions "
+                      "Arrow batch, no plan rewriting), and llm_extract returns its JSON text instead of a STRUCT. "
+                      "Use llm_sql.spark_session(...) or set spark.sql.extensions "
                       "and spark.jars before the session starts.", RuntimeWarning, stacklevel=3)
 
 
@@ -180,7 +182,7 @@ class WorkerRoute:
 
 def register(spark, *, optimize: bool | None = None, progress: bool = False, start: bool | None = None,
              **options: Any):
-    """Register ``llm``, ``llm_filter``, ``llm_classify``, ``llm_score`` on ``spark``; returns ``spark``.
+    """Register ``llm``, ``llm_filter``, ``llm_classify``, ``llm_score``, ``llm_extract`` on ``spark``; returns it.
 
     ``options`` are ``llm_sql.config.make_config``'s (the same as DuckDB mode's: ``model`` / ``models``,
     ``backend``, ``cache``, function defaults, ...). ``start`` (default: True in local mode) starts the node's
@@ -209,9 +211,7 @@ def register(spark, *, optimize: bool | None = None, progress: bool = False, sta
 
     acc = None if is_connect(spark) else new_accumulator(spark)  # Spark Connect has no accumulators
     result_cache = config.result_cache()  # pickled to the workers; reopens there
-    for name in FUNCTIONS:
-        if REGISTRY[name].typed_by_schema:
-            continue  # llm_extract: its type is its schema's; Spark mode does not have it yet
+    for name in FUNCTIONS:  # llm_extract answers JSON text; the extension's TypeExtractCalls makes it a STRUCT
         spark.udf.register(name, make_arrow_udf(name, route, config.udf_settings, acc, result_cache=result_cache))
     _REGISTRY[app_id] = _Registration(route=route, settings=config.udf_settings, accumulator=acc)
     if not extension_loaded(spark):

@@ -7,10 +7,12 @@ rewriter's cost model) reads a function's facts from its ``FunctionSpec``, so a 
 | ``llm_filter(instruction, field, ...)`` | BOOLEAN | boolean | ``choices=[" yes", " no"]`` | yes -> true |
 | ``llm_classify(field, ..., labels)`` | VARCHAR | string | ``choices=[" " + label, ...]`` | the label |
 | ``llm_score(instruction, field, ...)`` | INTEGER | int | ``choices=[" 1", ..., " 5"]`` | 1..5 |
-| ``llm_extract(instruction, field, ..., {'schema': ...})`` | STRUCT of the schema | (not yet) | JSON schema grammar | the typed STRUCT |
+| ``llm_extract(instruction, field, ..., {'schema': ...})`` | STRUCT of the schema | the same struct | JSON schema grammar | the typed STRUCT |
 
 A function ``typed_by_schema`` has no fixed type: its value's type is its call's ``schema`` option
-(``udf.extract``), so each schema gets its own UDF registration (``llm_sql.duckdb_mode``).
+(``udf.extract``). In DuckDB each schema gets its own UDF registration (``llm_sql.duckdb_mode``); in Spark the
+one ``llm_extract`` UDF answers JSON text (the entry's ``spark_type``) and the Catalyst analyzer rule
+``TypeExtractCalls`` wraps each call in ``from_json`` of its schema's STRUCT (``udf.spark_udf``).
 """
 from __future__ import annotations
 

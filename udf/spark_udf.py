@@ -1,4 +1,4 @@
-"""Spark bindings: ``llm``, ``llm_filter``, ``llm_classify``, ``llm_score`` as Arrow-vectorised UDFs.
+"""Spark bindings: ``llm``, ``llm_filter``, ``llm_classify``, ``llm_score``, ``llm_extract`` as Arrow-vectorised UDFs.
 
 Each is a ``pyspark.sql.functions.arrow_udf`` (Spark 4.1+; columns arrive as ``pyarrow`` arrays, so the
 argument conventions are exactly DuckDB's, ``udf.arrow_calls``) taking a variable number of
@@ -15,6 +15,15 @@ SQL forms (the same as DuckDB's):
 | ``llm_filter(instruction, field, ... [, options])`` | BOOLEAN |
 | ``llm_score(instruction, field, ... [, options])`` | INT (1..5) |
 | ``llm_classify(field, ..., labels ARRAY<STRING> [, options])`` | STRING (one of the labels) |
+| ``llm_extract(instruction, field, ..., named_struct('schema', 'a STRING, b ARRAY<DOUBLE>'))`` | STRUCT of the schema |
+
+``llm_extract``'s schema is a field list (Spark's or DuckDB's spelling) or a JSON schema (``udf.extract``). A
+Python UDF's return type is fixed when it is registered, so the UDF answers each row's value as JSON text,
+already checked against the schema (NULL with the reason where the model could not produce it, e.g. cut off
+at ``max_tokens``, default 256), and the Catalyst extension's analyzer rule ``TypeExtractCalls`` wraps the call
+in ``from_json(..., <the schema's STRUCT>)``, with the optimiser on or off. The schema must be a constant in
+the call (a session default ``schema`` is not seen by the rule). Without the extension ``llm_extract`` returns
+that JSON text (a STRING).
 
 * Plain field arguments are named ``input`` (one) or ``input1``, ``input2``, ... (by position). To name
   fields, pass one STRUCT: ``llm('sentiment', struct(review, stars))`` (Spark names ``struct(col)``'s
@@ -135,7 +144,7 @@ def make_arrow_udf(function: str, route: Callable[[str | None], Any], settings: 
         # A server lost mid-batch is restarted by routing again and the call redone from scratch; a second
         # failure fails the task (Spark's task retry is the next level).
         return answer_batch(function, args, route, settings, result_cache=usable_cache(result_cache),
-                            on_output=report, retry_backend_errors=True)
+                            on_output=report, retry_backend_errors=True, json_text=spec.typed_by_schema)
 
     run.__name__ = function
     run.__annotations__ = {"args": pa.Array, "return": pa.Array}  # real types: this module defers annotations
