@@ -12,8 +12,9 @@ from .constraints import ChoiceTrie
 from .kv import KVCacheManager, PagedKVStorage, large_page_elems, specs_for_model
 from .kv.storage import STAGING_DEPTH, StagingBuffers, split_budget
 from .loader import load_model, read_config
-from .logprobs import raw_logprobs, token_logprobs
+from .logprobs import TokenLogprob, raw_logprobs, token_logprobs
 from .preemption import PREEMPTION_MODES, TransferRates, make_policy
+from .reasoning import ReasoningState, require_format
 from .runner import ModelRunner
 from .sampler import sample
 from .sampling_params import SamplingParams
@@ -149,6 +150,9 @@ class LLMEngine:
                 raise ValueError("empty prompt")
             if any(not isinstance(t, int) or not 0 <= t < self.config.vocab_size for t in ids):
                 raise ValueError(f"prompt token ids must be integers in [0, {self.config.vocab_size})")
+        reasoning = None
+        if params.reasoning:
+            ids, reasoning = self._start_reasoning(prompt, ids, params)
         if len(ids) >= self.max_model_len:
             raise ValueError(f"prompt is {len(ids)} tokens; the model's context is {self.max_model_len} "
                              "tokens, prompt and at least one generated token included")
@@ -158,6 +162,7 @@ class LLMEngine:
         if request_id in self._seqs:
             raise ValueError(f"request id {request_id!r} is already in use")
         seq = Sequence(request_id, ids, params, next(self._ids))
+        seq.reasoning = reasoning
         constraint = self._constraint_of(params)
         if constraint is not None:
             self._constraints[request_id] = constraint
@@ -251,6 +256,8 @@ class LLMEngine:
                 break
         if logprobs is not None:
             seq.logprobs.extend(logprobs[:len(appended)])
+            # an end-of-reasoning marker the engine appended was not sampled: certain, probability 1
+            seq.logprobs.extend(TokenLogprob(0.0, []) for _ in range(seq.num_output_tokens - len(seq.logprobs)))
         if self.speculator is not None:
             self.speculator.appended(seq, appended)
 
@@ -258,6 +265,9 @@ class LLMEngine:
         seq.token_ids.append(token)
         self._generated_tokens += 1
         p = seq.params
+        if seq.reasoning is not None and seq.reasoning.thinking:
+            self._think(seq, token)
+            return
         constraint = self._constraints.get(seq.request_id)
         if constraint is not None:
             seq.constraint_node, complete = constraint.step(seq.constraint_node, token)
@@ -266,16 +276,45 @@ class LLMEngine:
         elif (token in self._eos and not p.ignore_eos) or token in p.stop_token_ids:
             seq.finish_reason = "stop"
         elif p.stop:
-            text = self.tokenizer.decode(seq.output_token_ids)
+            text = self.tokenizer.decode(seq.answer_token_ids)
             hits = [i for i in (text.find(s) for s in p.stop) if i >= 0]
             if hits:
                 seq.stop_text_len = min(hits)
                 seq.finish_reason = "stop"
         if seq.finish_reason is None:
-            if (constraint is None or not constraint.bounded) and seq.num_output_tokens >= p.max_tokens:
+            if (constraint is None or not constraint.bounded) and seq.num_answer_tokens >= p.max_tokens:
                 seq.finish_reason = "length"
             elif len(seq.token_ids) >= self.max_model_len:
                 seq.finish_reason = "length"
+
+    def _think(self, seq: Sequence, token: int) -> None:
+        """A token inside a reasoning block: count it, see whether it closed the block, close it at the budget.
+        EOS still ends the request (with an empty answer); ``max_tokens`` waits for the answer."""
+        closing = seq.reasoning.observe(self._token_bytes(token), seq.num_output_tokens)
+        for t in closing:  # computed next step like any uncomputed tokens; they do not count as sampled
+            seq.token_ids.append(t)
+        if (token in self._eos and not seq.params.ignore_eos) or token in seq.params.stop_token_ids:
+            seq.finish_reason = "stop"
+        elif len(seq.token_ids) >= self.max_model_len:
+            seq.finish_reason = "length"
+
+    def _token_bytes(self, token: int) -> bytes:
+        # a special token (some checkpoints make </think> one) shows as its name, so the end marker still matches
+        return self.tokenizer.decode_token_bytes(token) or (self.tokenizer.id_to_token(token) or "").encode()
+
+    def _start_reasoning(self, prompt: str | list[int], ids: list[int],
+                         params: SamplingParams) -> tuple[list[int], ReasoningState]:
+        """The prompt of a request that thinks first (a text prompt rendered with thinking on, token ids as they
+        are) and its open reasoning block (see ``engine_backend.reasoning``)."""
+        fmt = require_format(self.tokenizer, self.model_name)
+        if isinstance(prompt, str):
+            text = fmt.render(self.tokenizer, [{"role": "user", "content": prompt}], thinking=True)
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
+        state = ReasoningState.start(fmt, self.tokenizer, params.max_reasoning_tokens)
+        if params.max_reasoning_tokens == 0:  # no room to think: the block is closed in the prompt
+            ids = ids + state.close_ids
+            state.answer_start = 0
+        return ids, state
 
     def _constraint_of(self, params: SamplingParams):
         """The output constraint a request asks for, or None: a choice list or a grammar (cached per expression)."""
@@ -289,13 +328,17 @@ class LLMEngine:
         return None
 
     def _output(self, seq: Sequence) -> RequestOutput:
-        text = ""
+        text, reasoning = "", None
         if seq.finish_reason != "error":
-            text = self.tokenizer.decode(seq.output_token_ids)
+            text = self.tokenizer.decode(seq.answer_token_ids)
             if seq.stop_text_len is not None:
                 text = text[:seq.stop_text_len]
+            if seq.reasoning is not None:
+                block = seq.output_token_ids[:len(seq.output_token_ids) - len(seq.answer_token_ids)]
+                reasoning, _ = require_format(self.tokenizer, self.model_name).split(self.tokenizer.decode(block))
         return RequestOutput(seq.request_id, seq.token_ids[:seq.prompt_len], seq.output_token_ids, text,
-                             seq.finish_reason, seq.num_cached_tokens, seq.error, seq.logprobs)
+                             seq.finish_reason, seq.num_cached_tokens, seq.error, seq.logprobs, reasoning,
+                             seq.reasoning.num_tokens if seq.reasoning is not None else 0)
 
     def partial_output(self, request_id: str, start: int = 0) -> tuple[list[int], list | None] | None:
         """An unfinished request's generated tokens from ``start`` on, and their logprobs if it asked for them

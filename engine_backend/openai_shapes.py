@@ -61,30 +61,49 @@ class TextPieces:
     The tokens are decoded whole each time (a byte-level token may be half a character, and a
     tokenizer may join pieces), and three things are held back: an unfinished UTF-8 character, the
     text from a stop string on (the engine cuts the answer there), and any tail that could still
-    become a stop string. ``finish`` sends the rest of the engine's final text.
+    become a stop string. With a reasoning format (``engine_backend.reasoning``) the text before the
+    end marker is the reasoning, sent apart, and only the rest is the answer. ``finish`` sends the
+    rest of the engine's final answer and reasoning.
     """
 
-    def __init__(self, tokenizer: Any, stop: list[str]):
-        self.tokenizer, self.stop = tokenizer, stop
+    def __init__(self, tokenizer: Any, stop: list[str], reasoning: Any = None):
+        self.tokenizer, self.stop, self.format = tokenizer, stop, reasoning
         self.token_ids: list[int] = []
-        self.sent = ""
+        self.sent = self.sent_reasoning = ""
 
-    def add(self, token_ids: list[int]) -> str:
+    def add(self, token_ids: list[int]) -> tuple[str, str]:
+        """(reasoning piece, answer piece) the new tokens make sendable."""
         self.token_ids += token_ids
         text = self.tokenizer.decode(self.token_ids).rstrip("\ufffd")
+        thought = ""
+        if self.format is not None:
+            block, closed, text = text.partition(self.format.end)
+            if not closed:  # still thinking: hold back what may be the start of the end marker
+                return self._send_reasoning(block[:len(block) - _overlap(block, self.format.end)]), ""
+            thought = self._send_reasoning(block)
         end = len(text)
         for s in self.stop:
             hit = text.find(s)
             end = min(end, hit if hit >= 0 else len(text) - _overlap(text, s))
-        return self._send(text[:end])
+        return thought, self._send(text[:end])
 
-    def finish(self, final_text: str) -> str:
-        return self._send(final_text)
+    def finish(self, final_text: str, final_reasoning: str | None = None) -> tuple[str, str]:
+        thought = self._send_reasoning(final_reasoning, final=True) if final_reasoning else ""
+        return thought, self._send(final_text)
 
     def _send(self, text: str) -> str:
         if len(text) <= len(self.sent) or not text.startswith(self.sent):
             return ""  # nothing new, or the decoding changed what was sent, which cannot be taken back
         piece, self.sent = text[len(self.sent):], text
+        return piece
+
+    def _send_reasoning(self, block: str, final: bool = False) -> str:
+        # as the engine reports it: the opening marker and surrounding whitespace dropped (trailing whitespace
+        # waits: it may be the end)
+        text = block if final else block.strip().removeprefix(self.format.start).strip()
+        if len(text) <= len(self.sent_reasoning) or not text.startswith(self.sent_reasoning):
+            return ""
+        piece, self.sent_reasoning = text[len(self.sent_reasoning):], text
         return piece
 
 

@@ -75,7 +75,7 @@ def _mask(logits: torch.Tensor, seqs: list, firsts: list[int], constraints: dict
     groups: dict[int, tuple[object, list[int], list]] = {}
     for seq, first in zip(seqs, firsts):
         c = constraints.get(seq.request_id)
-        if c is None:
+        if c is None or (seq.reasoning is not None and seq.reasoning.thinking):  # constraints bind the answer
             continue
         _, rows, states = groups.setdefault(id(c), (c, [], []))
         state = seq.constraint_node

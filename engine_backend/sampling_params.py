@@ -22,6 +22,10 @@ class SamplingParams:
     ``logprobs`` asks for each generated token's log-probability and the ``logprobs`` most likely
     alternatives (0: the chosen token's only), from the model's own distribution: before
     temperature, penalties, bias and constraints, as vLLM reports them.
+    ``reasoning=True`` makes a reasoning model think first (``engine_backend.reasoning``): a text prompt is
+    rendered as one user turn by the checkpoint's chat template with its thinking switch on (token ids are
+    taken as rendered), the block is cut at ``max_reasoning_tokens`` (None: no budget) and returned apart;
+    constraints, stops and ``max_tokens`` apply to the answer after it.
     ``presence_penalty`` / ``frequency_penalty`` (OpenAI's, in [-2, 2]) lower the logits of tokens
     already generated, once / per occurrence; ``logit_bias`` adds to chosen token ids' logits.
     """
@@ -41,6 +45,8 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: dict[int, float] | None = None
+    reasoning: bool = False
+    max_reasoning_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -77,6 +83,13 @@ class SamplingParams:
                     not isinstance(t, int) or isinstance(t, bool) or t < 0 or isinstance(b, bool)
                     or not isinstance(b, (int, float)) or not -100 <= b <= 100 for t, b in self.logit_bias.items()):
                 raise ValueError("logit_bias must map token ids (non-negative integers) to numbers in [-100, 100]")
+        if not isinstance(self.reasoning, bool):
+            raise ValueError(f"reasoning must be a boolean, got {self.reasoning!r}")
+        if self.max_reasoning_tokens is not None and (not isinstance(self.max_reasoning_tokens, int)
+                                                      or isinstance(self.max_reasoning_tokens, bool)
+                                                      or self.max_reasoning_tokens < 0):
+            raise ValueError(f"max_reasoning_tokens must be a non-negative integer or None, "
+                             f"got {self.max_reasoning_tokens!r}")
         given = [n for n in ("choices", "json_schema", "regex") if getattr(self, n) is not None]
         if len(given) > 1:
             raise ValueError(f"give at most one output constraint, got {' and '.join(given)}")

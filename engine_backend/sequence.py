@@ -25,6 +25,8 @@ class RequestOutput:
     num_cached_tokens: int = 0
     error: str | None = None
     logprobs: list | None = None  # one ``engine_backend.logprobs.TokenLogprob`` per token, if asked for
+    reasoning: str | None = None  # a reasoning request's block (``text`` is the answer after it)
+    num_reasoning_tokens: int = 0
 
 
 class Sequence:
@@ -52,6 +54,7 @@ class Sequence:
         self.stop_text_len: int | None = None  # where a stop string cut the text
         self.generator = None  # torch.Generator for seeded sampling
         self.logprobs: list | None = None  # TokenLogprob per output token, when params.logprobs is set
+        self.reasoning = None  # engine_backend.reasoning.ReasoningState of a request that thinks first
         self.constraint_node = None  # the output constraint's state (choice-trie node, grammar guide)
         self.draft_token_ids: list[int] = []  # speculative tokens this step verifies (not yet part of the output)
         self.draft_proposer: str | None = None  # who proposed them (``engine_backend.spec``)
@@ -59,6 +62,21 @@ class Sequence:
     @property
     def output_token_ids(self) -> list[int]:
         return self.token_ids[self.prompt_len:]
+
+    @property
+    def answer_token_ids(self) -> list[int]:
+        """The output after a reasoning block (all of it without one; nothing while the block is open)."""
+        r = self.reasoning
+        if r is None:
+            return self.output_token_ids
+        return [] if r.answer_start is None else self.token_ids[self.prompt_len + r.answer_start:]
+
+    @property
+    def num_answer_tokens(self) -> int:
+        r = self.reasoning
+        if r is None:
+            return self.num_output_tokens
+        return 0 if r.answer_start is None else self.num_output_tokens - r.answer_start
 
     @property
     def num_output_tokens(self) -> int:

@@ -34,6 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine_backend.async_engine import AsyncLLMEngine, BatchStream, EngineClosedError, EngineError
 from engine_backend.openai_shapes import chat_logprobs, completion_logprobs, usage
+from engine_backend.reasoning import reasoning_format, require_format
 from engine_backend.sampling_params import MAX_LOGPROBS, SamplingParams
 from engine_backend.server_stream import ChunkWriter, sse
 
@@ -126,6 +127,9 @@ class ChatRequest(_SamplingFields):
     messages: list[ChatMessage]
     max_completion_tokens: int | None = None
     top_logprobs: int | None = None
+    chat_template_kwargs: dict[str, Any] | None = None  # vLLM's: e.g. {"enable_thinking": false} for Qwen3
+    reasoning_effort: str | None = None  # OpenAI's; "none" / "minimal" turn a reasoning model's thinking off
+    max_reasoning_tokens: int | None = None  # our extension: the thinking budget
 
 
 def _reject_unsupported(req: _SamplingFields) -> None:
@@ -301,8 +305,42 @@ def _completion_choice(index: int, out: Any, tokenizer: Any) -> dict:
 
 def _chat_choice(index: int, out: Any, tokenizer: Any) -> dict:
     logprobs = chat_logprobs(tokenizer, out.token_ids, out.logprobs) if out.logprobs is not None else None
-    return {"index": index, "message": {"role": "assistant", "content": out.text}, "logprobs": logprobs,
+    message = {"role": "assistant", "content": out.text}
+    if out.reasoning is not None:  # vLLM's field name, which clients of reasoning models read
+        message["reasoning_content"] = out.reasoning
+    return {"index": index, "message": message, "logprobs": logprobs,
             "finish_reason": out.finish_reason, "token_ids": list(out.token_ids)}
+
+
+def _chat_prompt(tokenizer: Any, body: "ChatRequest", messages: list[dict], params: SamplingParams,
+                 model_name: str) -> tuple[list[int], SamplingParams]:
+    """The rendered chat, and the params with reasoning on when a reasoning model will think: its template's
+    switch from ``chat_template_kwargs`` / ``reasoning_effort``, else the model's own default (thinking on)."""
+    kwargs = dict(body.chat_template_kwargs or {})
+    fmt = reasoning_format(tokenizer)
+    thinking = kwargs.pop("enable_thinking", None)
+    if thinking is None and body.reasoning_effort is not None:
+        thinking = body.reasoning_effort not in ("none", "minimal")
+    if thinking is not None and not isinstance(thinking, bool):
+        raise APIError(400, "chat_template_kwargs.enable_thinking must be a boolean", param="chat_template_kwargs")
+    if body.max_reasoning_tokens is not None and body.max_reasoning_tokens < 0:
+        raise APIError(400, "max_reasoning_tokens must be a non-negative integer", param="max_reasoning_tokens")
+    try:
+        if fmt is None:
+            if thinking:
+                require_format(tokenizer, model_name)  # the clear error: this model cannot think
+            text = tokenizer.apply_chat_template(messages, True, **kwargs)
+        else:
+            thinking = True if thinking is None else thinking
+            text = fmt.render(tokenizer, messages, thinking, **kwargs)
+    except ValueError as exc:
+        raise APIError(400, str(exc), param="messages") from None
+    except Exception as exc:  # a template that rejects the roles, or none at all
+        raise APIError(400, f"cannot apply the chat template: {exc}", param="messages") from None
+    if fmt is not None and thinking:
+        params = dataclasses.replace(params, reasoning=True, max_reasoning_tokens=body.max_reasoning_tokens)
+    # token ids, not text: the template already writes BOS, encoding its text would add another
+    return tokenizer.encode(text, add_special_tokens=False), params
 
 
 # --- auth and request counting (pure ASGI: runs before the body is read) ---------------------
@@ -580,7 +618,8 @@ def create_app(engine: AsyncLLMEngine, api_key: str, model_name: str) -> FastAPI
         if body.stream:
             include_usage = bool((body.stream_options or {}).get("include_usage"))
             writer = ChunkWriter(engine.tokenizer, chat=chat, model=model_name, response_id=response_id,
-                                 params=params_list, include_usage=include_usage, n=n)
+                                 params=params_list, include_usage=include_usage, n=n,
+                                 reasoning=reasoning_format(engine.tokenizer))
             return await _stream_response(engine, request, batch, params_list, writer, single, param)
         outs = await _run_batch(engine, request, batch, params_list)
         if single and outs[0].finish_reason == "error":
@@ -607,11 +646,7 @@ def create_app(engine: AsyncLLMEngine, api_key: str, model_name: str) -> FastAPI
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         params = _sampling_params(body, max_tokens)
         messages = [{"role": m.role, "content": _message_text(m.content)} for m in body.messages]
-        try:
-            # token ids, not text: the template already writes BOS, encoding its text would add another
-            prompt = engine.tokenizer.encode_chat(messages, add_generation_prompt=True)
-        except Exception as exc:  # a template that rejects the roles, or none at all
-            raise APIError(400, f"cannot apply the chat template: {exc}", param="messages") from None
+        prompt, params = _chat_prompt(engine.tokenizer, body, messages, params, model_name)
         return await respond(request, body, [prompt], params, True, chat=True)
 
     return app

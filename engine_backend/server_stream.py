@@ -21,11 +21,12 @@ class ChunkWriter:
     """Turns one request's stream events into SSE lines (``chat``: chat.completion.chunk, else text_completion)."""
 
     def __init__(self, tokenizer: Any, *, chat: bool, model: str, response_id: str, params: list,
-                 include_usage: bool, n: int = 1):
+                 include_usage: bool, n: int = 1, reasoning: Any = None):
         self.tokenizer, self.chat, self.model, self.id = tokenizer, chat, model, response_id
         self.created = int(time.time())
         self.include_usage, self.n = include_usage, n
-        self.pieces = [TextPieces(tokenizer, p.stop) for p in params]
+        # a reasoning request's block streams as delta.reasoning_content, apart from the answer
+        self.pieces = [TextPieces(tokenizer, p.stop, reasoning if p.reasoning else None) for p in params]
         self.want_logprobs = [p.logprobs is not None for p in params]
         self.outputs: list[Any] = [None] * len(params)
 
@@ -40,7 +41,8 @@ class ChunkWriter:
         return self._line(body)
 
     def _choice(self, index: int, text: str | None, token_ids: list[int], entries: list | None,
-                finish_reason: str | None = None, error: str | None = None, before: list[int] = ()) -> dict:
+                finish_reason: str | None = None, error: str | None = None, before: list[int] = (),
+                thought: str = "") -> dict:
         logprobs = None
         if self.want_logprobs[index] and entries is not None:
             if self.chat:
@@ -48,8 +50,10 @@ class ChunkWriter:
             else:
                 logprobs = completion_logprobs(self.tokenizer, token_ids, entries, before)
         if self.chat:
-            choice = {"index": index, "delta": {} if text is None else {"content": text},
-                      "logprobs": logprobs, "finish_reason": finish_reason}
+            delta = {} if text is None else {"content": text}
+            if thought:
+                delta["reasoning_content"] = thought
+            choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
         else:
             choice = {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish_reason}
         if error is not None:
@@ -65,10 +69,10 @@ class ChunkWriter:
 
     def tokens(self, index: int, token_ids: list[int], entries: list | None) -> str | None:
         before = list(self.pieces[index].token_ids)
-        piece = self.pieces[index].add(token_ids)
-        if not piece and not (self.want_logprobs[index] and entries):
+        thought, piece = self.pieces[index].add(token_ids)
+        if not piece and not thought and not (self.want_logprobs[index] and entries):
             return None  # held back, and nothing else to say
-        return self._chunk([self._choice(index, piece, token_ids, entries, before=before)])
+        return self._chunk([self._choice(index, piece, token_ids, entries, before=before, thought=thought)])
 
     def done(self, index: int, out: Any) -> str:
         self.outputs[index] = out
@@ -79,8 +83,9 @@ class ChunkWriter:
         entries = out.logprobs[len(out.logprobs) - len(rest):] if out.logprobs is not None else None
         if out.finish_reason == "error":
             return self._chunk([self._choice(index, None, [], None, "error", out.error or "request failed")])
-        piece = pieces.finish(out.text)
-        return self._chunk([self._choice(index, piece or None, rest, entries, out.finish_reason, before=before)])
+        thought, piece = pieces.finish(out.text, out.reasoning)
+        return self._chunk([self._choice(index, piece or None, rest, entries, out.finish_reason, before=before,
+                                         thought=thought)])
 
     def closing(self) -> list[str]:
         lines = []

@@ -51,6 +51,20 @@ _CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+# Qwen3's switch, as its own template has it: thinking is on unless enable_thinking is false, which writes an empty
+# block after the generation prompt; earlier assistant turns keep only their answer.
+_QWEN3_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% set content = message['content'] %}"
+    "{% if message['role'] == 'assistant' and '</think>' in content %}"
+    "{% set content = content.split('</think>')[-1].lstrip('\n') %}"
+    "{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + content + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+    "{% if enable_thinking is defined and enable_thinking is false %}{{ '<think>\n\n</think>\n\n' }}{% endif %}"
+    "{% endif %}"
+)
 _GEMMA_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
@@ -69,10 +83,14 @@ _FAMILIES: dict[str, dict[str, Any]] = {
     "qwen": dict(specials=["<|endoftext|>", "<|im_start|>", "<|im_end|>"], bos=None, eos="<|im_end|>",
                  pad="<|endoftext|>", config_eos="<|endoftext|>", gen_eos=["<|im_end|>", "<|endoftext|>"],
                  template=_CHATML_TEMPLATE),
+    # Qwen3: the ChatML tokens plus <think> and </think>, which are added tokens but not special (decoding keeps them)
+    "qwen3": dict(specials=["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"], bos=None,
+                  eos="<|im_end|>", pad="<|endoftext|>", config_eos="<|endoftext|>",
+                  gen_eos=["<|im_end|>", "<|endoftext|>"], template=_QWEN3_TEMPLATE, plain=["<think>", "</think>"]),
     "gemma": dict(specials=["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"], bos="<bos>",
                   eos="<eos>", pad="<pad>", gen_eos=["<eos>", "<end_of_turn>"], template=_GEMMA_TEMPLATE),
 }
-_FAMILY_OF = {"llama": "llama", "mistral": "llama", "llmsql_hetero": "llama", "qwen2": "qwen", "qwen3": "qwen",
+_FAMILY_OF = {"llama": "llama", "mistral": "llama", "llmsql_hetero": "llama", "qwen2": "qwen", "qwen3": "qwen3",
               "gemma2": "gemma", "gemma3_text": "gemma"}
 
 # GPT-4 style pre-tokenisation split (as in Llama 3 / Qwen 2 tokenizer.json files).
@@ -148,7 +166,11 @@ def _train_tokenizer_json(family: str, vocab_size: int) -> str:
             special_tokens=[(bos, tok.token_to_id(bos))])
     else:
         tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    return tok.to_str()
+    data = json.loads(tok.to_str())
+    for added in data["added_tokens"]:
+        if added["content"] in spec.get("plain", ()):
+            added["special"] = False
+    return json.dumps(data)
 
 
 _TOKENIZER_CACHE: dict[tuple[str, int], str] = {}

@@ -133,8 +133,9 @@ class Speculator:
                     s.draft_token_ids, s.draft_proposer = self._trim(s, g)[:k], p.name
 
     def _may_speculate(self, seq) -> bool:
+        # not while reasoning: the block's end would have to move constraints and stops mid-draft
         return (seq.num_uncomputed == 1 and seq.num_output_tokens > 0 and not seq.streamed
-                and seq.finish_reason is None)
+                and seq.finish_reason is None and seq.reasoning is None)
 
     def _cap(self, seq) -> int:
         """The most drafts ``seq`` may verify: the limit, the context, and its remaining output tokens."""
