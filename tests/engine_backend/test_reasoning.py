@@ -135,3 +135,33 @@ def test_reasoning_prompt_is_the_templates_thinking_render(engine):
     plain, = engine.generate(PROMPTS[:1], SamplingParams(max_tokens=2))
     assert plain.reasoning is None and plain.num_reasoning_tokens == 0
     assert plain.prompt_token_ids == engine.tokenizer.encode(PROMPTS[0])  # off: the prompt as given
+
+
+def test_server_returns_reasoning_apart_streamed_or_not(qwen3_dir, tiny_model_dir):
+    openai = pytest.importorskip("openai")
+    from engine_backend.async_engine import AsyncLLMEngine
+    from engine_backend.server import ServerThread, create_app
+
+    with AsyncLLMEngine(LLMEngine(qwen3_dir)) as aengine, \
+            ServerThread(create_app(aengine, "k", aengine.model_name)) as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="k", max_retries=0)
+        kwargs = dict(model=aengine.model_name, messages=MESSAGES, max_tokens=6,
+                      extra_body={"max_reasoning_tokens": 10})
+        message = client.chat.completions.create(**kwargs).choices[0].message
+        reasoning = message.model_extra["reasoning_content"]
+        assert reasoning and "<think>" not in reasoning
+        thought, answer = "", ""
+        for chunk in client.chat.completions.create(**kwargs, stream=True):
+            for c in chunk.choices:
+                thought += (c.delta.model_extra or {}).get("reasoning_content") or ""
+                answer += c.delta.content or ""
+        assert (thought, answer) == (reasoning, message.content)
+        off = client.chat.completions.create(model=aengine.model_name, messages=MESSAGES, max_tokens=4,
+                                             extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+        assert "reasoning_content" not in off.choices[0].message.model_extra
+    with AsyncLLMEngine(LLMEngine(str(tiny_model_dir("llama")))) as aengine, \
+            ServerThread(create_app(aengine, "k", aengine.model_name)) as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="k", max_retries=0)
+        with pytest.raises(openai.BadRequestError, match="no reasoning mode"):
+            client.chat.completions.create(model=aengine.model_name, messages=MESSAGES, max_tokens=4,
+                                           extra_body={"chat_template_kwargs": {"enable_thinking": True}})
