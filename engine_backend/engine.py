@@ -338,7 +338,7 @@ class LLMEngine:
                 reasoning, _ = require_format(self.tokenizer, self.model_name).split(self.tokenizer.decode(block))
         return RequestOutput(seq.request_id, seq.token_ids[:seq.prompt_len], seq.output_token_ids, text,
                              seq.finish_reason, seq.num_cached_tokens, seq.error, seq.logprobs, reasoning,
-                             seq.reasoning.num_tokens if seq.reasoning is not None else 0)
+                             seq.reasoning.num_tokens if seq.reasoning is not None else 0, seq.num_answer_tokens)
 
     def partial_output(self, request_id: str, start: int = 0) -> tuple[list[int], list | None] | None:
         """An unfinished request's generated tokens from ``start`` on, and their logprobs if it asked for them

@@ -13,8 +13,11 @@ def usage(outputs: list[Any], n: int = 1) -> dict:
     prompt = sum(len(o.prompt_token_ids) for o in outputs[::n])
     completion = sum(len(o.token_ids) for o in outputs)
     cached = sum(o.num_cached_tokens or 0 for o in outputs[::n])
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+    body = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
             "prompt_tokens_details": {"cached_tokens": cached}}
+    if any(o.reasoning is not None for o in outputs):  # OpenAI's name for the tokens spent thinking
+        body["completion_tokens_details"] = {"reasoning_tokens": sum(o.num_reasoning_tokens for o in outputs)}
+    return body
 
 
 def token_bytes(tokenizer: Any, token_id: int) -> bytes:

@@ -27,6 +27,7 @@ class RequestOutput:
     logprobs: list | None = None  # one ``engine_backend.logprobs.TokenLogprob`` per token, if asked for
     reasoning: str | None = None  # a reasoning request's block (``text`` is the answer after it)
     num_reasoning_tokens: int = 0
+    num_answer_tokens: int = 0  # the last tokens of ``token_ids``: the answer after any reasoning block
 
 
 class Sequence:

@@ -115,6 +115,10 @@ class CompletionRequest(_SamplingFields):
     prompt: Any = None  # checked by hand for a clearer message than a 4-way union error
     echo: bool | None = None
     suffix: str | None = None
+    # our extension: a reasoning model thinks first (a text prompt is rendered by its chat template with thinking
+    # on); the choice carries reasoning_content. How the SQL functions reason through a server.
+    reasoning: bool | None = None
+    max_reasoning_tokens: int | None = None
 
 
 class ChatMessage(BaseModel):
@@ -290,13 +294,23 @@ def _with_choices(params: SamplingParams, n: int) -> list[SamplingParams]:
     return [dataclasses.replace(params, seed=(params.seed + j) % 2**64) for j in range(n)]
 
 
+def _answer_logprobs(out: Any) -> tuple[list[int], list]:
+    """The answer's tokens and logprob entries: after a reasoning block, as OpenAI reports content logprobs."""
+    if out.reasoning is None:
+        return list(out.token_ids), out.logprobs
+    n = out.num_answer_tokens
+    return (list(out.token_ids[len(out.token_ids) - n:]), out.logprobs[len(out.logprobs) - n:]) if n else ([], [])
+
+
 def _completion_choice(index: int, out: Any, tokenizer: Any) -> dict:
     logprobs = None
     if out.logprobs is not None and out.finish_reason != "error":
-        logprobs = completion_logprobs(tokenizer, out.token_ids, out.logprobs)
+        logprobs = completion_logprobs(tokenizer, *_answer_logprobs(out))
     choice = {"index": index, "text": out.text, "logprobs": logprobs, "finish_reason": out.finish_reason,
               # extensions: exact tokens and per-choice usage, so a client can account per row
               "token_ids": list(out.token_ids), "usage": usage([out])}
+    if out.reasoning is not None:
+        choice["reasoning_content"] = out.reasoning
     if out.finish_reason == "error":
         choice["text"] = ""
         choice["error"] = out.error or "request failed"
@@ -304,7 +318,7 @@ def _completion_choice(index: int, out: Any, tokenizer: Any) -> dict:
 
 
 def _chat_choice(index: int, out: Any, tokenizer: Any) -> dict:
-    logprobs = chat_logprobs(tokenizer, out.token_ids, out.logprobs) if out.logprobs is not None else None
+    logprobs = chat_logprobs(tokenizer, *_answer_logprobs(out)) if out.logprobs is not None else None
     message = {"role": "assistant", "content": out.text}
     if out.reasoning is not None:  # vLLM's field name, which clients of reasoning models read
         message["reasoning_content"] = out.reasoning
@@ -635,6 +649,12 @@ def create_app(engine: AsyncLLMEngine, api_key: str, model_name: str) -> FastAPI
     async def completions(body: CompletionRequest, request: Request) -> Any:
         check_model(body.model)
         params = _sampling_params(body, body.max_tokens)
+        if body.reasoning:
+            try:
+                require_format(engine.tokenizer, model_name)
+                params = dataclasses.replace(params, reasoning=True, max_reasoning_tokens=body.max_reasoning_tokens)
+            except ValueError as exc:
+                raise APIError(400, str(exc), param="reasoning") from None
         prompts, single = _prompts(body.prompt)
         return await respond(request, body, prompts, params, single, chat=False)
 

@@ -95,8 +95,8 @@ class LLMConnection:
         self._views = []
 
     def _run_stage(self, stage: Stage, stats: QueryStats) -> None:
-        from udf.batch import evaluate
         from udf.functions import make_call
+        from udf.routing import answer
 
         dedup = self.session.settings.dedup
         # dedup off (for comparisons): every row's inputs go to the backend; the answers table keeps one per tuple
@@ -105,11 +105,8 @@ class LLMConnection:
         rows = list(zip(*columns)) if columns else []
         call = make_call(stage.function, instruction=stage.instruction, field_names=stage.field_names,
                          labels=stage.labels, options=stage.options)
-        from udf.options import merge_options
-
-        target = self.session.route(merge_options(self.session.defaults, call.options).get("model"))
-        out = evaluate(call, rows, target.backend, settings=self.session.settings,
-                       result_cache=self.session.result_cache, model_id=target.model_id)
+        out = answer(call, rows, self.session.route, settings=self.session.settings,
+                     result_cache=self.session.result_cache)
         values = out.values
         if dedup:
             out.stats.rows_in = int(self.con.sql(stage.count_sql).fetchall()[0][0])
@@ -133,7 +130,9 @@ class LLMConnection:
             "llm_calls": s.llm_calls, "cache_hits": s.cache_hits, "errors": s.errors,
             "prompt_tokens": s.prompt_tokens, "cached_prompt_tokens": s.cached_prompt_tokens,
             "prefix_hit_rate": s.cached_prompt_tokens / s.prompt_tokens if s.prompt_tokens else 0.0,
-            "generated_tokens": s.generated_tokens, "solve_seconds": s.solve_seconds, "llm_seconds": s.llm_seconds})
+            "generated_tokens": s.generated_tokens, "solve_seconds": s.solve_seconds, "llm_seconds": s.llm_seconds,
+            "rows_by_model": dict(s.rows_by_model), "rows_reasoned": s.rows_reasoned,
+            "reasoning_tokens": s.reasoning_tokens, "routing": dict(s.routing)})
 
     def _prepare(self, query: str, stats: QueryStats, parameters: Any = None) -> tuple[str | None, bool]:
         """Run the stages; return (the SQL to run, whether it is rewritten), or (None, False) for a query
@@ -160,24 +159,31 @@ class LLMConnection:
         return (self._fallback_sql(plan.sql) if plan.fallbacks else plan.sql), bool(plan.stages)
 
     def _fallback_sql(self, sql: str) -> str:
-        """``sql`` for the fallback UDFs: fields named (``name_fields``), and every ``llm_extract`` call renamed to
-        a UDF registered for its schema, whose SQL type is that schema's STRUCT."""
+        """``sql`` for the fallback UDFs: fields named (``name_fields``), and every call whose SQL type its options
+        decide (``llm_extract``'s schema, ``return_reasoning``) renamed to a UDF registered with that type."""
         sql = name_fields(sql)
-        if "llm_extract" not in sql.lower():
+        lowered = sql.lower()
+        if "llm_extract" not in lowered and "return_reasoning" not in lowered:
             return sql
         from udf.duckdb_udf import register_typed_udf
-        from udf.functions import output_of
-        from udf.options import merge_options
+        from udf.functions import duckdb_type_of, make_call, typed_by_options
 
         tree = sqlglot.parse_one(sql, dialect="duckdb")
-        for call in llm_calls(tree, ("llm_extract",)):
+        for call in llm_calls(tree, FUNCTIONS):
+            if call.name.lower() != "llm_extract" and "return_reasoning" not in call.sql().lower():
+                continue
             try:
-                schema = output_of(merge_options(self.session.defaults, parse_call(call).options))
+                spec = parse_call(call)
+                llm_call = make_call(spec.function, spec.instruction, [f"f{i}" for i in range(len(spec.fields))],
+                                     spec.labels, spec.options)
+                if not typed_by_options(llm_call, self.session.defaults):
+                    continue
+                sql_type = duckdb_type_of(llm_call, self.session.defaults)
             except (Unliftable, ValueError) as exc:
-                raise ValueError(f"llm_extract needs a literal schema option: {exc}") from None
-            name = "llm_extract_" + hashlib.sha256(schema.duckdb_type.encode()).hexdigest()[:12]
+                raise ValueError(f"{call.name} needs a literal schema / return_reasoning option: {exc}") from None
+            name = f"{spec.function}_{hashlib.sha256(sql_type.encode()).hexdigest()[:12]}"
             if name not in self._typed_udfs:
-                register_typed_udf(self.con, name, "llm_extract", schema.duckdb_type, self.session.route,
+                register_typed_udf(self.con, name, spec.function, sql_type, self.session.route,
                                    self.session.udf_settings, self.session.result_cache, self.session.on_output)
                 self._typed_udfs.add(name)
             call.set("this", name)
@@ -366,12 +372,29 @@ class Explanation:
             else:
                 lines.append("  inputs:              counted when the earlier stages have run")
             lines.append(f"  inputs SQL:          {s['sql']}")
+            if s.get("routing"):
+                lines.append(f"  routing:             {_routing_line(s['routing'])}")
         for call, why in self.plan.fallbacks:
             lines.append(f"fallback UDF: {call} ({why})")
         lines.append(f"rewritten SQL: {self.plan.sql}")
         return "\n".join(lines)
 
     __repr__ = __str__
+
+
+def _routing_line(r: dict[str, Any]) -> str:
+    kind = r["kind"]
+    if kind == "reasoning":
+        return f"reasoning on, at most {r['max_reasoning_tokens']} thinking tokens per row"
+    if kind == "router":
+        return (f"answer on {r['stages'][0]} without reasoning; rows with confidence < {r['reasoning_threshold']} "
+                f"are asked again with reasoning")
+    if kind == "cascade":
+        return (f"cascade {' -> '.join(r['stages'])}: rows with confidence < {r['cascade_threshold']} go to the "
+                f"next model")
+    target = next(k for k in r if k.startswith("target_"))
+    return (f"calibrated cascade {' -> '.join(r['stages'])}: threshold chosen on {r['calibration_sample']} sampled "
+            f"rows for {target} {r[target]}; {r['guarantee']}")
 
 
 def _estimate(w: LLMConnection, stage: Stage, info: dict[str, Any]) -> None:
@@ -407,6 +430,16 @@ def _estimate(w: LLMConnection, stage: Stage, info: dict[str, Any]) -> None:
         info["field_order"] = [call.field_names[i] for i in common]
 
 
+def _routing_plan(w: LLMConnection, stage: Stage) -> dict[str, Any] | None:
+    """How the stage's rows will be routed: reasoning, the router, a cascade (``udf.routing.describe``)."""
+    from udf.functions import make_call
+    from udf.routing import describe
+
+    call = make_call(stage.function, instruction=stage.instruction, field_names=stage.field_names,
+                     labels=stage.labels, options=stage.options)
+    return describe(call, w.session.defaults)
+
+
 def explain(con: Any, query: str, count: bool = True) -> Explanation:
     """The rewritten SQL and the stages, with input counts and estimated prefix hit rate and tokens for the
     stages that read only the base tables (no LLM is called)."""
@@ -416,6 +449,9 @@ def explain(con: Any, query: str, count: bool = True) -> Explanation:
     for s in plan.stages:
         info: dict[str, Any] = {"stage": s.index, "call": s.call_sql, "role": s.role, "fields": list(s.field_names),
                                 "depends_on": list(s.depends_on), "sql": s.sql, "table": s.table, "uses": s.uses}
+        routing = _routing_plan(w, s)
+        if routing is not None:
+            info["routing"] = routing
         if count and not s.depends_on:
             try:
                 _estimate(w, s, info)

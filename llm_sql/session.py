@@ -33,6 +33,12 @@ class QueryStats:
     solve_seconds: float = 0.0
     llm_seconds: float = 0.0
     total_seconds: float = 0.0
+    # rows answered per model (cascades: udf.routing); a lifted stage counts its distinct inputs, as llm_calls does
+    rows_by_model: dict[str, int] = field(default_factory=dict)
+    rows_reasoned: int = 0  # rows answered with reasoning on
+    reasoning_tokens: int = 0
+    generated_tokens_saved: float = 0.0  # against asking every row the router's / cascade's last way
+    llm_seconds_saved: float = 0.0
     optimized: bool = True
     fallback_reason: str | None = None  # why the whole query ran through the fallback UDFs, if it did
     stages: list[dict[str, Any]] = field(default_factory=list)  # one per lifted stage
@@ -49,6 +55,12 @@ class QueryStats:
             setattr(self, name, getattr(self, name) + int(getattr(s, name)))
         self.solve_seconds += float(s.solve_seconds)
         self.llm_seconds += float(s.llm_seconds)
+        for model, rows in s.rows_by_model.items():
+            self.rows_by_model[model] = self.rows_by_model.get(model, 0) + rows
+        self.rows_reasoned += s.rows_reasoned
+        self.reasoning_tokens += s.reasoning_tokens
+        self.generated_tokens_saved += s.generated_tokens_saved
+        self.llm_seconds_saved += s.llm_seconds_saved
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -71,6 +83,10 @@ class QueryStats:
                  f"solve seconds       {self.solve_seconds:.3f}",
                  f"LLM seconds         {self.llm_seconds:.3f}",
                  f"total seconds       {self.total_seconds:.3f}"]
+        if len(self.rows_by_model) > 1 or self.rows_reasoned:
+            lines.append("rows by model       " + ", ".join(f"{m}: {n}" for m, n in self.rows_by_model.items()))
+            lines.append(f"reasoning tokens    {self.reasoning_tokens}")
+            lines.append(f"tokens saved        {self.generated_tokens_saved:.0f} (vs. every row the costliest way)")
         if self.fallback_reason:
             lines.append(f"fallback            {self.fallback_reason}")
         return "\n".join(lines)
@@ -133,7 +149,7 @@ class Session:
     def route(self, model: str | None = None) -> Target:
         """Where a call naming ``model`` runs, and the identity its answers are cached under."""
         spec = self.config.model(model)
-        return Target(self.backend_of(spec.name), spec.identity)
+        return Target(self.backend_of(spec.name), spec.identity, model=spec.name)
 
     def on_output(self, call, out, target=None) -> None:  # fallback UDF chunks
         stats = self.current or self.last

@@ -177,7 +177,7 @@ class WorkerRoute:
     def __call__(self, model: str | None = None) -> Target:
         spec = self.config.model(model)
         backend, pid = worker_backend(dict(self.backends)[spec.name])
-        return Target(backend, spec.identity, pid)
+        return Target(backend, spec.identity, pid, model=spec.name)
 
 
 def register(spark, *, optimize: bool | None = None, progress: bool = False, start: bool | None = None,
@@ -312,10 +312,12 @@ def last_stats(spark) -> SparkStats:
     now, base = dict(reg.accumulator.value), reg.baseline
     s = SparkStats(optimized=reg.settings.dedup or reg.settings.reorder)
     for name in ("rows_in", "distinct_inputs", "llm_calls", "cache_hits", "null_inputs", "errors", "prompt_tokens",
-                 "cached_prompt_tokens", "generated_tokens", "batches"):
+                 "cached_prompt_tokens", "generated_tokens", "batches", "rows_reasoned", "reasoning_tokens"):
         setattr(s, name, int(now.get(name, 0) - base.get(name, 0)))
-    for name in ("solve_seconds", "llm_seconds"):
+    for name in ("solve_seconds", "llm_seconds", "generated_tokens_saved", "llm_seconds_saved"):
         setattr(s, name, float(now.get(name, 0.0) - base.get(name, 0.0)))
+    cur, old = now.get("rows_by_model", {}), base.get("rows_by_model", {})
+    s.rows_by_model = {m: n - old.get(m, 0) for m, n in cur.items() if n - old.get(m, 0)}
     s.fallback_chunks = s.batches
     s.error_reasons = list(now.get("error_reasons", []))[len(base.get("error_reasons", [])):]
     for name in ("worker_pids", "server_pids"):  # the processes that evaluated batches since the baseline

@@ -49,6 +49,14 @@ class StageStats:
     solve_seconds: float = 0.0  # reordering
     llm_seconds: float = 0.0
     field_order: tuple[str, ...] = ()  # the most common field order chosen
+    # where rows went (udf.routing): rows answered per model, rows answered with reasoning, tokens spent thinking,
+    # and the generated tokens and LLM seconds saved against asking every row the costliest way
+    rows_by_model: dict[str, int] = field(default_factory=dict)
+    rows_reasoned: int = 0
+    reasoning_tokens: int = 0
+    generated_tokens_saved: float = 0.0
+    llm_seconds_saved: float = 0.0
+    routing: dict[str, Any] = field(default_factory=dict)  # the router's or cascade's plan and threshold
 
 
 @dataclass
@@ -56,6 +64,7 @@ class EvalOutput:
     values: list[Any]  # one per input row, in input order; None = SQL NULL
     errors: list[str | None]  # the reason a value is NULL because of a failure
     stats: StageStats
+    confidence: list[float | None] | None = None  # per row, when asked for (udf.confidence)
 
 
 class ResultCache(Protocol):

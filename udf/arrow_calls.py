@@ -113,6 +113,7 @@ class Target:
     backend: Backend
     model_id: str = ""  # "" = the identity of the backend (udf.batch.backend_model_id)
     server_pid: int | None = None
+    model: str | None = None  # the model's name in the session (statistics)
 
 
 Route = Callable[[str | None], Target]  # the model a call names (None = the session's default) -> its Target
@@ -128,40 +129,49 @@ def answer_batch(function: str, args: tuple[Any, ...], route: Route, settings: E
     default's). With ``retry_backend_errors`` a call whose backend failed (after the backend's own retries) is
     routed again and evaluated once more from scratch, so no row is lost or answered twice; a second failure
     raises. ``on_output(call, output, target)`` sees every call's output (statistics, per-row reasons).
-    With ``json_text`` a function typed by its schema (``llm_extract``) answers each row's value as JSON text
-    (Spark, whose UDF types are fixed at registration, makes it the STRUCT: ``udf.extract``).
+    ``json_text`` is for engines whose UDF types are fixed at registration (Spark): a function typed by its schema
+    (``llm_extract``) answers each row's value as JSON text (a rule makes it the STRUCT: ``udf.extract``), and
+    ``return_reasoning``, which would change any function's type, is refused.
     """
-    from udf.batch import evaluate
     from udf.extract import json_text as json_value
+    from udf.routing import answer
 
     n, rows, calls = calls_of_batch(function, args)
     typed = spec_of(function).typed_by_schema
     as_json = json_text and typed
     values: list[Any] = [None] * n
     for call, idx in calls:
-        model = merge_options(settings.defaults, call.options).get("model")
+        if json_text and merge_options(settings.defaults, call.options).get("return_reasoning"):
+            # Spark fixes a UDF's type at registration, and no rule types this one yet
+            raise ValueError("return_reasoning is not available in Spark yet (DuckDB and pandas have it)")
         batch_rows = [rows[i] for i in idx]
-        target = route(model)
+        seen: list[Target] = []  # the targets the call reached (statistics name the first)
+
+        def routed(model: Any) -> Target:
+            seen.append(route(model))
+            return seen[-1]
+
         try:
-            out = evaluate(call, batch_rows, target.backend, settings=settings, result_cache=result_cache,
-                           model_id=target.model_id)
+            out = answer(call, batch_rows, routed, settings=settings, result_cache=result_cache)
         except BackendError as exc:
             if not retry_backend_errors:
                 raise
             # The server went away mid-batch: routing again checks its health and restarts it.
             print(f"llm-sql: {function}: backend failed ({exc}); reconnecting and retrying the batch",
                   file=sys.stderr)
-            target = route(model)
-            out = evaluate(call, batch_rows, target.backend, settings=settings, result_cache=result_cache,
-                           model_id=target.model_id)
+            seen.clear()
+            out = answer(call, batch_rows, routed, settings=settings, result_cache=result_cache)
+        target = seen[0]  # answer() routes every call at least once
         for i, v in zip(idx, out.values):
             values[i] = json_value(v) if as_json else v
         if on_output is not None:
             on_output(call, out, target)
     if as_json:
         return pa.array(values, type=pa.string())
-    if typed:  # one registration per schema: every call of it has that type
-        from udf.functions import arrow_type_of
+    from udf.functions import arrow_type_of, typed_by_options
 
-        return pa.array(values, type=arrow_type_of(calls[0][0], settings.defaults) if calls else pa.null())
+    if calls and typed_by_options(calls[0][0], settings.defaults):  # one registration per type: every call has it
+        return pa.array(values, type=arrow_type_of(calls[0][0], settings.defaults))
+    if typed:
+        return pa.array(values, type=pa.null())
     return pa.array(values, type=ARROW_TYPES[function])

@@ -35,7 +35,8 @@ from typing import Any, Sequence
 
 from engine_backend.backends.base import Backend, GenerationRequest
 from udf.api import EvalOutput, EvalSettings, LLMCall, ResultCache, StageStats
-from udf.functions import params_key, parse_output, sampling_params, validate_call
+from udf.confidence import confidence as confidence_of
+from udf.functions import choice_map, params_key, parse_output, sampling_params, validate_call
 from udf.options import DEFAULT_MAX_FIELD_CHARS, DEFAULT_REORDER_FIELDS, merge_options
 from udf.prompts import build_prompt, is_null, prompt_head, render_value
 
@@ -110,14 +111,23 @@ def plan_order(call: LLMCall, distinct: list[tuple[str, ...]], reorder: bool,
 
 
 def evaluate(call: LLMCall, rows: list[tuple], backend: Backend, *, settings: EvalSettings,
-             result_cache: ResultCache | None = None, model_id: str = "") -> EvalOutput:
-    """Answer ``call`` for every row of ``rows`` (tuples aligned with ``call.field_names``); see module doc."""
+             result_cache: ResultCache | None = None, model_id: str = "", confidence: bool = False) -> EvalOutput:
+    """Answer ``call`` for every row of ``rows`` (tuples aligned with ``call.field_names``); see module doc.
+    ``confidence``: also say how sure the model was of each answer (``EvalOutput.confidence``, ``udf.confidence``)."""
     validate_call(call)
     if settings.on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {settings.on_error!r}")
     opts = merge_options(settings.defaults, call.options)
-    params = sampling_params(call, opts)
+    params = sampling_params(call, opts, confidence)
+    check = getattr(backend, "check", None)  # a duck-typed backend may not have it
+    if check is not None:
+        check(params)
     pkey = params_key(params)
+    # An answer that carries more than its text (confidence, reasoning) is cached as a JSON record, under its own key.
+    with_reasoning = bool(opts.get("return_reasoning"))
+    record = confidence or with_reasoning
+    if record:
+        pkey["record"] = 1
     max_chars = int(opts.get("max_field_chars", DEFAULT_MAX_FIELD_CHARS))
     head = prompt_head(call.function, call.instruction, call.labels, opts.get("system"))
 
@@ -181,11 +191,16 @@ def evaluate(call: LLMCall, rows: list[tuple], backend: Backend, *, settings: Ev
     n_units = len(units)
     raw: list[str | None] = [None] * n_units
     unit_err: list[str | None] = [None] * n_units
+    unit_conf: list[float | None] = [None] * n_units
+    unit_reasoning: list[str | None] = [None] * n_units
     answered = [use_cache and keys[g] in cached for g, _ in units]
     for u, (g, _) in enumerate(units):
         if answered[u]:
             raw[u] = cached[keys[g]]
+            if record:
+                raw[u], unit_conf[u], unit_reasoning[u] = _unpack(raw[u])
     stats.cache_hits = sum(answered)
+    choices = choice_map(call)
 
     # 5. one ordered batch of misses
     send = [u for u in range(n_units) if not answered[u]]
@@ -202,25 +217,47 @@ def evaluate(call: LLMCall, rows: list[tuple], backend: Backend, *, settings: Ev
             stats.prompt_tokens += int(res.prompt_tokens or 0)
             stats.cached_prompt_tokens += int(res.cached_prompt_tokens or 0)
             stats.generated_tokens += int(res.completion_tokens or 0)
+            stats.reasoning_tokens += int(res.reasoning_tokens or 0)
             if res.ok and res.text is not None:
                 raw[u] = res.text
+                unit_reasoning[u] = res.reasoning
+                if confidence:
+                    unit_conf[u] = confidence_of(choices, res.text, res.logprobs)
             else:
                 unit_err[u] = f"backend error ({res.finish_reason}): {res.error or 'request failed'}"
 
     # parse; successes (never failures) go to the result cache
     to_store: dict[str, str] = {}
+    conf: list[float | None] = [None] * len(rows)
     for u, (g, unit_rows) in enumerate(units):
         value, err = (None, unit_err[u]) if unit_err[u] is not None else parse_output(call, raw[u], opts)
         if err is None and use_cache and not answered[u]:
-            to_store[keys[g]] = raw[u]  # type: ignore[assignment]
+            to_store[keys[g]] = _pack(raw[u], unit_conf[u], unit_reasoning[u]) if record else raw[u]  # type: ignore
+        if err is None and with_reasoning:
+            value = {"answer": value, "reasoning": unit_reasoning[u]}
         # 6. back to input order
         for r in unit_rows:
-            values[r], errors[r] = value, err
+            values[r], errors[r], conf[r] = value, err, unit_conf[u]
     if to_store:
         result_cache.put_many(to_store)  # type: ignore[union-attr]
     stats.errors = sum(e is not None for e in errors)
+    if params.reasoning:
+        stats.rows_reasoned = sum(len(unit_rows) for _, unit_rows in units)
     if settings.on_error == "raise":
         first = next((e for e in errors if e is not None), None)
         if first is not None:
             raise RuntimeError(f"{call.function} failed on a row: {first}")
-    return EvalOutput(values=values, errors=errors, stats=stats)
+    return EvalOutput(values=values, errors=errors, stats=stats, confidence=conf if confidence else None)
+
+
+def _pack(text: str | None, confidence: float | None, reasoning: str | None) -> str:
+    import json
+
+    return json.dumps({"text": text, "confidence": confidence, "reasoning": reasoning}, ensure_ascii=False)
+
+
+def _unpack(blob: str) -> tuple[str | None, float | None, str | None]:
+    import json
+
+    d = json.loads(blob)
+    return d.get("text"), d.get("confidence"), d.get("reasoning")

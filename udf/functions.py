@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping
 
 from engine_backend.sampling_params import SamplingParams
 from udf.api import LLMCall
-from udf.options import DEFAULT_MAX_TOKENS, validate_options
+from udf.options import DEFAULT_MAX_REASONING_TOKENS, DEFAULT_MAX_TOKENS, validate_options
 from udf.registry import spec_of
 
 
@@ -77,12 +77,35 @@ def output_of(opts: Mapping[str, Any]):
 
 
 def arrow_type_of(call: LLMCall, defaults: Mapping[str, Any] | None = None):
-    spec = spec_of(call.function)
-    if not spec.typed_by_schema:
-        return spec.arrow_type
+    """The Arrow type of the call's values: its function's, the schema's (``llm_extract``), and wrapped as
+    STRUCT(answer, reasoning) with ``return_reasoning``."""
+    import pyarrow as pa
+
     from udf.options import merge_options
 
-    return output_of(merge_options(defaults, call.options)).arrow_type
+    spec = spec_of(call.function)
+    opts = merge_options(defaults, call.options)
+    base = output_of(opts).arrow_type if spec.typed_by_schema else spec.arrow_type
+    if opts.get("return_reasoning"):
+        return pa.struct([("answer", base), ("reasoning", pa.string())])
+    return base
+
+
+def duckdb_type_of(call: LLMCall, defaults: Mapping[str, Any] | None = None) -> str:
+    """The DuckDB SQL type of the call's values (see ``arrow_type_of``)."""
+    from udf.options import merge_options
+
+    spec = spec_of(call.function)
+    opts = merge_options(defaults, call.options)
+    base = output_of(opts).duckdb_type if spec.typed_by_schema else spec.duckdb_type
+    return f"STRUCT(answer {base}, reasoning VARCHAR)" if opts.get("return_reasoning") else base
+
+
+def typed_by_options(call: LLMCall, defaults: Mapping[str, Any] | None = None) -> bool:
+    """Whether the call's SQL type is not its function's fixed one (a schema, or return_reasoning)."""
+    from udf.options import merge_options
+
+    return spec_of(call.function).typed_by_schema or bool(merge_options(defaults, call.options).get("return_reasoning"))
 
 
 def choice_map(call: LLMCall) -> dict[str, Any] | None:
@@ -91,12 +114,23 @@ def choice_map(call: LLMCall) -> dict[str, Any] | None:
     return None if choices is None else choices(call)
 
 
-def sampling_params(call: LLMCall, opts: Mapping[str, Any]) -> SamplingParams:
-    """The backend request parameters for ``call`` with merged options ``opts``."""
+def sampling_params(call: LLMCall, opts: Mapping[str, Any], confidence: bool = False) -> SamplingParams:
+    """The backend request parameters for ``call`` with merged options ``opts``; ``confidence`` asks for the
+    logprobs ``udf.confidence`` reads. ``reasoning`` must be 'off' or 'on' here: 'auto' is ``udf.routing``'s."""
     choices = choice_map(call)
     kwargs: dict[str, Any] = dict(temperature=float(opts.get("temperature", 0.0)),
                                   top_p=float(opts.get("top_p", 1.0)), top_k=int(opts.get("top_k", 0)),
                                   seed=opts.get("seed"))
+    mode = opts.get("reasoning", "off")
+    if mode == "auto":
+        raise ValueError("reasoning 'auto' is answered in stages by udf.routing.answer, not by one evaluation")
+    if mode == "on":
+        kwargs["reasoning"] = True
+        kwargs["max_reasoning_tokens"] = int(opts.get("max_reasoning_tokens", DEFAULT_MAX_REASONING_TOKENS))
+    if confidence:
+        from udf.confidence import TOP_LOGPROBS
+
+        kwargs["logprobs"] = TOP_LOGPROBS if choices else 0
     if spec_of(call.function).typed_by_schema:
         kwargs["json_schema"] = output_of(opts).json_schema
         kwargs["max_tokens"] = int(opts.get("max_tokens", DEFAULT_EXTRACT_MAX_TOKENS))
@@ -114,6 +148,10 @@ def params_key(params: SamplingParams) -> dict[str, Any]:
            "top_k": params.top_k, "seed": params.seed, "stop": list(params.stop), "choices": params.choices}
     if params.json_schema is not None:  # only when set: earlier cache keys stay valid
         key["json_schema"] = params.json_schema
+    if params.reasoning:
+        key["reasoning"] = params.max_reasoning_tokens
+    if params.logprobs is not None:  # the cached value then carries the confidence as well (udf.batch)
+        key["logprobs"] = params.logprobs
     return key
 
 

@@ -12,10 +12,19 @@ call's own options win over the session's. Unknown names and wrong types raise a
 | ``top_p`` | float in (0, 1] | 1.0 | nucleus sampling (with temperature > 0) |
 | ``top_k`` | int >= 0 | 0 | top-k sampling, 0 = off |
 | ``seed`` | int | none | seed for sampling |
-| ``model`` | str | session model | which model answers (the session maps it to a backend) |
+| ``model`` | str or list of str | session model | which model answers (the session maps it to a backend); a list is a cascade, first model first (``udf.routing``) |
 | ``system`` | str | see ``udf.prompts`` | the system prompt at the head of every prompt |
 | ``max_field_chars`` | int >= 16 | 4000 | field values longer than this are truncated (see ``udf.prompts``) |
 | ``schema`` | str | none | ``llm_extract``'s output: a field list (``'brewery VARCHAR, abv DOUBLE, styles VARCHAR[]'``) or a JSON schema; see ``udf.extract`` |
+| ``reasoning`` | ``'off'`` / ``'on'`` / ``'auto'`` | ``'off'`` | ``'on'``: a reasoning model thinks before answering (its chat template's switch); ``'auto'``: answer without, then re-ask with reasoning only the rows whose confidence is under ``reasoning_threshold`` (``udf.routing``) |
+| ``max_reasoning_tokens`` | int >= 0 | 256 | the thinking budget: the engine closes the block when it is spent |
+| ``return_reasoning`` | bool | false | the value becomes STRUCT(answer, reasoning) |
+| ``reasoning_threshold`` | float in [0, 1] | 0.9 | ``'auto'``: rows answered with a confidence below it are re-asked with reasoning |
+| ``cascade_threshold`` | float in [0, 1] | 0.9 | ``model => ['small', 'large']``: rows a model answers with a confidence below it go to the next model |
+| ``target_precision`` / ``target_recall`` | float in (0, 1) | none | calibrate the cascade's threshold on a sample answered by both models so the first model's accepted answers agree with the last's at this rate (recall: of the last model's ``true`` rows, for ``llm_filter``), with probability ``1 - failure_probability`` |
+| ``calibration_sample`` | int >= 10 | 200 | rows in that sample |
+| ``calibration_seed`` | int | 0 | which rows |
+| ``failure_probability`` | float in (0, 1) | 0.1 | the chance the calibrated guarantee fails |
 | ``reorder_fields`` | bool | false | let the optimiser also reorder the fields inside each prompt (GGR's per-row field order: higher prefix hit rates, but the prompt's wording changes, so a model may answer differently); false keeps the written field order and reorders rows only, so results equal the plain evaluation |
 """
 from __future__ import annotations
@@ -26,6 +35,8 @@ DEFAULT_MAX_TOKENS = 32
 DEFAULT_MAX_FIELD_CHARS = 4000
 # Optimisations must never change results: reordering the fields of a prompt rewords it, so it is opt-in.
 DEFAULT_REORDER_FIELDS = False
+REASONING_MODES = ("off", "on", "auto")
+DEFAULT_MAX_REASONING_TOKENS = 256
 
 # name -> (accepted python types, description of the rule, check)
 _SPECS: dict[str, tuple[tuple[type, ...], str, Any]] = {
@@ -34,11 +45,21 @@ _SPECS: dict[str, tuple[tuple[type, ...], str, Any]] = {
     "top_p": ((int, float), "a number in (0, 1]", lambda v: 0.0 < v <= 1.0),
     "top_k": ((int,), "a non-negative integer", lambda v: v >= 0),
     "seed": ((int,), "an integer", lambda v: True),
-    "model": ((str,), "a non-empty string", lambda v: v.strip() != ""),
+    "model": ((str,), "a model name or a list of model names", lambda v: v.strip() != ""),
     "system": ((str,), "a string", lambda v: True),
     "max_field_chars": ((int,), "an integer >= 16", lambda v: v >= 16),
     "reorder_fields": ((bool,), "a boolean", lambda v: True),
     "schema": ((str,), "a field list like 'brewery VARCHAR, abv DOUBLE' or a JSON schema", lambda v: v.strip() != ""),
+    "reasoning": ((str,), "one of 'off', 'on', 'auto'", lambda v: v in REASONING_MODES),
+    "max_reasoning_tokens": ((int,), "a non-negative integer", lambda v: v >= 0),
+    "return_reasoning": ((bool,), "a boolean", lambda v: True),
+    "reasoning_threshold": ((int, float), "a number in [0, 1]", lambda v: 0.0 <= v <= 1.0),
+    "cascade_threshold": ((int, float), "a number in [0, 1]", lambda v: 0.0 <= v <= 1.0),
+    "target_precision": ((int, float), "a number in (0, 1)", lambda v: 0.0 < v < 1.0),
+    "target_recall": ((int, float), "a number in (0, 1)", lambda v: 0.0 < v < 1.0),
+    "calibration_sample": ((int,), "an integer >= 10", lambda v: v >= 10),
+    "calibration_seed": ((int,), "an integer", lambda v: True),
+    "failure_probability": ((int, float), "a number in (0, 1)", lambda v: 0.0 < v < 1.0),
 }
 OPTION_NAMES: tuple[str, ...] = tuple(sorted(_SPECS))
 
@@ -51,6 +72,8 @@ def check_option(name: Any, value: Any, where: str = "option") -> Any:
     """Return ``value`` normalised (ints for floats like 8.0 where an int is wanted); raise ``ValueError``."""
     if not isinstance(name, str) or name not in _SPECS:
         raise ValueError(f"unknown {where} {name!r}; allowed options: {_allowed()}")
+    if name == "model" and isinstance(value, (list, tuple)):
+        return _cascade(value, where)
     types, rule, check = _SPECS[name]
     if value is None:
         raise ValueError(f"{where} {name!r} must be {rule}, got NULL")
@@ -73,6 +96,16 @@ def check_option(name: Any, value: Any, where: str = "option") -> Any:
     if not check(value):
         raise ValueError(f"{where} {name!r} must be {rule}, got {value!r}")
     return value
+
+
+def _cascade(models: list | tuple, where: str) -> tuple[str, ...] | str:
+    """``model => ['small', 'large']``: distinct non-empty names, as a tuple (options are hashed); one name is
+    just that model."""
+    if not models or any(not isinstance(m, str) or not m.strip() for m in models):
+        raise ValueError(f"{where} 'model' must be a model name or a non-empty list of model names, got {models!r}")
+    if len(set(models)) != len(models):
+        raise ValueError(f"{where} 'model' lists a model twice: {list(models)!r}")
+    return models[0] if len(models) == 1 else tuple(models)
 
 
 def validate_options(options: Mapping[str, Any] | Iterable[tuple[str, Any]] | None,

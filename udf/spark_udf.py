@@ -54,7 +54,8 @@ from udf.api import EvalSettings, ResultCache, StageStats
 
 MAX_REASONS = 20
 _STAT_FIELDS = ("rows_in", "distinct_inputs", "llm_calls", "cache_hits", "null_inputs", "errors", "prompt_tokens",
-                "cached_prompt_tokens", "generated_tokens", "solve_seconds", "llm_seconds")
+                "cached_prompt_tokens", "generated_tokens", "solve_seconds", "llm_seconds", "rows_reasoned",
+                "reasoning_tokens", "generated_tokens_saved", "llm_seconds_saved")
 
 
 def stats_delta(s: StageStats, reasons: list[str], worker_pid: int, server_pid: int | None) -> dict[str, Any]:
@@ -63,6 +64,7 @@ def stats_delta(s: StageStats, reasons: list[str], worker_pid: int, server_pid: 
     d["error_reasons"] = reasons[:MAX_REASONS]
     d["worker_pids"] = {worker_pid: 1}  # pid -> batches, so that a later snapshot can tell who worked since
     d["server_pids"] = {server_pid: 1} if server_pid is not None else {}
+    d["rows_by_model"] = dict(s.rows_by_model)  # summed per name like the pid counts
     return d
 
 
@@ -144,7 +146,7 @@ def make_arrow_udf(function: str, route: Callable[[str | None], Any], settings: 
         # A server lost mid-batch is restarted by routing again and the call redone from scratch; a second
         # failure fails the task (Spark's task retry is the next level).
         return answer_batch(function, args, route, settings, result_cache=usable_cache(result_cache),
-                            on_output=report, retry_backend_errors=True, json_text=spec.typed_by_schema)
+                            on_output=report, retry_backend_errors=True, json_text=True)
 
     run.__name__ = function
     run.__annotations__ = {"args": pa.Array, "return": pa.Array}  # real types: this module defers annotations

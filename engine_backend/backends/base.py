@@ -31,6 +31,11 @@ class GenerationResult:
     prompt_tokens: int
     cached_prompt_tokens: int
     completion_tokens: int
+    # per answer token when asked for (SamplingParams.logprobs): (its logprob, {alternative's text: logprob}),
+    # text-keyed so every backend can say it (OpenAI-style servers name tokens by their text)
+    logprobs: list[tuple[float, dict[str, float]]] | None = None
+    reasoning: str | None = None  # a reasoning request's block (``text`` is the answer after it)
+    reasoning_tokens: int = 0  # of completion_tokens, those inside the block
 
     @property
     def ok(self) -> bool:
@@ -50,6 +55,11 @@ class Backend(ABC):
     @abstractmethod
     def generate(self, requests: list[GenerationRequest], progress: bool = False) -> list[GenerationResult]:
         """One result per request, in input order; the batch is submitted in that order."""
+
+    def check(self, params: SamplingParams) -> None:
+        """Raise ``ValueError`` for parameters the model can never serve (asking it to reason when it has no
+        reasoning mode): a query fails at once instead of every row failing alike. Per-request faults still
+        come back as failed results."""
 
     def stats(self) -> dict[str, Any]:
         return {}

@@ -6,11 +6,17 @@ import time
 from typing import Any
 
 from engine_backend.backends.base import Backend, GenerationRequest, GenerationResult, _Totals
+from engine_backend.openai_shapes import token_text
 
 
-def result_from_output(out: Any) -> GenerationResult:
-    """``RequestOutput`` -> ``GenerationResult`` (shared with anything that runs the engine)."""
+def result_from_output(out: Any, tokenizer: Any = None) -> GenerationResult:
+    """``RequestOutput`` -> ``GenerationResult`` (shared with anything that runs the engine); ``tokenizer`` names
+    the tokens of logprobs, which cover the answer only (not a reasoning block)."""
     failed = out.finish_reason == "error"
+    logprobs = None
+    if out.logprobs is not None and tokenizer is not None and not failed:
+        answer = out.logprobs[len(out.logprobs) - out.num_answer_tokens:] if out.num_answer_tokens else []
+        logprobs = [(e.logprob, {token_text(tokenizer, t): lp for t, lp in e.top}) for e in answer]
     return GenerationResult(
         text=None if failed else out.text,
         token_ids=list(out.token_ids),
@@ -19,6 +25,9 @@ def result_from_output(out: Any) -> GenerationResult:
         prompt_tokens=len(out.prompt_token_ids),
         cached_prompt_tokens=out.num_cached_tokens or 0,
         completion_tokens=len(out.token_ids),
+        logprobs=logprobs,
+        reasoning=out.reasoning,
+        reasoning_tokens=out.num_reasoning_tokens,
     )
 
 
@@ -50,9 +59,15 @@ class EmbeddedBackend(Backend):
         with self._lock:
             start = time.perf_counter()
             outputs = self.engine.generate(prompts, params, use_tqdm=progress)
-            results = [result_from_output(o) for o in outputs]
+            results = [result_from_output(o, self.engine.tokenizer) for o in outputs]
             self._totals.add(results, time.perf_counter() - start)
         return results
+
+    def check(self, params: Any) -> None:
+        if params.reasoning:
+            from engine_backend.reasoning import require_format
+
+            require_format(self.engine.tokenizer, self.engine.model_name)
 
     def stats(self) -> dict[str, Any]:
         with self._lock:

@@ -152,6 +152,18 @@ class OpenAIBackend(Backend):
         if p.regex is not None:
             body["guided_regex"] = p.regex  # vLLM's name before 0.12
             body["structured_outputs"] = {"regex": p.regex}
+        if p.logprobs is not None:
+            body["logprobs"] = p.logprobs
+        if p.presence_penalty:
+            body["presence_penalty"] = p.presence_penalty
+        if p.frequency_penalty:
+            body["frequency_penalty"] = p.frequency_penalty
+        if p.logit_bias:
+            body["logit_bias"] = {str(t): b for t, b in p.logit_bias.items()}
+        if p.reasoning:  # our server's extension (see engine_backend.server.CompletionRequest)
+            body["reasoning"] = True
+            if p.max_reasoning_tokens is not None:
+                body["max_reasoning_tokens"] = p.max_reasoning_tokens
         body.update(self.extra_body)
         return body
 
@@ -163,11 +175,18 @@ class OpenAIBackend(Backend):
         if choice.get("finish_reason") == "error" or choice.get("error"):
             return GenerationResult.failed(str(choice.get("error") or "request failed"), prompt_tokens)
         details = usage.get("prompt_tokens_details") or {}
+        logprobs = None
+        lp = choice.get("logprobs")
+        if isinstance(lp, dict) and lp.get("token_logprobs") is not None:
+            logprobs = [(float(v), dict(top or {})) for v, top in zip(lp["token_logprobs"], lp.get("top_logprobs")
+                                                                      or [None] * len(lp["token_logprobs"]))]
         return GenerationResult(
             text=choice.get("text", ""), token_ids=token_ids, finish_reason=choice.get("finish_reason") or "stop",
             error=None, prompt_tokens=prompt_tokens,
             cached_prompt_tokens=usage.get("cached_tokens", details.get("cached_tokens")) or 0,
-            completion_tokens=usage.get("completion_tokens") or len(token_ids))
+            completion_tokens=usage.get("completion_tokens") or len(token_ids), logprobs=logprobs,
+            reasoning=choice.get("reasoning_content"),
+            reasoning_tokens=(usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0)
 
     def _run(self, items: list[GenerationRequest]) -> list[GenerationResult]:
         try:

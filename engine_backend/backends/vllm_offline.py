@@ -47,6 +47,10 @@ def to_vllm_params(p: SamplingParams) -> Any:
                                   stop_token_ids=list(p.stop_token_ids) or None, ignore_eos=p.ignore_eos)
     if p.choices:
         kwargs.update(_choice_kwargs(p.choices))
+    if p.reasoning or p.logprobs is not None or p.logit_bias:  # not mapped yet: refuse rather than ignore
+        raise ValueError("the vllm backend does not take reasoning, logprobs or logit_bias yet; use the embedded "
+                         "engine or llm-sql serve")
+    kwargs.update(presence_penalty=p.presence_penalty, frequency_penalty=p.frequency_penalty)
     return vllm.SamplingParams(**kwargs)
 
 

@@ -55,6 +55,8 @@ def literal_value(node: exp.Expression) -> Any:
             return -value
     if isinstance(node, exp.Paren):
         return literal_value(node.this)
+    if isinstance(node, exp.Array):  # a list option: model => ['small', 'large']
+        return tuple(literal_value(e) for e in node.expressions)
     raise Unliftable(f"not a literal: {node.sql(dialect='duckdb')}")
 
 
