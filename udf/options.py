@@ -19,6 +19,7 @@ call's own options win over the session's. Unknown names and wrong types raise a
 | ``reasoning`` | ``'off'`` / ``'on'`` / ``'auto'`` | ``'off'`` | ``'on'``: a reasoning model thinks before answering (its chat template's switch); ``'auto'``: answer without, then re-ask with reasoning only the rows whose confidence is under ``reasoning_threshold`` (``udf.routing``) |
 | ``max_reasoning_tokens`` | int >= 0 | 256 | the thinking budget: the engine closes the block when it is spent |
 | ``return_reasoning`` | bool | false | the value becomes STRUCT(answer, reasoning) |
+| ``reasoning_classifier`` | str | none | ``'auto'``: a local Hugging Face sequence-classification directory that decides from each row's prompt whether it needs reasoning (its class named like "reasoning", else class 1), instead of the confidence of a first answer |
 | ``reasoning_threshold`` | float in [0, 1] | 0.9 | ``'auto'``: rows answered with a confidence below it are re-asked with reasoning |
 | ``cascade_threshold`` | float in [0, 1] | 0.9 | ``model => ['small', 'large']``: rows a model answers with a confidence below it go to the next model |
 | ``target_precision`` / ``target_recall`` | float in (0, 1) | none | calibrate the cascade's threshold on a sample answered by both models so the first model's accepted answers agree with the last's at this rate (recall: of the last model's ``true`` rows, for ``llm_filter``), with probability ``1 - failure_probability`` |
@@ -54,6 +55,7 @@ _SPECS: dict[str, tuple[tuple[type, ...], str, Any]] = {
     "max_reasoning_tokens": ((int,), "a non-negative integer", lambda v: v >= 0),
     "return_reasoning": ((bool,), "a boolean", lambda v: True),
     "reasoning_threshold": ((int, float), "a number in [0, 1]", lambda v: 0.0 <= v <= 1.0),
+    "reasoning_classifier": ((str,), "a model directory", lambda v: v.strip() != ""),
     "cascade_threshold": ((int, float), "a number in [0, 1]", lambda v: 0.0 <= v <= 1.0),
     "target_precision": ((int, float), "a number in (0, 1)", lambda v: 0.0 < v < 1.0),
     "target_recall": ((int, float), "a number in (0, 1)", lambda v: 0.0 < v < 1.0),

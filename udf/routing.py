@@ -6,6 +6,8 @@ stage before was unsure of:
 
 * **Router** (``reasoning => 'auto'``, after arXiv 2510.08731): every row is answered without reasoning, with its
   confidence (``udf.confidence``); rows under ``reasoning_threshold`` are asked again with reasoning on.
+  With ``reasoning_classifier => DIR`` (a local Hugging Face sequence-classification model, as the semantic router
+  uses ModernBERT) the classifier decides up front from each row's prompt instead, and every row is asked once.
 * **Cascade** (``model => ['small', 'large']``, after Snowflake AISQL and LOTUS): the first model answers every
   row; rows under ``cascade_threshold`` go to the next model, and so on; the last model answers what is left.
 * **Calibrated cascade** (two models, ``target_precision`` or ``target_recall``): before the threshold is chosen, a
@@ -27,6 +29,7 @@ unless the first answer is clearly preferred; ``bench/cascade.py`` measures accu
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import random
 from typing import Any, Callable
@@ -66,6 +69,12 @@ def answer(call: LLMCall, rows: list[tuple], route: Route, *, settings: EvalSett
                        model_id=target.model_id)
         out.stats.rows_by_model = {_name(models, target): _answered(out)}
         return out
+    if not cascade and opts.get("reasoning_classifier"):
+        target = route(models)
+        name = _name(models, target)
+        return _classified(call, rows, opts, [_Stage(name, _with(call, reasoning="off"), target),
+                                              _Stage(name + "+reasoning", _with(call, reasoning="on"), target)],
+                           settings, result_cache)
     if cascade:
         stages = [_Stage(m, _with(call, model=m), route(m)) for m in models]
         threshold_name = "cascade_threshold"
@@ -124,8 +133,9 @@ def _check_options(own: dict[str, Any], cascade: bool, mode: str) -> None:
     if stray:
         raise ValueError(f"{', '.join(stray)} tune a model cascade: give model => ['small', 'large'] "
                          "(exactly two models to calibrate with a target)")
-    if "reasoning_threshold" in own and mode != "auto":
-        raise ValueError("reasoning_threshold tunes reasoning 'auto'")
+    for name in ("reasoning_threshold", "reasoning_classifier"):
+        if name in own and mode != "auto":
+            raise ValueError(f"{name} tunes reasoning 'auto'")
 
 
 # --- stages ----------------------------------------------------------------------------------------------------
@@ -192,6 +202,72 @@ def _savings(stats: StageStats, outputs: list) -> None:
     requests = first.stats.llm_calls + first.stats.cache_hits if first is not None else 0
     stats.generated_tokens_saved = per_tokens * requests - stats.generated_tokens
     stats.llm_seconds_saved = per_seconds * requests - stats.llm_seconds
+
+
+# --- a classifier decides up front ------------------------------------------------------------------------------
+def _classified(call: LLMCall, rows: list[tuple], opts: dict, stages: list[_Stage], settings: EvalSettings,
+                result_cache: ResultCache | None) -> EvalOutput:
+    """``reasoning_classifier``: a sequence classifier reads each row's prompt and says whether it needs
+    reasoning; each row is asked once, in the mode it was given."""
+    from udf.prompts import is_null, make_prompt
+
+    asked = [r for r, row in enumerate(rows) if not (row and all(is_null(v) for v in row))]
+    texts = [make_prompt(call.function, call.instruction, list(zip(call.field_names, rows[r])), call.labels)
+             for r in asked]
+    needs = dict(zip(asked, needs_reasoning(str(opts["reasoning_classifier"]), texts)))
+    n = len(rows)
+    values: list[Any] = [None] * n
+    errors: list[str | None] = [None] * n
+    stats = StageStats(rows_in=n)
+    stats.rows_by_model = {s.label: 0 for s in stages}
+    for stage, wanted in zip(stages, (False, True)):
+        group = [r for r in asked if needs[r] is wanted]
+        if not group:
+            continue
+        out = evaluate(stage.call, [rows[r] for r in group], stage.target.backend, settings=settings,
+                       result_cache=result_cache, model_id=stage.target.model_id)
+        _add(stats, out.stats)
+        for j, r in enumerate(group):
+            values[r], errors[r] = out.values[j], out.errors[j]
+        stats.rows_by_model[stage.label] = _answered(out)
+    stats.errors = sum(e is not None for e in errors)
+    stats.null_inputs = n - len(asked)
+    stats.rows_reasoned = stats.rows_by_model[stages[1].label]
+    stats.routing = {"kind": "router", "decided_by": str(opts["reasoning_classifier"]),
+                     "stages": [s.label for s in stages]}
+    return EvalOutput(values=values, errors=errors, stats=stats)
+
+
+@functools.lru_cache(maxsize=4)
+def _classifier(path: str):
+    try:
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    except ImportError as exc:
+        raise ValueError(f"reasoning_classifier needs the transformers package: {exc}") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"reasoning_classifier {path!r} is not a Hugging Face sequence-classification "
+                         f"directory: {exc}") from None
+    labels = {int(i): str(name).lower() for i, name in (model.config.id2label or {}).items()}
+    # the class that means "needs reasoning": one whose name says so, else class 1
+    positive = next((i for i, name in labels.items() if "reason" in name and not name.startswith("no")), 1)
+    return tokenizer, model, positive
+
+
+def needs_reasoning(path: str, texts: list[str], batch: int = 32) -> list[bool]:
+    """Per text, whether the classifier at ``path`` puts it in its reasoning class (argmax)."""
+    import torch
+
+    tokenizer, model, positive = _classifier(path)
+    out: list[bool] = []
+    with torch.no_grad():
+        for i in range(0, len(texts), batch):
+            enc = tokenizer(texts[i:i + batch], padding=True, truncation=True, return_tensors="pt")
+            out += (model(**enc).logits.argmax(-1) == positive).tolist()
+    return out
 
 
 # --- calibration ------------------------------------------------------------------------------------------------

@@ -164,3 +164,55 @@ def test_calibration_guarantee_holds_in_simulation():
         if accepted and sum(accepted) / len(accepted) < target:
             failures += 1
     assert failures / runs <= delta
+
+
+@pytest.fixture(scope="module")
+def classifier(models, tmp_path_factory):
+    """A tiny random BERT sequence classifier with a reasoning class, over the small model's vocabulary."""
+    import shutil
+
+    import torch
+    import transformers
+
+    path = tmp_path_factory.mktemp("router_classifier")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=600, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, num_labels=2, id2label={0: "direct", 1: "reasoning"},
+                                     label2id={"direct": 0, "reasoning": 1})
+    model = transformers.BertForSequenceClassification(config).eval()
+    with torch.no_grad():  # BERT's own init (std 0.02) gives every row nearly one margin: spread them
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.5)
+    shutil.copy(f"{models['small']}/tokenizer.json", path / "tokenizer.json")
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"), pad_token="<pad>",
+                                                     model_max_length=512)
+    tokenizer.save_pretrained(path)
+    # a random classifier's margins barely differ between rows: centre them so about half the rows need reasoning
+    from udf.prompts import make_prompt
+
+    texts = [make_prompt("llm_filter", "Is the beer good?", [("review", r)]) for r in REVIEWS]
+    with torch.no_grad():
+        logits = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits
+        margin = (logits[:, 1] - logits[:, 0]).median()
+        model.classifier.bias[1] -= margin
+        model.classifier.bias[1] -= 1e-4  # the median row itself on the "direct" side
+    model.save_pretrained(path)
+    return str(path)
+
+
+def test_a_classifier_can_decide_up_front(db, classifier):
+    from udf.prompts import make_prompt
+    from udf.routing import needs_reasoning
+
+    off, _ = alone(db, "large", "off")
+    on, _ = alone(db, "large", "on")
+    texts = [make_prompt("llm_filter", "Is the beer good?", [("review", r)]) for r in REVIEWS + [REVIEWS[0]]]
+    needs = needs_reasoning(classifier, texts)
+    assert 0 < sum(needs) < len(needs)
+    got = [v for _, v in query(db, f"{{'reasoning': 'auto', 'reasoning_classifier': '{classifier}', "
+                                   "'max_reasoning_tokens': 6}")]
+    expected = [r if n else o for o, r, n in zip(off[:16], on[:16], needs[:16])] + [None, on[0] if needs[0] else off[0]]
+    assert got == expected
+    stats = llm_sql.last_stats(db.con)
+    assert stats.rows_reasoned == sum(needs[:16]) and stats.stages[0]["routing"]["decided_by"] == classifier
