@@ -366,6 +366,22 @@ def test_two_models_and_an_instruction_without_a_field(spark, model_dir, tmp_pat
         with pytest.raises(Exception, match="unknown model 'huge'"):
             spark.sql("SELECT llm('Summarise', struct(review), named_struct('model', 'huge')) "
                       "FROM distinct_reviews").collect()
+        # a cascade: threshold 0 keeps every answer of the first model, 1 sends every row on; between, each row
+        # has one of the two models' own answers, and the statistics say how many each gave
+        small, big = own(model_dir, rows), own(large, rows)
+        for threshold, expected in ((0.0, small), (1.0, big), (0.5, None)):
+            spark_mode.reset_stats(spark)
+            got = spark.sql("SELECT review, llm('Summarise', struct(review), named_struct('model', "
+                            f"array('small', 'large'), 'cascade_threshold', {threshold})) AS c "
+                            "FROM distinct_reviews").collect()
+            got = [c for _, c in sorted((r["review"], r["c"]) for r in got)]
+            if expected is not None:
+                assert got == expected
+            assert all(g in (s, b) for g, s, b in zip(got, small, big))
+            by_model = llm_sql.last_stats(spark).rows_by_model
+            assert sum(by_model.values()) == len(reviews)
+            assert by_model.get("large", 0) == (0 if threshold == 0.0 else len(reviews) if threshold == 1.0
+                                                else by_model.get("large", 0))
     finally:  # the module's other tests use the one-model registration (the large server stops at exit)
         llm_sql.register(spark, model=model_dir, max_tokens=MAX_TOKENS, cache=False)
 
