@@ -157,6 +157,16 @@ def test_constrained_decoding_quick(tmp_path):
         assert run["json_schema"]["ms_per_token"] > 0 and run["choices_trie"]["finished_early"] > 0
 
 
+def test_reasoning_router_quick(tmp_path):
+    data, _ = run_bench("reasoning_router", tmp_path)
+    r = data["results"]
+    assert r["off"]["rows_reasoned"] == 0 and r["off"]["reasoning_tokens"] == 0
+    assert r["on"]["rows_reasoned"] == r["on"]["rows"] and r["on"]["reasoning_tokens"] <= 6 * r["on"]["rows"]
+    for label in ("auto@0.55", "auto@0.7", "auto@0.9"):  # a higher threshold never routes fewer rows
+        assert 0 <= r[label]["rows_reasoned"] <= r["on"]["rows"]
+    assert r["auto@0.55"]["rows_reasoned"] <= r["auto@0.7"]["rows_reasoned"] <= r["auto@0.9"]["rows_reasoned"]
+
+
 def test_server_streaming_quick(tmp_path):
     pytest.importorskip("openai")
     data, _ = run_bench("server_streaming", tmp_path)
