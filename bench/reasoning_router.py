@@ -41,8 +41,8 @@ def run(db, con, options: str) -> dict:
                                    f"{options}) FROM beers ORDER BY id").fetchall()]
     seconds = time.perf_counter() - start
     s = llm_sql.last_stats(con)
-    return {"seconds": seconds, "rows": s.rows_in, "rows_reasoned": s.rows_reasoned,
-            "reasoning_tokens": s.reasoning_tokens, "generated_tokens": s.generated_tokens,
+    return {"seconds": seconds, "rows": s.rows_in, "distinct_inputs": s.distinct_inputs,
+            "rows_reasoned": s.rows_reasoned, "reasoning_tokens": s.reasoning_tokens, "generated_tokens": s.generated_tokens,
             "llm_calls": s.llm_calls, "true": sum(v is True for v in values),
             "tokens_saved_vs_on": s.generated_tokens_saved}
 
@@ -78,11 +78,11 @@ def main() -> int:
         results[label] = run(db, con, options)
         log(f"{label}: {results[label]['seconds']:.2f}s, {results[label]['rows_reasoned']} rows reasoned")
     on = results["on"]
-    table_rows = [[label, r["rows_reasoned"], f"{r['rows_reasoned'] / max(1, r['rows']):.0%}", r["reasoning_tokens"],
-                   r["generated_tokens"], f"{r['seconds']:.2f}", f"{r['seconds'] / on['seconds']:.2f}",
+    table_rows = [[label, r["rows_reasoned"], f"{r['rows_reasoned'] / max(1, r['distinct_inputs']):.0%}",
+                   r["reasoning_tokens"], r["generated_tokens"], f"{r['seconds']:.2f}", f"{r['seconds'] / on['seconds']:.2f}",
                    f"{r['generated_tokens'] / max(1, on['generated_tokens']):.2f}"]
                   for label, r in results.items()]
-    print_table(["config", "rows reasoned", "share", "thinking tokens", "generated tokens", "seconds",
+    print_table(["config", "inputs reasoned", "share", "thinking tokens", "generated tokens", "seconds",
                  "time / always on", "tokens / always on"], table_rows,
                 title=f"llm_filter over {len(rows)} beer rows, thinking budget {args.budget} ({model_dir.name}); "
                       "random weights: mechanism only")
