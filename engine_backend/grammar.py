@@ -7,6 +7,12 @@ its allowed tokens as a bitmask, and one vectorised unpack turns the batch's bit
 over the logits (no Python loop over the vocabulary). EOS is allowed exactly where the expression may end;
 a state from which nothing but EOS can follow finishes the request (checked once per automaton state).
 
+JSON schemas: ``_enforceable`` rewrites a schema so that every output of its regex validates, or refuses it with
+a ``ValueError`` ("unsupported json_schema: ..."; a 400 at the server) naming what the compiler would ignore. Integer
+and number subschemas get their own regexes (``engine_backend.json_numbers``): bounds of any kind enforced digit by
+digit, and digits capped (integers at most 18 digits; numbers at most 15 digits before the point and 15 after, no
+exponent), so that a model cannot write digits until ``max_tokens``.
+
 Why outlines-core: a small Rust library with CPU wheels and no Python dependencies (xgrammar needs
 transformers and triton at install time); its index is built once per expression and cached here, and the
 per-step cost is one bitmask write per constrained row.
@@ -15,11 +21,12 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 from typing import Any
 
 import numpy as np
 import torch
+
+from engine_backend import json_numbers
 
 
 class GrammarConstraint:
@@ -99,64 +106,135 @@ def regex_for(json_schema: Any = None, regex: str | None = None) -> str:
             json_schema = json.loads(json_schema)
         except ValueError as exc:
             raise ValueError(f"json_schema is not valid JSON: {exc}") from None
-    text = json.dumps(_enforceable(json_schema), sort_keys=True)
+    numbers = _Numbers(json.dumps(json_schema))
+    text = json.dumps(_enforceable(json_schema, numbers), sort_keys=True)
     try:
-        return build_regex_from_schema(text, r"[ ]?")  # at most one space between tokens: short outputs
+        regex = build_regex_from_schema(text, r"[ ]?")  # at most one space between tokens: short outputs
     except Exception as exc:
         raise ValueError(f"unsupported json_schema: {exc}") from None
+    return numbers.splice(regex)
 
 
-ENUM_RANGE_LIMIT = 1000  # an integer range up to this many values becomes an enum the grammar can enforce
+class _Numbers:
+    """The regexes of a schema's integer and number subschemas: each subschema is replaced by a string constant
+    (a placeholder the schema itself never contains), which the compiler copies into its regex verbatim, quoted;
+    ``splice`` then puts the number regexes in their place."""
 
-_NUMERIC_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
+    def __init__(self, schema_text: str):
+        self.prefix = "__llm_sql_number_"
+        while self.prefix in schema_text:
+            self.prefix += "_"
+        self.regexes: list[str] = []
+
+    def placeholder(self, regex: str) -> dict:
+        self.regexes.append(regex)
+        return {"const": f"{self.prefix}{len(self.regexes) - 1}__"}
+
+    def splice(self, regex: str) -> str:
+        for i, number in enumerate(self.regexes):  # a subschema under $defs may appear any number of times
+            regex = regex.replace(json.dumps(f"{self.prefix}{i}__"), number)
+        if self.prefix in regex:
+            raise ValueError("unsupported json_schema: the compiler changed a number placeholder")
+        return regex
+
+
+_NUMERIC_BOUNDS = json_numbers.BOUND_KEYWORDS
+_NUMERIC = ("integer", "number")
 # keywords the regex compiler ignores although an output could break them: refused, never silently ignored
 _UNENFORCED = ("contains", "minContains", "maxContains", "dependentRequired", "dependentSchemas", "propertyNames",
                "if", "not")
 _SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions")  # name -> subschema
 _SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")  # [subschema, ...]
 _SCHEMA_ONE = ("items", "additionalProperties", "then", "else")  # a subschema (or a boolean)
+_COMBINED = ("anyOf", "oneOf", "allOf", "$ref")  # the compiler follows these and ignores "type" beside them
 
 
-def _enforceable(schema: Any) -> Any:
+def _enforceable(schema: Any, numbers: _Numbers) -> Any:
     """The schema rewritten so that every output of its regex validates, or ValueError naming what cannot be
     enforced. The regex compiler (outlines-core) ignores numeric bounds, ``uniqueItems``, ``minProperties`` and a
     few more keywords, and writes property names into the output unescaped; so here
-    - a bounded integer range (``minimum``/``maximum``, exclusive bounds, ``multipleOf``; e.g. a 1..5 score) becomes
-      the enum of its values; any other numeric bound is refused (a number range, a one-sided or huge range);
+    - an ``integer`` or ``number`` subschema becomes a placeholder for its own regex (``json_numbers``: bounds,
+      one- or two-sided, inclusive or exclusive, enforced digit by digit; ``multipleOf`` on an integer range of at
+      most 1000 values; digits capped), and a type list with ``integer``/``number`` becomes an ``anyOf`` of one
+      schema per type; numeric bounds anywhere else (no type, beside ``anyOf``/``$ref``...) are refused, and an
+      ``enum``/``const`` keeps only the numbers within its bounds;
     - a property name that JSON must escape (a quote, a backslash, a control character) is given escaped;
     - a keyword the compiler would ignore is refused unless the output meets it anyway;
     - outlines' digit-count extensions get at least one digit after a '.' or an exponent sign ("1." is not JSON).
     Only subschemas are walked: enum/const values and property names are data."""
     if isinstance(schema, list):  # items given as a list (draft 4's tuple form)
-        return [_enforceable(s) for s in schema]
+        return [_enforceable(s, numbers) for s in schema]
     if not isinstance(schema, dict):
         return schema  # true / false
+    kind = schema.get("type")
+    if (isinstance(kind, list) and set(_NUMERIC) & set(kind) and not any(k in schema for k in _COMBINED)
+            and "enum" not in schema and "const" not in schema):
+        return _one_schema_per_type(schema, numbers)
     out = dict(schema)
     for key in _SCHEMA_MAPS:
         if isinstance(out.get(key), dict):
-            out[key] = {_name(n) if key == "properties" else n: _enforceable(v) for n, v in out[key].items()}
+            out[key] = {_name(n) if key == "properties" else n: _enforceable(v, numbers) for n, v in out[key].items()}
     if isinstance(out.get("required"), list) and isinstance(schema.get("properties"), dict):
         out["required"] = [_name(n) if isinstance(n, str) else n for n in out["required"]]
     for key in _SCHEMA_LISTS:
         if isinstance(out.get(key), list):
-            out[key] = [_enforceable(v) for v in out[key]]
+            out[key] = [_enforceable(v, numbers) for v in out[key]]
     for key in _SCHEMA_ONE:
         if key in out:
-            out[key] = _enforceable(out[key])
+            out[key] = _enforceable(out[key], numbers)
     _refuse_ignored(out)
-    for kind in ("Fraction", "Exponent"):  # {0,n} digits after '.' / 'e+' would allow "1." and "1e+"
-        if f"maxDigits{kind}" in out and f"minDigits{kind}" not in out:
-            out[f"minDigits{kind}"] = 1
-    kind = out.get("type")
-    numeric = kind in (None, "integer", "number") or (isinstance(kind, list) and {"integer", "number"} & set(kind))
-    if numeric and any(k in out for k in _NUMERIC_BOUNDS) and "enum" not in out and "const" not in out:
-        if kind != "integer":
-            raise ValueError(f"unsupported json_schema: bounds on a {out.get('type', 'value')!r} cannot be enforced "
-                             f"(only an integer range of at most {ENUM_RANGE_LIMIT} values): {_short(schema)}")
-        values = _integer_range(out, schema)
-        rest = {k: v for k, v in out.items() if k not in ("type", *_NUMERIC_BOUNDS)}
-        return {**rest, "enum": values}
+    for digits in ("Fraction", "Exponent"):  # {0,n} digits after '.' / 'e+' would allow "1." and "1e+"
+        if f"maxDigits{digits}" in out and f"minDigits{digits}" not in out:
+            out[f"minDigits{digits}"] = 1
+    bounded = any(k in out for k in _NUMERIC_BOUNDS)
+    try:
+        if "enum" in out or "const" in out:
+            return _within_bounds(out) if bounded else out
+        extension = any(k.startswith(("minDigits", "maxDigits")) for k in out)  # outlines' digit counts
+        if kind in _NUMERIC and not extension and not any(k in out for k in _COMBINED):
+            return numbers.placeholder(json_numbers.schema_regex(out, kind))
+    except ValueError as exc:
+        raise ValueError(f"unsupported json_schema: {exc}: {_short(schema)}") from None
+    if bounded and (kind is None or kind in _NUMERIC or isinstance(kind, list)):
+        raise ValueError(f"unsupported json_schema: numeric bounds are enforced on a schema of type integer or "
+                         f"number (alone or in a list of types), not with no type, next to anyOf/oneOf/allOf/$ref "
+                         f"or outlines' digit counts: {_short(schema)}")
     return out
+
+
+# keywords that apply to values of one type only (the compiler reads "properties" as an object even beside a
+# "type": "null"): a type list's schema for one type keeps only those of its own type
+_KEYWORD_TYPE = {**{k: "object" for k in ("properties", "required", "additionalProperties", "patternProperties",
+                                          "minProperties", "maxProperties", "propertyNames", "dependentRequired",
+                                          "dependentSchemas", "unevaluatedProperties")},
+                 **{k: "array" for k in ("items", "prefixItems", "additionalItems", "minItems", "maxItems",
+                                         "uniqueItems", "contains", "minContains", "maxContains", "unevaluatedItems")},
+                 **{k: "string" for k in ("minLength", "maxLength", "pattern", "format", "contentEncoding",
+                                          "contentMediaType")},
+                 **{k: "number" for k in _NUMERIC_BOUNDS}}
+
+
+def _one_schema_per_type(schema: dict, numbers: _Numbers) -> dict:
+    """A schema with a list of types as the anyOf of one schema per type, each with the keywords that apply to it;
+    definitions and other "$" keywords stay at this level (a "$ref" is resolved from the root)."""
+    here = {k: v for k, v in schema.items() if k.startswith("$") or k == "definitions"}
+    out = _enforceable(here, numbers)  # walks $defs/definitions
+    out["anyOf"] = [_enforceable({**{k: v for k, v in schema.items() if k not in here and k != "type"
+                                     and _KEYWORD_TYPE.get(k, t) == ("number" if t in _NUMERIC else t)},
+                                  "type": t}, numbers) for t in schema["type"]]
+    return out
+
+
+def _within_bounds(s: dict) -> dict:
+    """An enum/const without the numbers its bounds exclude (the compiler writes the values, ignoring bounds)."""
+    values = s["enum"] if "enum" in s else [s["const"]]
+    if not isinstance(values, list):
+        return s
+    kept = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float))
+            or json_numbers.satisfies(v, s)]
+    if not kept:
+        raise ValueError("no value of the enum/const satisfies the bounds")
+    return {**{k: v for k, v in s.items() if k not in ("enum", "const")}, "enum": kept}
 
 
 def _name(name: Any) -> Any:
@@ -189,30 +267,6 @@ def _refuse_ignored(s: dict) -> None:
                                      and len(props) <= s["maxProperties"]):
         raise ValueError(f"unsupported json_schema: maxProperties cannot be enforced (only when the declared "
                          f"properties meet it): {_short(s)}")
-
-
-def _integer_range(s: dict, original: dict) -> list[int]:
-    """The integers an integer schema's bounds allow, in order; ValueError if unbounded, huge or empty."""
-    for key in _NUMERIC_BOUNDS:
-        v = s.get(key)
-        if key in s and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
-            raise ValueError(f"unsupported json_schema: {key} must be a finite number (draft 4's boolean "
-                             f"exclusive bounds are not supported), got {v!r}")
-    lows = [math.ceil(s["minimum"])] if "minimum" in s else []
-    lows += [math.floor(s["exclusiveMinimum"]) + 1] if "exclusiveMinimum" in s else []
-    highs = [math.floor(s["maximum"])] if "maximum" in s else []
-    highs += [math.ceil(s["exclusiveMaximum"]) - 1] if "exclusiveMaximum" in s else []
-    if not lows or not highs or min(highs) - max(lows) >= ENUM_RANGE_LIMIT:
-        raise ValueError(f"unsupported json_schema: integer bounds are enforced for a range of at most "
-                         f"{ENUM_RANGE_LIMIT} values with both ends given: {_short(original)}")
-    step = s.get("multipleOf")
-    if step is not None and step <= 0:
-        raise ValueError(f"unsupported json_schema: multipleOf must be positive, got {step!r}")
-    values = [v for v in range(max(lows), min(highs) + 1)
-              if step is None or (v % step == 0 if isinstance(step, int) else (v / step).is_integer())]
-    if not values:
-        raise ValueError(f"unsupported json_schema: no integer satisfies the bounds: {_short(original)}")
-    return values
 
 
 @functools.lru_cache(maxsize=8)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import re
+from fractions import Fraction
 
 import jsonschema
 import pytest
@@ -24,9 +26,8 @@ def random_schema(rng: random.Random, depth: int = 0) -> dict:
     """One schema of a fixed family: objects, enums, arrays, numbers, booleans, bounded strings, nesting."""
     kinds = ["integer", "number", "boolean", "string", "enum", "range"] + (["array", "object"] if depth < 2 else [])
     kind = rng.choice(kinds)
-    if kind == "range":  # bounds the regex compiler ignores: enforced as an enum (engine_backend.grammar)
-        lo = rng.randint(-5, 5)
-        return {"type": "integer", "minimum": lo, "maximum": lo + rng.randint(0, 20)}
+    if kind == "range":  # bounds the regex compiler ignores: enforced by engine_backend.json_numbers
+        return random_bounds(rng, rng.choice(["integer", "number"]))
     if kind == "string":
         return {"type": "string", "maxLength": rng.randint(1, 6)}
     if kind == "enum":
@@ -38,6 +39,26 @@ def random_schema(rng: random.Random, depth: int = 0) -> dict:
         return {"type": "object", "properties": {n: random_schema(rng, depth + 1) for n in names},
                 "required": names}
     return {"type": kind}
+
+
+def random_bounds(rng: random.Random, kind: str) -> dict:
+    """An integer or number schema with random bounds: one- or two-sided, inclusive or exclusive, integers or
+    decimals as bounds, small or large, negative or not (always some value within them)."""
+    def value():
+        scale = 10 ** rng.choice([0, 0, 1, 2, 3, 6, 12] + ([17] if kind == "integer" else []))  # within the caps
+        v = rng.uniform(-1, 1) * scale
+        return rng.choice([round(v), round(v, rng.randint(1, 4))])
+
+    low, high = sorted([value(), value()])
+    if high - low < 2:
+        high = low + 2
+    schema = {"type": kind}
+    side = rng.choice(["both", "both", "low", "high"])
+    if side != "high":
+        schema[rng.choice(["minimum", "exclusiveMinimum"])] = low
+    if side != "low":
+        schema[rng.choice(["maximum", "exclusiveMaximum"])] = high
+    return schema
 
 
 def walk(constraint, tokenizer, seed: int, limit: int = 600) -> str:
@@ -167,8 +188,24 @@ def test_engine_json_schema_equals_transformers_with_the_same_mask(tiny_model_di
     {"type": "object", "properties": {"x": {"type": "integer", "minimum": 1, "maximum": 3},
                                       "y": {"enum": [{"type": "integer", "minimum": 1, "maximum": 2}]}},
      "required": ["x", "y"], "maxProperties": 2},
+    {"type": "integer", "minimum": 3},
+    {"type": "integer", "exclusiveMaximum": -3},
+    {"type": "integer", "minimum": 0, "maximum": 100000},
+    {"type": "number", "minimum": 0, "maximum": 1},
+    {"type": "number", "exclusiveMinimum": 0},
+    {"type": "number", "minimum": -2.5, "exclusiveMaximum": 0.25},
+    {"type": ["integer", "null"], "minimum": 0, "maximum": 3},
+    {"type": ["number", "string"], "exclusiveMaximum": -1, "maxLength": 2},
+    {"$schema": "http://json-schema.org/draft-04/schema#", "type": "integer", "minimum": 0, "maximum": 3,
+     "exclusiveMaximum": True},
+    {"enum": [1, 5, "x", 2.5], "maximum": 2},
+    {"type": "array", "items": {"type": "number", "minimum": 0}, "maxItems": 3},
+    {"type": "object", "properties": {"__llm_sql_number_0__": {"type": "integer", "minimum": 7, "maximum": 9}},
+     "required": ["__llm_sql_number_0__"]},
 ], ids=["escaped-names", "exclusive-bounds", "multipleOf", "multipleOf-float", "digit-counts", "unique-one",
-        "properties-count", "only-subschemas"])
+        "properties-count", "only-subschemas", "one-sided", "one-sided-exclusive", "large-range", "number-range",
+        "number-positive", "number-negative", "type-list", "type-list-number", "draft4-exclusive", "enum-bounds",
+        "number-items", "placeholder-text"])
 def test_schemas_the_compiler_only_half_enforces_now_validate(tokenizer, schema):
     """Found by the openai-client schema test's probing: property names were written unescaped ('say "hi"' gave
     invalid JSON), exclusive bounds and multipleOf were ignored, outlines' digit counts allowed "1." and "1e+", and
@@ -179,14 +216,22 @@ def test_schemas_the_compiler_only_half_enforces_now_validate(tokenizer, schema)
 
 
 @pytest.mark.parametrize("schema,needle", [
-    ({"type": "integer", "minimum": 3}, "both ends"),
-    ({"type": "integer", "maximum": -3}, "both ends"),
-    ({"type": "integer", "minimum": 0, "maximum": 100000}, "at most 1000"),
+    ({"type": "integer", "minimum": 3, "multipleOf": 3}, "at most 1000"),
+    ({"type": "integer", "minimum": 0, "maximum": 100000, "multipleOf": 3}, "at most 1000"),
     ({"type": "integer", "minimum": 1, "maximum": 5, "multipleOf": 7}, "no integer"),
-    ({"type": "number", "minimum": 0, "maximum": 1}, "bounds on a 'number'"),
-    ({"type": ["integer", "null"], "minimum": 0, "maximum": 3}, "bounds on a"),
-    ({"type": "number", "multipleOf": 0.5}, "bounds on a 'number'"),
-    ({"type": "integer", "minimum": 0, "maximum": 3, "exclusiveMaximum": True}, "finite number"),
+    ({"type": "integer", "minimum": 5, "maximum": 3}, "no integer"),
+    ({"type": "integer", "exclusiveMinimum": 3, "exclusiveMaximum": 4}, "no integer"),
+    ({"type": "integer", "minimum": 1e19}, "no integer of at most 18 digits"),
+    ({"type": "number", "exclusiveMinimum": 1, "exclusiveMaximum": 1}, "no number"),
+    ({"type": "number", "minimum": 1e15}, "no number"),
+    ({"type": "number", "multipleOf": 0.5}, "multipleOf on a number"),
+    ({"type": "integer", "minimum": "3"}, "finite number"),
+    ({"type": "number", "maximum": None}, "finite number"),
+    ({"type": "integer", "multipleOf": 0}, "positive number"),
+    ({"minimum": 0}, "numeric bounds are enforced on a schema of type"),
+    ({"type": "integer", "anyOf": [{"type": "integer"}, {"type": "string"}], "minimum": 0}, "numeric bounds"),
+    ({"type": "number", "maxDigitsFraction": 2, "minimum": 0}, "numeric bounds"),
+    ({"enum": [1, 5], "minimum": 6}, "no value"),
     ({"type": "array", "items": {"type": "boolean"}, "maxItems": 3, "uniqueItems": True}, "uniqueItems"),
     ({"type": "array", "items": {"type": "integer"}, "contains": {"const": 1}}, "'contains'"),
     ({"type": "object", "required": ["a"]}, "does not declare"),
@@ -194,7 +239,8 @@ def test_schemas_the_compiler_only_half_enforces_now_validate(tokenizer, schema)
     ({"type": "object", "properties": {"a": {"type": "boolean"}}, "minProperties": 1}, "minProperties"),
     ({"type": "object", "properties": {"a": {"type": "boolean"}, "b": {"type": "boolean"}}, "maxProperties": 1},
      "maxProperties"),
-    ({"type": "object", "properties": {"a": {"type": "integer", "minimum": 0}}, "required": ["a"]}, "both ends"),
+    ({"type": "object", "properties": {"a": {"type": "integer", "minimum": 0, "multipleOf": 2}}, "required": ["a"]},
+     "at most 1000"),
     ({"type": "object", "properties": {"a": {"type": "boolean"}}, "if": {"required": ["a"]}}, "'if'"),
 ])
 def test_schemas_the_compiler_would_ignore_are_refused(tokenizer, schema, needle):
@@ -203,3 +249,143 @@ def test_schemas_the_compiler_would_ignore_are_refused(tokenizer, schema, needle
     with pytest.raises(ValueError, match="unsupported json_schema") as err:
         regex_for(json_schema=schema)
     assert needle in str(err.value)
+
+
+# --- numeric bounds (engine_backend.json_numbers) --------------------------------------------------------------
+
+def _meets(text: str, schema: dict) -> bool:
+    """Whether a JSON number meets the schema's bounds compared directly, both as the exact decimal against the bound
+    as written and as the double a validator parses it to (draft 4's boolean exclusive form included)."""
+    exact, parsed = Fraction(text), json.loads(text)
+    for key, sign in (("minimum", 1), ("maximum", -1), ("exclusiveMinimum", 1), ("exclusiveMaximum", -1)):
+        bound = schema.get(key)
+        if bound is None or isinstance(bound, bool):
+            continue
+        strict = key.startswith("exclusive") or schema.get("exclusive" + key[:1].upper() + key[1:]) is True
+        written = Fraction(repr(bound)) if isinstance(bound, float) else Fraction(bound)
+        for value, limit in ((exact, written), (parsed, bound)):  # compared, not subtracted (int - float rounds)
+            if (value < limit if sign > 0 else value > limit) or (strict and value == limit):
+                return False
+    return True
+
+
+def _number_texts(rng: random.Random, schema: dict) -> list[str]:
+    """JSON numbers (no exponent) to try against a schema: near each bound (a step of 10**-k either side, and the
+    bound itself with trailing zeros), and random ones of every length up to past the caps."""
+    texts = []
+    for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        bound = schema.get(key)
+        if bound is None or isinstance(bound, bool):
+            continue
+        written = Fraction(repr(bound)) if isinstance(bound, float) else Fraction(bound)
+        for k in list(range(0, 17)) + [rng.randint(1, 16)]:
+            for value in (written - Fraction(1, 10 ** k), written, written + Fraction(1, 10 ** k)):
+                texts.append(_decimal_text(value, k + rng.randint(0, 2)))
+    for _ in range(150):
+        whole = "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 19))).lstrip("0") or "0"
+        text = rng.choice(["", "-"]) + whole
+        if schema["type"] == "number" and rng.random() < 0.7:
+            text += "." + "".join(rng.choice("09" if rng.random() < 0.3 else "0123456789")
+                                  for _ in range(rng.randint(1, 17)))
+        texts.append(text)
+    return texts
+
+
+def _decimal_text(value: Fraction, places: int) -> str:
+    """value rounded towards zero to `places` digits after the point, written as JSON (no "-" on a zero)."""
+    scaled = abs(value) * 10 ** places
+    digits = str(scaled.numerator // scaled.denominator).zfill(places + 1)
+    text = digits[:-places] + "." + digits[-places:] if places else digits
+    return ("-" if value < 0 and int(digits) else "") + text
+
+
+def test_integer_bounds_accept_exactly_the_integers_within_them():
+    """Random bounds (one- or two-sided, inclusive or exclusive, integer or decimal bounds, up to 10**17): the regex
+    accepts exactly the JSON integers of at most 18 digits that meet them, near the bounds and far from them."""
+    rng = random.Random(7)
+    for case in range(300):
+        schema = random_bounds(rng, "integer")
+        pattern = re.compile(regex_for(json_schema=schema))
+        values = [int(v) for v in _number_texts(rng, schema) if "." not in v]
+        for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+            if key in schema:
+                values += range(int(schema[key]) - 30, int(schema[key]) + 30)
+        for value in values:
+            want = _meets(str(value), schema) and len(str(abs(value))) <= 18
+            assert bool(pattern.fullmatch(str(value))) == want, (schema, value)
+        for bad in ("-0", "00", "01", "+1", "1.0", "1e2", "", "-"):
+            assert not pattern.fullmatch(bad), (schema, bad)
+
+
+def test_number_bounds_accept_exactly_the_decimals_within_them():
+    """Random bounds as above: the regex accepts exactly the decimals of at most 15 digits before and 15 after the
+    point that meet them exactly and as doubles (so a validator accepts every one), and no other text."""
+    rng = random.Random(11)
+    for case in range(300):
+        schema = random_bounds(rng, "number")
+        pattern = re.compile(regex_for(json_schema=schema))
+        for text in _number_texts(rng, schema):
+            whole, _, fraction = text.lstrip("-").partition(".")
+            want = _meets(text, schema) and len(whole) <= 15 and len(fraction) <= 15
+            if text.startswith("-") and Fraction(text) == 0:  # "-0" only where negative numbers are allowed
+                want = want and _meets("-0.000000000000001", schema)
+            assert bool(pattern.fullmatch(text)) == want, (schema, text)
+        for bad in ("01", "+1", "1.", ".5", "1e2", "1E-2", "", "-", "00.5"):
+            assert not pattern.fullmatch(bad), (schema, bad)
+
+
+@pytest.mark.parametrize("schema,good,bad", [
+    ({"type": "number", "minimum": 0, "maximum": 1}, ["0", "1", "1.0", "0.5", "1.000000000000000"],
+     ["1.5", "1.000000000000001", "-0.1", "2", "10", "-0", "-0.0"]),
+    ({"type": "number", "minimum": 0, "exclusiveMaximum": 1}, ["0", "0.999", "0.999999999999999"],
+     ["1", "1.0", "1.00", "-0.5"]),
+    ({"type": "number", "exclusiveMinimum": 0}, ["0.000000000000001", "5", "12.99", "999999999999999"],
+     ["0", "0.0", "-0", "-0.0", "-1", "0.0000000000000001", "1000000000000000"]),
+    ({"type": "number", "exclusiveMaximum": 32}, ["31.99999999999999", "-5"],
+     ["31.999999999999999", "32", "32.0"]),  # 31.999999999999999 parses to 32.0
+    ({"type": "number", "minimum": 0.1, "maximum": 0.3}, ["0.1", "0.3", "0.2999", "0.10"], ["0.09999", "0.30001"]),
+    ({"type": "number", "minimum": 1900, "maximum": 2100}, ["1900", "2100", "2100.0", "1999.5"],
+     ["2100.5", "1899.99", "210"]),
+    ({"type": "number", "minimum": -273.15}, ["-273.15", "-273.150", "-0.5", "0", "-0", "-0.0", "1"],
+     ["-273.151", "-274", "1e2"]),
+    ({"type": "number"}, ["0", "-0.5", "123456789012345.123456789012345"],
+     ["1e5", "1234567890123456", "0.1234567890123456", "1.", ".5"]),
+    ({"type": "integer", "minimum": 0}, ["0", "7", "999999999999999999"], ["-1", "-0", "1000000000000000000", "1.0"]),
+    ({"type": "integer", "maximum": -3}, ["-3", "-999999999999999999"], ["-2", "0", "3"]),
+    ({"type": "integer", "exclusiveMinimum": 2.5, "exclusiveMaximum": 7}, ["3", "6"], ["2", "7", "2.5"]),
+    ({"type": "integer", "minimum": 1900, "maximum": 2100}, ["1900", "2024", "2100"], ["1899", "2101", "21000"]),
+    ({"type": "integer"}, ["0", "-1", "999999999999999999", "-999999999999999999"],
+     ["-0", "1000000000000000000", "01"]),
+    ({"type": "integer", "minimum": 0, "maximum": 3, "exclusiveMaximum": True}, ["0", "2"], ["3", "-1"]),
+], ids=["unit", "below-1", "positive", "below-32", "tenths", "years", "above-absolute-zero", "free-number",
+        "count", "at-most-minus-3", "exclusive-decimal-bounds", "year", "free-integer", "draft4"])
+def test_numeric_bounds_at_the_boundaries(schema, good, bad):
+    pattern = re.compile(regex_for(json_schema=schema))
+    assert [t for t in good if not pattern.fullmatch(t)] == []
+    assert [t for t in bad if pattern.fullmatch(t)] == []
+
+
+NUMERIC_SCHEMA = {"type": "object", "properties": {
+    "count": {"type": "integer", "minimum": 0},
+    "price": {"type": "number", "exclusiveMinimum": 0},
+    "probability": {"type": "number", "minimum": 0, "maximum": 1},
+    "year": {"type": "integer", "minimum": 1900, "maximum": 2100},
+    "temperature": {"type": "number", "minimum": -50.5, "exclusiveMaximum": 60},
+    "rank": {"type": ["integer", "null"], "exclusiveMinimum": 0, "maximum": 10},
+}, "required": ["count", "price", "probability", "year", "temperature", "rank"], "additionalProperties": False}
+
+
+def test_engine_generates_numbers_within_their_bounds(tiny_model_dir):
+    """The tiny random model through the engine, greedy and sampled: every answer finishes by itself within a token
+    budget (digits are capped) and validates."""
+    from engine_backend import LLMEngine, SamplingParams
+
+    engine = LLMEngine(model=str(tiny_model_dir("llama")))
+    prompts = [engine.tokenizer.encode(f"Extract the numbers of listing {i} as JSON:") for i in range(6)]
+    params = [SamplingParams(max_tokens=200, json_schema=NUMERIC_SCHEMA, temperature=1.0 if i > 1 else 0.0, seed=i)
+              for i in range(len(prompts))]  # one batch: two greedy, four sampled
+    outs = engine.generate(prompts, params)
+    for out in outs:
+        assert out.finish_reason == "stop", out.text
+        jsonschema.validate(json.loads(out.text), NUMERIC_SCHEMA)
+    assert len({out.text for out in outs}) == len(outs)
