@@ -38,8 +38,10 @@ class Field:
             return {"enum": list(self.enum)}
         if self.kind == "string":
             return {"type": "string", "maxLength": MAX_STRING}
-        if self.kind in ("integer", "bigint"):
-            return {"type": "integer"}
+        if self.kind == "integer":  # the grammar enforces the bounds: a value always fits its SQL column
+            return {"type": "integer", "minimum": -2**31, "maximum": 2**31 - 1}
+        if self.kind == "bigint":
+            return {"type": "integer"}  # the grammar caps integers at 18 digits: within BIGINT
         if self.kind == "array":
             return {"type": "array", "items": self.children[0][1].json_schema(), "maxItems": MAX_ITEMS}
         if self.kind == "object":
