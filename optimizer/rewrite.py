@@ -19,8 +19,8 @@ from typing import Any, Callable, Iterable, Mapping
 import sqlglot
 from sqlglot import exp
 
-from optimizer.rules import (CallSpec, Unliftable, call_key, conjoin, contains_llm_call, field_names, is_cheap,
-                             is_volatile, llm_calls, lookup_expr, order_llm_predicates, owner_select, parse_call,
+from optimizer.rules import (CallSpec, Unliftable, call_key, conjoin, contains_llm_call, field_names,
+                             hoist_join_predicates, is_cheap, is_volatile, llm_calls, lookup_expr, order_llm_predicates, owner_select, parse_call,
                              references_outside, selects_post_order, sources_of, split_conjuncts, stage_select,
                              unliftable_reason, visible_ctes)
 
@@ -209,6 +209,7 @@ class _Planner:
             for call in self._own_calls(select, select):
                 self.reasons[id(call)] = "an LLM call inside a recursive CTE"
             return
+        hoist_join_predicates(select, self.names)  # inner joins' LLM conditions are WHERE conjuncts (rules/joins)
         sources = sources_of(select)
         where = select.args.get("where")
         conjuncts = split_conjuncts(where)

@@ -127,7 +127,8 @@ def test_unliftable_shapes_fall_back():
     cases = {
         "SELECT SUM(llm_score('a', x)) OVER (ORDER BY id) FROM t": "window",
         "SELECT list_transform(l, v -> llm('a', v)) FROM t": "lambda",
-        "SELECT * FROM t JOIN u ON llm_filter('same?', t.a, u.b)": "joins",
+        "SELECT * FROM t LEFT JOIN u ON llm_filter('same?', t.a, u.b)": "joins",
+        "SELECT * FROM t JOIN u ON llm_filter('same?', t.a, u.b) FULL JOIN v ON v.c = t.a": "joins",
         "SELECT x FROM t GROUP BY x HAVING llm_filter('a', MAX(y))": "aggregate",
         "SELECT llm(instr, x) FROM t": "literal",
         "SELECT x FROM t UNION SELECT y FROM u ORDER BY llm('a', x)": "SELECT scope",
@@ -140,6 +141,15 @@ def test_unliftable_shapes_fall_back():
         assert plan.stages == [], sql
         assert plan.fallbacks and why in plan.fallbacks[0][1], (sql, plan.fallbacks)
         assert plan.sql == sql
+
+
+def test_inner_join_llm_condition_becomes_a_filter_stage():
+    plan = plan_query("SELECT t.id FROM t JOIN u ON llm_filter('same?', t.a, u.b) AND t.k = u.k, v WHERE v.x > 1")
+    (stage,) = plan.stages
+    assert stage.role == "filter" and stage.field_names == ("a", "b")
+    assert stage.sql == norm("SELECT DISTINCT t.a AS __llm_in_0, u.b AS __llm_in_1 FROM t JOIN u ON t.k = u.k, v "
+                             "WHERE v.x > 1")
+    assert "ON t.k = u.k" in plan.sql and "LLM_FILTER" not in plan.sql.upper()
 
 
 def test_limit_with_order_by_is_lifted():
