@@ -168,6 +168,15 @@ def test_reasoning_router_quick(tmp_path):
     assert r["auto@0.55"]["rows_reasoned"] <= r["auto@0.7"]["rows_reasoned"] <= r["auto@0.9"]["rows_reasoned"]
 
 
+@pytest.mark.skipif(not (REPO.parent / "shared" / "data" / "llmsql").is_dir(),
+                    reason="the movie table lives in ../shared/data/llmsql")
+def test_llm_join_quick(tmp_path):
+    data, _ = run_bench("llm_join", tmp_path)
+    assert data["rows_equal"]
+    r = data["results"]
+    assert r["optimised"]["llm_calls"] <= r["nested loop"]["llm_calls"] <= data["pairs"]
+
+
 def test_server_streaming_quick(tmp_path):
     pytest.importorskip("openai")
     data, _ = run_bench("server_streaming", tmp_path)
