@@ -96,6 +96,8 @@ class LLMConnection:
 
     def _run_stage(self, stage: Stage, stats: QueryStats) -> None:
         from udf.functions import make_call
+        from udf.multi_label import answer_pairs
+        from udf.options import merge_options
         from udf.routing import answer
 
         dedup = self.session.settings.dedup
@@ -105,8 +107,15 @@ class LLMConnection:
         rows = list(zip(*columns)) if columns else []
         call = make_call(stage.function, instruction=stage.instruction, field_names=stage.field_names,
                          labels=stage.labels, options=stage.options)
-        out = answer(call, rows, self.session.route, settings=self.session.settings,
-                     result_cache=self.session.result_cache)
+        if merge_options(self.session.defaults, call.options).get("multi_label"):
+            if stage.join_sides is None:
+                raise ValueError("multi_label applies to an llm_filter condition of an inner join between two "
+                                 f"tables (one field from each): {stage.call_sql}")
+            out = answer_pairs(call, rows, self.session.route, settings=self.session.settings,
+                               result_cache=self.session.result_cache)
+        else:
+            out = answer(call, rows, self.session.route, settings=self.session.settings,
+                         result_cache=self.session.result_cache)
         values = out.values
         if dedup:
             out.stats.rows_in = int(self.con.sql(stage.count_sql).fetchall()[0][0])
@@ -134,12 +143,13 @@ class LLMConnection:
             "rows_by_model": dict(s.rows_by_model), "rows_reasoned": s.rows_reasoned,
             "reasoning_tokens": s.reasoning_tokens, "routing": dict(s.routing)})
 
-    def _prepare(self, query: str, stats: QueryStats, parameters: Any = None) -> tuple[str | None, bool]:
+    def _prepare(self, query: str, stats: QueryStats, parameters: Any = None,
+                 aggregates: bool = False) -> tuple[str | None, bool]:
         """Run the stages; return (the SQL to run, whether it is rewritten), or (None, False) for a query
-        without LLM calls (it runs unchanged)."""
+        without LLM calls (it runs unchanged). ``aggregates``: the query calls ``llm_agg_list`` (``udf.agg``)."""
         if not self.session.optimize or parameters is not None:
             sql = self._fallback_sql(query)
-            if sql == query and not _has_calls(query):
+            if sql == query and not _has_calls(query) and not aggregates:
                 return None, False
             stats.fallback_reason = ("optimize=False: every call through the per-row UDF" if not self.session.optimize
                                      else "a query with parameters runs on the fallback UDFs")
@@ -149,7 +159,7 @@ class LLMConnection:
         except sqlglot.errors.SqlglotError:
             return None, False  # let DuckDB report its own syntax error (or run syntax sqlglot does not know)
         if not plan.has_llm_calls:
-            return None, False
+            return (query, False) if aggregates else (None, False)
         try:
             for stage in plan.stages:
                 self._run_stage(stage, stats)
@@ -206,7 +216,11 @@ class LLMConnection:
     def _run(self, query: str, parameters: Any = None):
         """(True, arrow table or None) for a query with LLM calls; (False, None) for one that runs unchanged."""
         stats = self.session.current
-        sql, rewritten = self._prepare(query, stats, parameters)
+        from udf.agg import rewrite_duckdb
+
+        agg_query = rewrite_duckdb(query)  # llm_agg(i, x) -> llm_agg_list(i, list(x)): a scalar UDF over the group
+        aggregates, query = agg_query != query, agg_query
+        sql, rewritten = self._prepare(query, stats, parameters, aggregates)
         if sql is None:
             return False, None
         try:
@@ -384,6 +398,9 @@ class Explanation:
 
 def _routing_line(r: dict[str, Any]) -> str:
     kind = r["kind"]
+    if kind == "multi-label join":
+        return (f"multi-label join: one call per value of the larger side of ({', '.join(r['fields'])}) lists the "
+                f"smaller side's values (at most {r['max_values']}, else pairwise); this changes the prompts")
     if kind == "reasoning":
         return f"reasoning on, at most {r['max_reasoning_tokens']} thinking tokens per row"
     if kind == "router":
@@ -435,16 +452,23 @@ def _routing_plan(w: LLMConnection, stage: Stage) -> dict[str, Any] | None:
     from udf.functions import make_call
     from udf.routing import describe
 
+    from udf.multi_label import MAX_VALUES
+    from udf.options import merge_options
+
     call = make_call(stage.function, instruction=stage.instruction, field_names=stage.field_names,
                      labels=stage.labels, options=stage.options)
+    if stage.join_sides and merge_options(w.session.defaults, call.options).get("multi_label"):
+        return {"kind": "multi-label join", "max_values": MAX_VALUES, "fields": list(stage.field_names)}
     return describe(call, w.session.defaults)
 
 
 def explain(con: Any, query: str, count: bool = True) -> Explanation:
     """The rewritten SQL and the stages, with input counts and estimated prefix hit rate and tokens for the
     stages that read only the base tables (no LLM is called)."""
+    from udf.agg import rewrite_duckdb
+
     w = _wrapper(con)
-    plan = w.plan(query)
+    plan = w.plan(rewrite_duckdb(query))
     stages = []
     for s in plan.stages:
         info: dict[str, Any] = {"stage": s.index, "call": s.call_sql, "role": s.role, "fields": list(s.field_names),

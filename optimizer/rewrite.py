@@ -20,7 +20,7 @@ import sqlglot
 from sqlglot import exp
 
 from optimizer.rules import (CallSpec, Unliftable, call_key, conjoin, contains_llm_call, field_names,
-                             hoist_join_predicates, is_cheap, is_volatile, llm_calls, lookup_expr, order_llm_predicates, owner_select, parse_call,
+                             hoist_join_predicates, is_cheap, join_sides, is_volatile, llm_calls, lookup_expr, order_llm_predicates, owner_select, parse_call,
                              references_outside, selects_post_order, sources_of, split_conjuncts, stage_select,
                              unliftable_reason, visible_ctes)
 
@@ -45,6 +45,8 @@ class Stage:
     call_sql: str  # the call as written
     depends_on: tuple[int, ...] = ()  # earlier stages whose tables ``sql`` reads
     uses: int = 1  # occurrences of the identical call answered by this stage
+    # a join condition between two tables: the table (alias) each field reads, else None (rules/joins)
+    join_sides: tuple[str, ...] | None = None
 
     @property
     def num_fields(self) -> int:
@@ -126,6 +128,7 @@ class _Planner:
         self.reasons: dict[int, str] = {}
         self.table_of: dict[str, int] = {}
         self.origin: dict[str, str] = {}  # lookup SQL -> the call it replaced (for field names)
+        self.joined: set[int] = set()  # calls that were join conditions
 
     # -- helpers ---------------------------------------------------------------------------------------
     def _own_calls(self, node: exp.Expression, select: exp.Select) -> list[exp.Expression]:
@@ -189,7 +192,7 @@ class _Planner:
                               field_sql=tuple(f.sql(dialect=self.dialect) for f in spec.fields), sql=stage_sql,
                               count_sql=_count_sql(sel, self.dialect), rows_sql=_rows_sql(sel, self.dialect),
                               role=role, call_sql=call.sql(dialect=self.dialect), depends_on=self._depends(sel),
-                              uses=0)
+                              uses=0, join_sides=join_sides(spec.fields) if id(call) in self.joined else None)
                 self.plan.stages.append(stage)
                 self.table_of[table] = index
                 self.by_key[(key, stage_sql)] = stage
@@ -209,7 +212,8 @@ class _Planner:
             for call in self._own_calls(select, select):
                 self.reasons[id(call)] = "an LLM call inside a recursive CTE"
             return
-        hoist_join_predicates(select, self.names)  # inner joins' LLM conditions are WHERE conjuncts (rules/joins)
+        for pred in hoist_join_predicates(select, self.names):  # inner joins' LLM conditions are WHERE conjuncts
+            self.joined.update(id(c) for c in llm_calls(pred, self.names))
         sources = sources_of(select)
         where = select.args.get("where")
         conjuncts = split_conjuncts(where)

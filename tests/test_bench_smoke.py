@@ -175,6 +175,7 @@ def test_llm_join_quick(tmp_path):
     assert data["rows_equal"]
     r = data["results"]
     assert r["optimised"]["llm_calls"] <= r["nested loop"]["llm_calls"] <= data["pairs"]
+    assert r["multi-label"]["llm_calls"] == data["distinct_reviews"]  # one per review, not one per pair
 
 
 def test_server_streaming_quick(tmp_path):

@@ -63,3 +63,39 @@ def test_outer_join_condition_stays_with_the_udf(con, model_dir):
     plain, _ = run(con, model_dir, sql, optimize=False)
     assert rows == plain and len({r[0] for r in rows}) == len(REVIEWS)  # every review kept, as a LEFT JOIN must
     assert not stats.stages
+
+
+def test_multi_label_join_asks_once_per_review(con, model_dir):
+    """Opt-in: one call per distinct review picks all its flavours; a pair is kept when its flavour was picked."""
+    from udf.api import EvalSettings
+    from udf.batch import evaluate
+    from udf.functions import make_call
+    from udf.multi_label import picking_call
+
+    sql = JOIN.format(extra="").replace("r.review, f.flavour)", "r.review, f.flavour, {'multi_label': true})")
+    db = llm_sql.register(con, model=model_dir, **COMMON)
+    plan = llm_sql.explain(con, sql)
+    assert plan.stages[0]["routing"]["kind"] == "multi-label join" and "changes the prompts" in str(plan)
+    rows = db.sql(sql).fetchall()
+    stats = llm_sql.last_stats(con)
+    reviews = sorted({r for _, r, _ in REVIEWS if r is not None})
+    assert stats.llm_calls == len(reviews)  # one per distinct review, not one per pair (a NULL review: none)
+    routing = stats.stages[0]["routing"]
+    assert routing["kind"] == "multi-label join" and routing["calls"] == len(reviews)
+    assert routing["pairs"] == (len(reviews) + 1) * len(FLAVOURS)  # distinct pairs the loop would ask
+    assert stats.stages[0]["rows_in"] == len(REVIEWS) * len(FLAVOURS)
+    # the reference: the picking call alone, then membership
+    flavours = sorted(f for f, _ in FLAVOURS)
+    call = picking_call(make_call("llm_filter", "Does the review mention the flavour?", ["review", "flavour"]), 1,
+                        flavours)
+    picked = evaluate(call, [(r,) for r in reviews], db.session.backend,
+                      settings=EvalSettings(result_cache=False, progress=False)).values
+    chosen = {r: set(p["matches"]) for r, p in zip(reviews, picked) if p is not None}
+    expected = sorted((i, f) for i, r, _ in REVIEWS if r in chosen for f in flavours if f in chosen[r])
+    assert rows == expected
+
+
+def test_multi_label_outside_a_join_is_an_error(con, model_dir):
+    db = llm_sql.register(con, model=model_dir, **COMMON)
+    with pytest.raises(Exception, match="multi_label applies"):
+        db.sql("SELECT llm_filter('Is it hoppy?', review, {'multi_label': true}) FROM reviews").fetchall()

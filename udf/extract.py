@@ -5,7 +5,8 @@ SQL and Arrow types of the value, and the typed value of an answer.
 
 returns ``STRUCT(brewery VARCHAR, abv DOUBLE, styles VARCHAR[])``. The model decodes under the equivalent JSON
 schema (``engine_backend.grammar``), so a complete answer always parses; one cut off at ``max_tokens`` is NULL
-with that reason. Strings and arrays are bounded (``MAX_STRING`` characters, ``MAX_ITEMS`` items) so that an
+with that reason. Strings and arrays are bounded (``MAX_STRING`` characters, ``MAX_ITEMS`` items, or a JSON
+schema's own ``maxItems`` up to ``MAX_ITEMS_LIMIT``) so that an
 answer ends within its token budget. Supported types: VARCHAR/TEXT/STRING, INTEGER/BIGINT/LONG (and the smaller
 ints), DOUBLE/FLOAT/DECIMAL (as DOUBLE), BOOLEAN, ``T[]`` / ``ARRAY<T>`` and nested ``STRUCT(...)`` /
 ``STRUCT<...>``; Spark's spelling with colons and backquotes (``a: INT, `b c`: STRUCT<x: STRING>``) reads as
@@ -25,6 +26,7 @@ import pyarrow as pa
 
 MAX_STRING = 64
 MAX_ITEMS = 8
+MAX_ITEMS_LIMIT = 64
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class Field:
     kind: str  # "string" | "integer" | "bigint" | "number" | "boolean" | "array" | "object"
     children: tuple[tuple[str, "Field"], ...] = ()  # object: named fields; array: one ("item", field)
     enum: tuple[str, ...] = ()
+    max_items: int = MAX_ITEMS  # array: a JSON schema's own maxItems, up to MAX_ITEMS_LIMIT
 
     def json_schema(self) -> dict[str, Any]:
         if self.enum:
@@ -43,7 +46,7 @@ class Field:
         if self.kind == "bigint":
             return {"type": "integer"}  # the grammar caps integers at 18 digits: within BIGINT
         if self.kind == "array":
-            return {"type": "array", "items": self.children[0][1].json_schema(), "maxItems": MAX_ITEMS}
+            return {"type": "array", "items": self.children[0][1].json_schema(), "maxItems": self.max_items}
         if self.kind == "object":
             return {"type": "object", "properties": {n: f.json_schema() for n, f in self.children},
                     "required": [n for n, _ in self.children]}
@@ -169,7 +172,10 @@ def _from_json(schema: Any, where: str = "schema") -> Field:
     if kind not in _JSON_KINDS:
         raise ValueError(f"{where}: type must be one of {', '.join(_JSON_KINDS)}, got {kind!r}")
     if kind == "array":
-        return Field("array", (("item", _from_json(schema.get("items"), f"{where}.items")),))
+        limit = schema.get("maxItems", MAX_ITEMS)
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 0 < limit <= MAX_ITEMS_LIMIT:
+            raise ValueError(f"{where}: maxItems must be an integer in [1, {MAX_ITEMS_LIMIT}], got {limit!r}")
+        return Field("array", (("item", _from_json(schema.get("items"), f"{where}.items")),), max_items=limit)
     if kind == "object":
         props = schema.get("properties")
         if not isinstance(props, dict) or not props:

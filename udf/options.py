@@ -26,6 +26,9 @@ call's own options win over the session's. Unknown names and wrong types raise a
 | ``calibration_sample`` | int >= 10 | 200 | rows in that sample |
 | ``calibration_seed`` | int | 0 | which rows |
 | ``failure_probability`` | float in (0, 1) | 0.1 | the chance the calibrated guarantee fails |
+| ``chunk_tokens`` | int >= 32 | the context | ``llm_agg``: most tokens one prompt may take (prompt, not answer), under what the model's context leaves after ``max_tokens``; with a tokenizer only (``udf.agg``) |
+| ``chunk_chars`` | int >= 64 | 8000 without a tokenizer | ``llm_agg``: chunk by characters, at most this many per prompt, even where a tokenizer is known (``udf.agg``) |
+| ``multi_label`` | bool | false | an ``llm_filter`` inner-join condition over two tables: one call per value of the larger side lists the matching values of the smaller side (at most 32) instead of one call per pair (``udf.multi_label``); it changes the prompts, so it is opt-in; the plain evaluation asks pairs |
 | ``reorder_fields`` | bool | false | let the optimiser also reorder the fields inside each prompt (GGR's per-row field order: higher prefix hit rates, but the prompt's wording changes, so a model may answer differently); false keeps the written field order and reorders rows only, so results equal the plain evaluation |
 """
 from __future__ import annotations
@@ -50,6 +53,9 @@ _SPECS: dict[str, tuple[tuple[type, ...], str, Any]] = {
     "system": ((str,), "a string", lambda v: True),
     "max_field_chars": ((int,), "an integer >= 16", lambda v: v >= 16),
     "reorder_fields": ((bool,), "a boolean", lambda v: True),
+    "multi_label": ((bool,), "a boolean", lambda v: True),
+    "chunk_tokens": ((int,), "an integer >= 32", lambda v: v >= 32),
+    "chunk_chars": ((int,), "an integer >= 64", lambda v: v >= 64),
     "schema": ((str,), "a field list like 'brewery VARCHAR, abv DOUBLE' or a JSON schema", lambda v: v.strip() != ""),
     "reasoning": ((str,), "one of 'off', 'on', 'auto'", lambda v: v in REASONING_MODES),
     "max_reasoning_tokens": ((int,), "a non-negative integer", lambda v: v >= 0),

@@ -9,7 +9,7 @@ function names come in as a parameter.
 from optimizer.rules.calls import CallSpec, Unliftable, call_key, contains_llm_call, is_llm_call, llm_calls, parse_call
 from optimizer.rules.ctes import visible_ctes
 from optimizer.rules.field_names import field_names
-from optimizer.rules.joins import hoist_join_predicates
+from optimizer.rules.joins import hoist_join_predicates, join_sides
 from optimizer.rules.liftable import unliftable_reason
 from optimizer.rules.lookup import IN_PREFIX, OUT_COLUMN, lookup_expr
 from optimizer.rules.predicates import conjoin, is_cheap, is_volatile, order_llm_predicates, references_outside, split_conjuncts, sources_of
@@ -17,6 +17,6 @@ from optimizer.rules.scopes import owner_select, selects_post_order
 from optimizer.rules.stage_sql import stage_select
 
 __all__ = ["CallSpec", "Unliftable", "call_key", "contains_llm_call", "is_llm_call", "llm_calls", "parse_call",
-           "visible_ctes", "field_names", "hoist_join_predicates", "unliftable_reason", "IN_PREFIX", "OUT_COLUMN", "lookup_expr", "conjoin",
+           "visible_ctes", "field_names", "hoist_join_predicates", "join_sides", "unliftable_reason", "IN_PREFIX", "OUT_COLUMN", "lookup_expr", "conjoin",
            "is_cheap", "is_volatile", "order_llm_predicates", "references_outside", "split_conjuncts", "sources_of",
            "owner_select", "selects_post_order", "stage_select"]

@@ -38,3 +38,15 @@ def hoist_join_predicates(select: exp.Select, names: Iterable[str]) -> list[exp.
         where = select.args.get("where")
         select.set("where", exp.Where(this=conjoin(split_conjuncts(where) + moved)))
     return moved
+
+
+def join_sides(fields: tuple[exp.Expression, ...]) -> tuple[str, ...] | None:
+    """The table (alias) each field of a join condition reads, when each reads exactly one and they differ
+    (``a.review``, ``b.flavour``): what a multi-label join needs to know which side to list. Else None."""
+    sides = []
+    for f in fields:
+        tables = {c.table for c in f.find_all(exp.Column)}
+        if len(tables) != 1 or "" in tables:
+            return None
+        sides.append(tables.pop())
+    return tuple(sides) if len(set(sides)) == len(sides) == 2 else None
