@@ -16,7 +16,7 @@ import dataclasses
 import json
 from typing import Any
 
-from udf.api import EvalOutput, EvalSettings, LLMCall, ResultCache, StageStats
+from udf.api import EvalOutput, EvalSettings, LLMCall, ResultCache
 from udf.options import validate_options
 from udf.prompts import is_null, render_value
 
