@@ -36,3 +36,8 @@ def test_spark_reviews():
     pytest.importorskip("pyspark")
     out = run_example("spark_reviews")
     assert "positive reviews with 3+ stars summarised" in out and "prefix hit rate" in out
+
+
+def test_duckdb_join():
+    out = run_example("duckdb_join")
+    assert "pairwise:" in out and "multi-label:" in out and "stage 0 [filter]" in out
