@@ -40,11 +40,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+import numpy as np
+
 from .policy import POLICY_NAMES, Policy, make_policy
 from .pricing import GB, Prices, UnknownRegionError
 from .region_names import cloud_identity
 
-OPS = ("write", "read", "delete")
+OPS = ("write", "read", "delete", "head")
 FORMATS = ("ibm", "multiregion", "csv")
 SPREADS = ("one", "all", "random")
 # Realistic mixes: two AWS regions an ocean apart, then GCP and Azure in the US, Europe and Asia.
@@ -83,6 +85,7 @@ class CostReport:
     writes: int = 0
     deletes: int = 0
     missing_reads: int = 0
+    heads: int = 0
 
     @property
     def requests(self) -> float:
@@ -203,6 +206,9 @@ class _Replay:
         if obj is not None:
             self._retire_all(obj, ev.time)
 
+    def _head(self, ev: Event) -> None:
+        self.report.heads += 1  # answered from the metadata: no cloud request
+
     def _read(self, ev: Event) -> None:
         obj = self.objects.get(ev.key)
         if obj is None:
@@ -210,21 +216,21 @@ class _Replay:
             return
         self.report.reads += 1
         now, region = ev.time, ev.region
-        self.policy.record_read(region, BUCKET, ev.key, now, size=obj.size)
+        self.policy.record_read(region, BUCKET, ev.key, now, size=obj.size, base=obj.base)
         self._drop_expired(obj, now)
         copy = obj.copies.get(region)
         if copy is not None:
             self.report.hits += 1
             self.ledger.get(region)
             if region != obj.base:
-                ttl = self.policy.ttl(region, self._cheapest_source(obj, region), now)
+                ttl = self.policy.ttl(region, self._cheapest_source(obj, region), now, BUCKET, ev.key)
                 copy.expiry = max(copy.expiry, now + ttl)
             return
         source = self._cheapest_source(obj, region)
         self.report.remote_reads += 1
         self.ledger.move(source, region, obj.size)
         self.ledger.get(source)
-        ttl = self.policy.ttl(region, source, now)
+        ttl = self.policy.ttl(region, source, now, BUCKET, ev.key)
         if ttl > 0:
             obj.copies[region] = _Copy(now, now + ttl)
             self.ledger.put(region)
@@ -250,21 +256,29 @@ class ClairvoyantPolicy(Policy):
     Built for one trace, consumed by one replay of it (``record_read`` is always followed by ``ttl``)."""
 
     name = "optimum"
+    needs_next_gap = True  # the fast replay hands it each read's next gap
 
-    def __init__(self, events: Sequence[Event], prices: Prices, clouds: Mapping[str, str] | None = None):
+    def __init__(self, events: Sequence[Event] | None, prices: Prices, clouds: Mapping[str, str] | None = None):
         self.prices = prices
         self.clouds = dict(clouds or {})
-        self._gaps = _next_read_gaps(events)
+        self._gaps = _next_read_gaps(events) if events is not None else {}
         self._current = math.inf
 
-    def record_read(self, region: str, bucket: str, key: str, now: float, size: int | None = None) -> None:
+    def record_read(self, region: str, bucket: str, key: str, now: float, size: int | None = None,
+                    base: str | None = None) -> None:
         queue = self._gaps.get((region, key))
         self._current = queue.popleft() if queue else math.inf
 
-    def ttl(self, region: str, source: str, now: float) -> float:
+    def ttl(self, region: str, source: str, now: float, bucket: str | None = None, key: str | None = None) -> float:
         gap = self._current
         t_even = self.prices.t_even(self.clouds.get(source, source), self.clouds.get(region, region))
         return gap if gap < t_even else 0.0
+
+    def batch_ttls(self, batch) -> np.ndarray:
+        ids = [self.clouds.get(r, r) for r in batch.regions]
+        t_even = np.array([[self.prices.t_even(s, d) for s in ids] for d in ids])  # [reader, source]
+        gap = batch.next_gap[:, None]
+        return np.where(gap < t_even[batch.region], gap, 0.0)
 
 
 def _next_read_gaps(events: Sequence[Event]) -> dict[tuple[str, str], deque]:

@@ -525,21 +525,23 @@ class SkyStore:
         version, copies = self._current(bucket, key)
         offset, length = _byte_range(version.size, start, end)
         now = self.clock()
-        if client_read:
-            self.policy.record_read(region, bucket, key, now, size=version.size)  # gaps weighed in bytes
+        if client_read:  # reads weigh by their bytes; reads where the base copy lives never need a replica
+            base = next((c.region for c in copies if c.is_base), None)
+            self.policy.record_read(region, bucket, key, now, size=version.size, base=base)
         live = [c for c in copies if c.live(now)]
         local = next((c for c in live if c.region == region), None)
         if local is not None:
             stream = self._open(local, offset, length)
             if stream is not None:
                 if client_read and not local.is_base:
-                    self._extend(local, live, now)
+                    self._extend(local, live, now, version)
                 return _object_info(version), stream
         for source in self._sources(live, region):
             stream = self._open(source, offset, length)
             if stream is None:
                 continue
-            ttl = self.policy.ttl(region, source.region, now) if client_read and local is None else 0.0
+            ttl = (self.policy.ttl(region, source.region, now, bucket, key) if client_read and local is None
+                   else 0.0)
             if ttl > 0 and self.regions[region].available():
                 if length == version.size:
                     stream = self._tee(stream, version, region, _expiry(now, ttl))
@@ -565,12 +567,12 @@ class SkyStore:
             log.warning("failing over: %s", e)
             return None
 
-    def _extend(self, local: Copy, live: list[Copy], now: float) -> None:
+    def _extend(self, local: Copy, live: list[Copy], now: float, version: Version) -> None:
         """A hit on a replica: keep it until now + ttl(its cheapest re-fetch source), if that is later."""
         sources = self._sources(live, local.region)
         if local.expires_at is None or not sources:  # kept for good already / nothing to re-fetch from
             return
-        ttl = self.policy.ttl(local.region, sources[0].region, now)
+        ttl = self.policy.ttl(local.region, sources[0].region, now, version.bucket, version.key)
         expires_at = _expiry(now, ttl)
         if ttl > 0 and (expires_at is None or expires_at > local.expires_at):
             self.meta.extend_copy(local.id, expires_at, now)

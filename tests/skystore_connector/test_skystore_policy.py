@@ -1,14 +1,13 @@
-"""Prices and placement policies: hand-made price tables, T_even from the shipped prices, the learned TTL on
-constructed gap histories."""
+"""Prices and placement policies: hand-made price tables, T_even from the shipped prices, the simple policies
+(the learned TTL has its own tests, test_skystore_learned.py)."""
 from __future__ import annotations
 
 import math
-import threading
 from pathlib import Path
 
 import pytest
 
-from skystore_connector.policy import MIN_HISTORY, LearnedTTLPolicy, make_policy
+from skystore_connector.policy import make_policy
 from skystore_connector.pricing import SECONDS_PER_MONTH, Prices, UnknownRegionError
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "skystore"
@@ -124,99 +123,3 @@ def test_bad_specs(spec):
         return
     with pytest.raises(ValueError):
         make_policy(spec, toy_prices(), CLOUDS)
-
-
-# ---- learned TTL ------------------------------------------------------------------------------------------
-
-def feed_gaps(policy: LearnedTTLPolicy, region: str, gaps: list[float], start: float = 0.0,
-              size: int | None = None, reads_per_key: int = 5) -> float:
-    """For each gap a key read ``reads_per_key`` times, ``gap`` apart. Returns the time after the last read."""
-    t = start
-    for i, gap in enumerate(gaps):
-        for _ in range(reads_per_key):
-            policy.record_read(region, "bkt", f"k{start}-{i}", t, size=size)
-            t += gap
-        t += 0.001
-    return t
-
-
-def test_learned_falls_back_to_t_even_until_enough_history():
-    policy = make_policy("learned", toy_prices(), CLOUDS)
-    feed_gaps(policy, "b", [5.0] * 6)  # 6 keys x 4 gaps (+ a few last reads aged out) < MIN_HISTORY
-    assert policy.history("b")["observations"] < MIN_HISTORY
-    assert policy.ttl("b", "a", 0.0) == pytest.approx(100.0)
-
-
-def test_learned_picks_ttl_just_covering_short_gaps():
-    policy = make_policy("learned", toy_prices(), CLOUDS)
-    t = feed_gaps(policy, "b", [5.0] * 10)
-    # keeping 5 s costs 0.005 per GB against a 0.1 re-fetch: cover the gaps, no longer than needed (the bin edge
-    # just above 5 s; edges are 10 per decade from 10 ms)
-    assert 5.0 <= policy.ttl("b", "a", t) < 5.0 * 10 ** 0.1
-
-
-def test_learned_covers_gaps_cheaper_to_keep_than_refetch():
-    # keys re-read every 5 s and keys re-read every 60 s: keeping 60 s costs 0.06 < 0.1 per miss, so the TTL
-    # covers both
-    policy = make_policy("learned", toy_prices(), CLOUDS)
-    t = feed_gaps(policy, "b", [5.0] * 10 + [60.0] * 10)
-    assert 60.0 <= policy.ttl("b", "a", t) < 60.0 * 10 ** 0.1
-
-
-def test_learned_skips_gaps_longer_than_t_even():
-    # re-reads after 1000 s are beyond any T_even into c (at most 300 s): only the 5 s gaps are worth covering
-    policy = make_policy("learned", toy_prices(), CLOUDS)
-    t = feed_gaps(policy, "c", [5.0] * 10 + [1000.0] * 10)
-    assert 5.0 <= policy.ttl("c", "a", t) < 5.0 * 10 ** 0.1
-
-
-def test_learned_is_bounded_by_t_even_of_the_source():
-    policy = make_policy("learned", toy_prices(), CLOUDS)
-    t = feed_gaps(policy, "c", [200.0] * 10)  # worth keeping when re-fetching from a (T_even 300 s)
-    assert 200.0 <= policy.ttl("c", "a", t) < 200.0 * 10 ** 0.1
-    # from b the re-fetch costs 0.05: T_even = 50 s < 200 s, nothing is worth keeping
-    assert policy.ttl("c", "b", t) == 0.0
-
-
-def test_learned_evicts_when_objects_are_never_read_again():
-    policy = make_policy("learned", toy_prices(), CLOUDS)
-    for i in range(60):  # one read per object, each long past the horizon by the next
-        policy.record_read("b", "bkt", f"once-{i}", i * 1000.0)
-    assert policy.history("b")["observations"] >= MIN_HISTORY
-    assert policy.ttl("b", "a", 60_000.0) == 0.0
-
-
-def test_learned_weighs_gaps_by_size():
-    # 10 big objects (1 GB) re-read every 60 s (keeping: 0.06 < re-fetch: 0.1) and 200 tiny ones (1 kB) never
-    # read again. Counting reads, the 200 one-off reads make any TTL a loss (TTL 0); in dollars they are
-    # negligible and the TTL covers the big objects' gaps.
-    def ttl_after(tiny_size, big_size):
-        policy = make_policy("learned", toy_prices(), CLOUDS)
-        for i in range(200):
-            policy.record_read("b", "bkt", f"tiny-{i}", i * 0.001, size=tiny_size)
-        t = feed_gaps(policy, "b", [60.0] * 10, start=1000.0, size=big_size)
-        return policy.ttl("b", "a", t)
-
-    assert ttl_after(None, None) == 0.0  # no sizes: every read weighs the same
-    assert 60.0 <= ttl_after(1_000, 10**9) < 60.0 * 10 ** 0.1
-
-
-def test_learned_is_thread_safe():
-    policy = make_policy("learned", toy_prices(), CLOUDS)
-    errors = []
-
-    def hammer(n: int):
-        try:
-            for i in range(300):
-                policy.record_read("b", "bkt", f"k{i % 7}", n * 1000 + i * 0.5)
-                policy.ttl("b", "a", n * 1000 + i * 0.5)
-        except Exception as e:  # pragma: no cover - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=hammer, args=(n,)) for n in range(4)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert not errors
-    assert policy.history("b")["observations"] > 0
