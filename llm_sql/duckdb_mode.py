@@ -6,7 +6,9 @@ are ``evaluate``'s job), register the answers as an Arrow view ``<table>(__llm_i
 connection, then run the rewritten query, which reads the answers by null-safe lookups. Calls the rules do not
 lift stay function calls and the fallback UDFs (``udf.duckdb_udf``) answer them; if a stage or the rewritten
 query does not bind (an odd shape the rules misjudged), the original query runs on the fallback UDFs instead:
-slower, never wrong.
+slower, never wrong. The aggregate ``llm_agg(instruction, field)`` is rewritten first, optimiser on or off, to
+``llm_agg_list(instruction, list(field))``: DuckDB groups, a UDF answers every group of a chunk together
+(``udf.agg``).
 """
 from __future__ import annotations
 

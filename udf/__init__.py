@@ -5,7 +5,8 @@
 * ``udf.options``: the options struct and session defaults; ``udf.presets``: task presets;
 * ``udf.prompts``: prompt layout and field serialisation;
 * ``udf.batch.evaluate``: dedup, reorder, result cache, one ordered batch to the backend, parsing;
-* ``udf.duckdb_udf.register_udfs``: the vectorised DuckDB UDFs (the fallback path).
+* ``udf.duckdb_udf.register_udfs``: the vectorised DuckDB UDFs (the fallback path);
+* ``udf.agg``: the aggregate ``llm_agg`` (hierarchical folding of a group's values, its SQL rewrite for DuckDB).
 """
 from udf.api import FUNCTIONS, EvalOutput, EvalSettings, LLMCall, ResultCache, StageStats
 

@@ -114,6 +114,7 @@ class Target:
     model_id: str = ""  # "" = the identity of the backend (udf.batch.backend_model_id)
     server_pid: int | None = None
     model: str | None = None  # the model's name in the session (statistics)
+    model_dir: str | None = None  # the local checkpoint a served backend runs: its tokenizer sizes llm_agg's chunks
 
 
 Route = Callable[[str | None], Target]  # the model a call names (None = the session's default) -> its Target

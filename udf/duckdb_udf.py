@@ -15,6 +15,7 @@ Signatures. DuckDB 2.0's ``create_function`` cannot overload a name, but a Pytho
 | ``llm_filter(instruction, field, ... [, options])`` | BOOLEAN |
 | ``llm_score(instruction, field, ... [, options])`` | INTEGER (1..5) |
 | ``llm_classify(field, ..., labels VARCHAR[] [, options])`` | VARCHAR (one of the labels) |
+| ``llm_agg_list(instruction, values LIST [, options])`` | VARCHAR (one answer for the list: ``udf.agg``) |
 
 * Fields may be of any type; values are rendered by ``udf.prompts`` (NULL as ``null``, BLOBs decoded
   as UTF-8 with replacement characters, dates in ISO form, ...).
@@ -51,6 +52,9 @@ def register_udfs(con: Any, route: Route, settings: EvalSettings, result_cache: 
         spec = spec_of(name)
         if not spec.typed_by_schema:
             register_typed_udf(con, name, name, spec.duckdb_type, route, settings, result_cache, on_output)
+    from udf.agg import register_duckdb  # llm_agg_list, which llm_sql.duckdb_mode rewrites llm_agg to
+
+    register_duckdb(con, route, settings, result_cache, on_output)
 
 
 def register_typed_udf(con: Any, sql_name: str, function: str, sql_type: str, route: Route, settings: EvalSettings,

@@ -13,6 +13,16 @@ A function ``typed_by_schema`` has no fixed type: its value's type is its call's
 (``udf.extract``). In DuckDB each schema gets its own UDF registration (``llm_sql.duckdb_mode``); in Spark the
 one ``llm_extract`` UDF answers JSON text (the entry's ``spark_type``) and the Catalyst analyzer rule
 ``TypeExtractCalls`` wraps each call in ``from_json`` of its schema's STRUCT (``udf.spark_udf``).
+
+Aggregates are not per-row functions, so they have their own table, ``AGGREGATES`` (``AggregateSpec``), read by the
+DuckDB rewrite, the UDF registrations and the pandas accessor (``udf.agg``):
+
+| aggregate | rewritten to | DuckDB | Spark |
+|---|---|---|---|
+| ``llm_agg(instruction, field [, options])`` | ``llm_agg_list(instruction, <the group's values as a list> [, options])`` | VARCHAR | string |
+
+The list function is an ordinary scalar UDF over a list; it is what DuckDB's ``list(field)`` and Spark's
+``collect_list(field)`` feed (DuckDB mode and the Catalyst rule ``ResolveLLMAggregates`` write that for you).
 """
 from __future__ import annotations
 
@@ -47,6 +57,20 @@ REGISTRY: dict[str, FunctionSpec] = {s.name: s for s in (
     FunctionSpec("llm_score", "INTEGER", "int", pa.int32(), "Score 1-5:", True, lambda call: dict(SCORE_CHOICES)),
     FunctionSpec("llm_extract", "VARCHAR", "string", pa.string(), "JSON:", True, None, weight=6.0,
                  typed_by_schema=True),
+)}
+
+
+@dataclass(frozen=True)
+class AggregateSpec:
+    name: str  # the aggregate as written in SQL
+    list_function: str  # the scalar function over the group's values (a list) that answers it
+    duckdb_type: str
+    spark_type: str
+    arrow_type: pa.DataType
+
+
+AGGREGATES: dict[str, AggregateSpec] = {s.name: s for s in (
+    AggregateSpec("llm_agg", "llm_agg_list", "VARCHAR", "string", pa.string()),
 )}
 
 
