@@ -9,7 +9,7 @@
 SQL forms: see ``udf.spark_udf`` (``llm(instruction, field, ... [, options])``, ``llm_filter``, ``llm_score``
 alike, ``llm_classify(field, ..., array('a', 'b') [, options])``, ``llm_extract(instruction, field, ...,
 named_struct('schema', 'a STRING, b DOUBLE'))`` -> a STRUCT with the extension; ``struct(col, ...)`` names the
-fields).
+fields; the aggregate ``llm_agg(instruction, field [, options])`` with GROUP BY, ``udf.agg``).
 
 Configuration (``spark-defaults.conf`` or ``SparkSession.builder.config``):
 
@@ -176,8 +176,11 @@ class WorkerRoute:
 
     def __call__(self, model: str | None = None) -> Target:
         spec = self.config.model(model)
-        backend, pid = worker_backend(dict(self.backends)[spec.name])
-        return Target(backend, spec.identity, pid, model=spec.name)
+        how = dict(self.backends)[spec.name]
+        backend, pid = worker_backend(how)
+        # the node engine serves a local checkpoint: llm_agg counts its chunks with that tokenizer (udf.agg)
+        return Target(backend, spec.identity, pid, model=spec.name,
+                      model_dir=how.model if how.kind == "node" else None)
 
 
 def register(spark, *, optimize: bool | None = None, progress: bool = False, start: bool | None = None,
@@ -213,6 +216,10 @@ def register(spark, *, optimize: bool | None = None, progress: bool = False, sta
     result_cache = config.result_cache()  # pickled to the workers; reopens there
     for name in FUNCTIONS:  # llm_extract answers JSON text; the extension's TypeExtractCalls makes it a STRUCT
         spark.udf.register(name, make_arrow_udf(name, route, config.udf_settings, acc, result_cache=result_cache))
+    from udf.spark_udf import make_agg_udfs  # llm_agg and llm_agg_list (udf.agg)
+
+    for name, agg_udf in make_agg_udfs(route, config.udf_settings, acc, result_cache=result_cache).items():
+        spark.udf.register(name, agg_udf)
     _REGISTRY[app_id] = _Registration(route=route, settings=config.udf_settings, accumulator=acc)
     if not extension_loaded(spark):
         _warn_no_extension()

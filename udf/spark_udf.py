@@ -16,6 +16,8 @@ SQL forms (the same as DuckDB's):
 | ``llm_score(instruction, field, ... [, options])`` | INT (1..5) |
 | ``llm_classify(field, ..., labels ARRAY<STRING> [, options])`` | STRING (one of the labels) |
 | ``llm_extract(instruction, field, ..., named_struct('schema', 'a STRING, b ARRAY<DOUBLE>'))`` | STRUCT of the schema |
+| ``llm_agg(instruction, field [, options])`` (an aggregate, ``make_agg_udfs``) | STRING per group |
+| ``llm_agg_list(instruction, values ARRAY [, options])`` | STRING per list |
 
 ``llm_extract``'s schema is a field list (Spark's or DuckDB's spelling) or a JSON schema (``udf.extract``). A
 Python UDF's return type is fixed when it is registered, so the UDF answers each row's value as JSON text,
@@ -151,3 +153,56 @@ def make_arrow_udf(function: str, route: Callable[[str | None], Any], settings: 
     run.__name__ = function
     run.__annotations__ = {"args": pa.Array, "return": pa.Array}  # real types: this module defers annotations
     return F.arrow_udf(run, spec.spark_type)
+
+
+def make_agg_udfs(route: Callable[[str | None], Any], settings: EvalSettings, accumulator=None, *,
+                  result_cache: ResultCache | None = None) -> dict[str, Any]:
+    """The Spark UDFs of the LLM aggregate (``udf.agg``), by name: ``llm_agg_list(instruction, values ARRAY [,
+    options])``, a scalar Arrow UDF answering every group (row) of a batch together, and ``llm_agg(instruction,
+    field [, options])``, a grouped-aggregate Arrow UDF answering one group per call. The Catalyst extension's
+    ``ResolveLLMAggregates`` rewrites the second to the first over ``collect_list(field)``; without the extension
+    (or with ``llm_sql.optimize=false``) ``llm_agg`` still works, one group at a time, and Spark refuses to mix it
+    with other aggregates in one SELECT."""
+    import pyarrow as pa
+    from pyspark.sql import functions as F
+
+    from udf.registry import AGGREGATES
+
+    spec = AGGREGATES["llm_agg"]
+
+    def report(call, out, target) -> None:
+        reasons = [e for e in out.errors if e is not None]
+        for e in reasons[:5]:
+            print(f"llm-sql: {spec.name}: group failed: {e}", file=sys.stderr)
+        if accumulator is not None:
+            accumulator.add(stats_delta(out.stats, reasons, os.getpid(), getattr(target, "server_pid", None)))
+
+    def run_lists(*args: pa.Array) -> pa.Array:
+        from udf.agg import answer_list_batch
+
+        return answer_list_batch(args, route, settings, result_cache=usable_cache(result_cache), on_output=report,
+                                 retry_backend_errors=True)
+
+    def run_group(*args: pa.Array) -> str:
+        from udf.agg import answer_list_batch
+
+        if len(args) not in (2, 3):
+            raise ValueError(f"{spec.name}(instruction, field [, options]) takes 2 or 3 arguments, got {len(args)}")
+        instructions = {v for v in args[0].to_pylist() if v is not None}
+        if len(instructions) > 1:
+            raise ValueError(f"{spec.name}'s instruction must be the same for every row of a group")
+        if not instructions:
+            return None  # type: ignore[return-value]
+        batch = [pa.array([instructions.pop()], type=pa.string()),
+                 pa.array([args[1].to_pylist()], type=pa.list_(args[1].type))]
+        if len(args) == 3:
+            batch.append(args[2].slice(0, 1))
+        return answer_list_batch(tuple(batch), route, settings, result_cache=usable_cache(result_cache),
+                                 on_output=report, retry_backend_errors=True)[0].as_py()
+
+    run_lists.__name__ = spec.list_function
+    run_lists.__annotations__ = {"args": pa.Array, "return": pa.Array}
+    run_group.__name__ = spec.name
+    run_group.__annotations__ = {"args": pa.Array, "return": str}  # a scalar per group: a grouped aggregate
+    return {spec.list_function: F.arrow_udf(run_lists, spec.spark_type),
+            spec.name: F.arrow_udf(run_group, spec.spark_type)}

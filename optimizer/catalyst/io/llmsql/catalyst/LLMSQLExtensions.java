@@ -22,7 +22,8 @@ import scala.runtime.BoxedUnit;
  *
  * <p>{@link TypeExtractCalls} is an analyzer (resolution) rule instead, on whatever the switch says: it
  * gives {@code llm_extract} the STRUCT type of its schema, which later resolution (a {@code .field}
- * of the value) needs.
+ * of the value) needs. {@link ResolveLLMAggregates}, also in the analyzer, turns the aggregate {@code llm_agg}
+ * into {@code llm_agg_list} over {@code collect_list} (off with {@code llm_sql.optimize=false}).
  */
 public class LLMSQLExtensions extends AbstractFunction1<SparkSessionExtensions, BoxedUnit> {
 
@@ -48,6 +49,12 @@ public class LLMSQLExtensions extends AbstractFunction1<SparkSessionExtensions, 
       @Override
       public Rule<LogicalPlan> apply(SparkSession s) {
         return new TypeExtractCalls(s);
+      }
+    });
+    ext.injectResolutionRule(new AbstractFunction1<SparkSession, Rule<LogicalPlan>>() {
+      @Override
+      public Rule<LogicalPlan> apply(SparkSession s) {
+        return new ResolveLLMAggregates(s);
       }
     });
     return BoxedUnit.UNIT;
