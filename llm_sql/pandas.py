@@ -8,6 +8,7 @@
     df = df.llm.classify("review", labels=["good", "bad"], into="label")
     df = df.llm.score("Rate the beer", "review", "style", into="score")     # Int32, 1..5
     df = df.llm.extract("Extract the facts", "review", schema="brewery VARCHAR, abv DOUBLE")   # one column a field
+    per_style = df.llm.agg("Summarise the reviews", "review", by="style")   # one row per style (llm_agg, udf.agg)
     llm_sql.last_stats(df)                                 # rows in, LLM calls after dedup, cache hits, tokens, ...
 
 Every method is ``llm(instruction, field, ...)`` (``llm_filter``, ``llm_classify``, ``llm_score``,
@@ -402,6 +403,51 @@ class LLMAccessor:
         if errors_into is not None:
             new[errors_into] = _pandas_values(pa.array(errors, type=pa.string()))
         return self._done(_with_columns(self._frame, new), stats)
+
+    def agg(self, instruction: str, column: Any, by: Any = None, *, into: str = "llm_agg",
+            errors_into: str | None = None, session: Any = None, **options: Any):
+        """``llm_agg(instruction, column)`` per group of ``by`` (a column name, a list of them, or None for the whole
+        frame as one group), as ``SELECT by..., llm_agg(instruction, column) FROM df GROUP BY by...``: a new frame
+        with the ``by`` columns and ``into``, one row per group, groups in sorted key order (missing keys form a
+        group, last). Missing values are skipped; a group with none is None. See ``udf.agg``: the groups are
+        answered together, level by level of the hierarchy, through the same batch path."""
+        from udf.agg import FUNCTION, aggregate
+        from udf.options import validate_options
+
+        if not isinstance(into, str) or not into:
+            raise ValueError(f"into= must be a non-empty column name, got {into!r}")
+        start = time.perf_counter()
+        sess = session_of(session)
+        keys = [] if by is None else [by] if isinstance(by, str) or not isinstance(by, Iterable) else list(by)
+        frame = self._frame
+        _field_names(frame, [column, *keys])
+        if _is_modin(frame):  # a group needs all its values: the two or three columns come to pandas
+            frame = frame[[*keys, column]]._to_pandas()
+        opts = dict(validate_options(options, where="option"))
+        if keys:
+            lists = frame.groupby(keys, dropna=False, sort=True)[column].agg(list).reset_index()
+            result = lists[keys].copy()
+            groups = list(lists[column])
+        else:
+            result = pd.DataFrame(index=range(1))
+            groups = [list(frame[column])]
+        groups = [[None if _missing(v) else v for v in g] for g in groups]
+        out = aggregate(instruction, groups, sess.route, settings=sess.udf_settings, result_cache=sess.result_cache,
+                        options=opts)
+        stats = QueryStats(optimized=sess.optimize)
+        stats.add(out.stats)
+        stats.error_reasons = [e for e in out.errors if e is not None][:MAX_REASONS]
+        stats.total_seconds = time.perf_counter() - start
+        stats.stages.append(_stage_entry(FUNCTION, f"{FUNCTION}({instruction!r}, {column})", [str(column)], stats, 1))
+        sess.last = stats
+        result[into] = _pandas_values(pa.array(out.values, type=pa.string()))
+        if errors_into is not None:
+            result[errors_into] = _pandas_values(pa.array(out.errors, type=pa.string()))
+        return self._done(result, stats)
+
+
+def _missing(v: Any) -> bool:
+    return v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and v != v)
 
 
 def _register_accessors() -> None:
