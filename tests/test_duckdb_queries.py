@@ -93,11 +93,14 @@ LIFTED = {
     "nested_calls": "SELECT id, llm_filter('Is it positive?', llm('Summarise', review)) FROM reviews WHERE id < 8",
     "having_avg": "SELECT style FROM reviews GROUP BY style HAVING AVG(llm_score('Rate', review)) >= 3",
     "order_by_llm": "SELECT id FROM reviews WHERE id < 10 ORDER BY llm_score('Rate', review), id",
+    "join_on_llm": ("SELECT r.id, g.region FROM reviews r JOIN regions g ON llm_filter('Match?', r.style, g.region) "
+                    "WHERE r.id < 6"),  # an inner join's LLM condition is a stage over the distinct pairs
     "ctas": None,  # see test_create_table_as
 }
 FALLBACK = {
     "window": "SELECT id, SUM(llm_score('Rate', review)) OVER (PARTITION BY style ORDER BY id) FROM reviews",
-    "join_on_llm": "SELECT r.id, g.region FROM reviews r JOIN regions g ON llm_filter('Match?', r.style, g.region) WHERE r.id < 6",
+    "left_join_on_llm": ("SELECT r.id, g.region FROM reviews r LEFT JOIN regions g "
+                         "ON llm_filter('Match?', r.style, g.region) WHERE r.id < 6"),
     "having_over_aggregate": "SELECT style FROM reviews GROUP BY style HAVING llm_filter('Is it good?', MAX(review))",
     "limit_without_order": "SELECT COUNT(*) FROM (SELECT id FROM reviews WHERE llm_filter('ok?', review) LIMIT 3)",
     "setop_order_by": ("SELECT review AS x FROM reviews UNION SELECT region FROM regions "
