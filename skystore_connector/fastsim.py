@@ -26,10 +26,10 @@ import pandas as pd
 
 from .policy import Policy
 from .pricing import GB, Prices
-from .trace_arrays import OP_DELETE, OP_HEAD, OP_READ, OP_WRITE, TraceArrays
+from .trace_arrays import OP_DELETE, OP_HEAD, OP_READ, OP_WRITE, TraceArrays, stable_order
 
 SLACK = 1e-6  # as simulator.EXPIRY_SLACK_S: float rounding in now + ttl must not turn a planned hit into a miss
-CHUNK = 500_000
+CHUNK = 1_000_000
 MAX_PASSES = 200
 
 
@@ -127,12 +127,16 @@ class FastReplay:
 
     def _chunk(self, c: TraceArrays) -> None:
         rep, p, R = self.report, self.p, self.R
+        heads = c.op == OP_HEAD
+        rep.heads += int(np.count_nonzero(heads))
+        if heads.any():  # answered from the metadata: they change nothing
+            keep = ~heads
+            c = TraceArrays(c.time[keep], c.op[keep], c.region[keep], c.key[keep], c.size[keep], c.regions, c.n_keys)
         n = len(c)
         t, op, reg, key, size = c.time, c.op, c.region.astype(np.int64), c.key, c.size
-        rep.heads += int(np.count_nonzero(op == OP_HEAD))
 
         # -- the version each event sees: the key's last write/delete in this chunk, else the carried one
-        order = np.lexsort((np.arange(n), key))
+        order = stable_order(key)
         ks = key[order]
         first = np.r_[True, ks[1:] != ks[:-1]]
         gstart = np.maximum.accumulate(np.where(first, np.arange(n), 0))
@@ -206,7 +210,7 @@ class FastReplay:
         ttls = self.policy.batch_ttls(batch)
         remote = ~at_base
         chains = _Chains(self, reads[remote], ttls[remote], t, key, reg, ctx_vid, ctx_base, ctx_size, ctx_wtime,
-                         carried)
+                         carried, order)
         chains.settle()
         chains.charge(rep, ended)
         self._end_versions(ended, chains)
@@ -262,7 +266,7 @@ class _Chains:
     """The remote (non-base) reads of one chunk grouped by (version, region), in time order."""
 
     def __init__(self, sim: FastReplay, ev: np.ndarray, ttls: np.ndarray, t, key, reg, vid, base, size, wtime,
-                 carried):
+                 carried, key_order: np.ndarray):
         self.sim = sim
         self.t, self.key, self.reg = t[ev], key[ev], reg[ev]
         self.vid, self.base, self.size = vid[ev], base[ev], size[ev]
@@ -270,17 +274,30 @@ class _Chains:
         self.ttls = ttls
         m = len(ev)
         self.m = m
-        self.order = np.lexsort((ev, self.reg, self.vid))  # chain order
+        # version order: the reads grouped by key, so by version, in time order (from the chunk's key order)
+        row = np.full(len(t), -1)
+        row[ev] = np.arange(m)
+        vo = row[key_order]
+        self.vorder = vo = vo[vo >= 0]
+        vv = self.vid[vo]
+        vfirst = np.r_[True, vv[1:] != vv[:-1]] if m else np.zeros(0, bool)
+        self.vstart = np.maximum.accumulate(np.where(vfirst, np.arange(m), 0)) if m else np.zeros(0, np.int64)
+        # chain order: within each version by region, in time order
+        self.order = vo[stable_order((np.cumsum(vfirst) - 1) * sim.R + self.reg[vo])]
         vs, rs = self.vid[self.order], self.reg[self.order]
         self.first = np.r_[True, (vs[1:] != vs[:-1]) | (rs[1:] != rs[:-1])] if m else np.zeros(0, bool)
         self.chain = np.cumsum(self.first) - 1
+        # grouping by ready-made codes spares pandas from factorising them on every pass
+        self.chain_codes = pd.Categorical.from_codes(self.chain, categories=pd.RangeIndex(len(self.chain) and
+                                                                                          int(self.chain[-1]) + 1))
         self.last = np.r_[self.first[1:], True] if m else np.zeros(0, bool)
         self.chain_first = np.flatnonzero(self.first)
         self.chain_last = np.flatnonzero(self.last)
-        self.init = self._initial(np.arange(m), self.reg)[self.order]  # each chain's expiry before the chunk
+        # each read's version: its copies' expiries before this chunk's reads, by region
+        self.initial = self._initial(np.arange(m)[:, None], np.arange(sim.R)[None, :])  # (m, R)
+        self.init = self.initial[np.arange(m), self.reg][self.order]  # each chain's, in chain order
         self.src = self.base.copy()
         self.hit = np.zeros(m, bool)
-        self.span = int(ev.max()) + 2 if m else 1
 
     def _initial(self, rows: np.ndarray, region: np.ndarray) -> np.ndarray:
         """The expiry of the copy in ``region`` of each row's version before this chunk's reads of it."""
@@ -294,7 +311,7 @@ class _Chains:
         """Per chain row: the expiry after it (P) and before it (Pprev), given the current sources and hits."""
         tau = self.ttls[np.arange(self.m), self.src]
         value = np.where(tau > 0, self.t + tau, np.where(self.hit, self.t, -np.inf))[self.order]
-        running = pd.Series(value).groupby(self.chain).cummax().to_numpy() if self.m else value
+        running = pd.Series(value).groupby(self.chain_codes, observed=False).cummax().to_numpy() if self.m else value
         after = np.maximum(running, self.init)
         before = np.r_[-np.inf, after[:-1]] if self.m else after
         before = np.where(self.first, self.init, before)
@@ -305,19 +322,31 @@ class _Chains:
         if not self.m:
             self.tau = np.zeros(0)
             return
-        R, p = self.sim.R, self.sim.p
-        rows = np.arange(self.m)
-        rank = p.source_rank[self.reg, self.base]  # (m, R)
+        R, p, m = self.sim.R, self.sim.p, self.m
+        # liveness of other regions' copies is read in version order, where "the version's latest read in
+        # region r before this one" is a running maximum; those positions do not change between passes
+        vo, idx = self.vorder, np.arange(m)
+        t_v, reg_v, base_v = self.t[vo], self.reg[vo], self.base[vo]
+        rank_v = p.source_rank[reg_v, base_v]  # (m, R)
+        in_chain = np.empty(m, np.int64)
+        in_chain[self.order] = idx
+        chain_row = in_chain[vo]
+        latest = [np.maximum.accumulate(np.where(reg_v == r, idx, -1)) for r in range(R)]
+        found = [latest[r] >= self.vstart for r in range(R)]
+        latest = [np.maximum(x, 0) for x in latest]
+        initial_v = self.initial[vo]
         for _ in range(MAX_PASSES):
             tau, after, before = self._expiries()
-            hit = np.empty(self.m, bool)
+            hit = np.empty(m, bool)
             hit[self.order] = self.t[self.order] <= before + SLACK
-            live = np.zeros((self.m, R), bool)
+            after_v = after[chain_row]
+            live = np.empty((m, R), bool)
             for r in range(R):
-                live[:, r] = self._expiry_in(r, after) + SLACK >= self.t
-            live[rows, self.base] = True
-            live[rows, self.reg] = False
-            src = np.argmin(np.where(live, rank, np.iinfo(np.int64).max), axis=1)
+                live[:, r] = np.where(found[r], after_v[latest[r]], initial_v[:, r]) + SLACK >= t_v
+            live[idx, base_v] = True
+            live[idx, reg_v] = False
+            src = np.empty(m, np.int64)
+            src[vo] = np.argmin(np.where(live, rank_v, np.iinfo(np.int64).max), axis=1)
             if np.array_equal(src, self.src) and np.array_equal(hit, self.hit):
                 break
             self.src, self.hit = src, hit
@@ -325,23 +354,14 @@ class _Chains:
             raise RuntimeError("fast replay did not settle; use the event-by-event replay")
         self.tau, self.after, self.before = tau, after, before
 
-    def _expiry_in(self, r: int, after: np.ndarray) -> np.ndarray:
-        """For every read, the expiry of its version's copy in region ``r`` just before it."""
-        mask = self.reg[self.order] == r
-        rows = self.order[mask]
-        ckey = self.vid[rows] * self.span + self.pos[rows]
-        q = self.vid * self.span + self.pos
-        i = np.searchsorted(ckey, q) - 1
-        found = i >= 0
-        i = np.maximum(i, 0)
-        found &= self.vid[rows][i] == self.vid if len(rows) else np.zeros(self.m, bool)
-        value = after[mask][i] if len(rows) else np.zeros(self.m)
-        return np.where(found, value, self._initial(np.arange(self.m), np.full(self.m, r)))
-
     def has_chain(self, vids: np.ndarray, regions: np.ndarray) -> np.ndarray:
-        R = self.sim.R
-        ids = np.unique(self.vid * R + self.reg)
-        return np.isin(vids * R + regions, ids)
+        if not self.m:
+            return np.zeros(len(vids), bool)
+        fo = self.order[self.chain_first]
+        ids = np.sort(self.vid[fo] * self.sim.R + self.reg[fo])
+        q = vids * self.sim.R + regions
+        i = np.clip(np.searchsorted(ids, q), 0, len(ids) - 1)
+        return ids[i] == q
 
     def charge(self, rep, ended: dict) -> None:
         """Requests, egress and the storage of every replica segment that closed in this chunk."""
@@ -422,7 +442,7 @@ def next_read_gaps(trace: TraceArrays) -> np.ndarray:
     the same region (inf if none): what the clairvoyant optimum knows."""
     n = len(trace)
     op, key, reg, t = trace.op, trace.key, trace.region.astype(np.int64), trace.time
-    order = np.lexsort((np.arange(n), key))
+    order = stable_order(key)
     ks = key[order]
     wd = (op[order] == OP_WRITE) | (op[order] == OP_DELETE)
     first = np.r_[True, ks[1:] != ks[:-1]]
@@ -435,7 +455,7 @@ def next_read_gaps(trace: TraceArrays) -> np.ndarray:
     seg = np.empty(n, np.int64)
     seg[order] = segment
     reads = np.flatnonzero(alive)  # trace order
-    o = np.lexsort((reads, reg[reads], seg[reads]))
+    o = stable_order(seg[reads] * len(trace.regions) + reg[reads])  # reads is in trace order
     rs = reads[o]
     same = np.r_[(seg[rs][1:] == seg[rs][:-1]) & (reg[rs][1:] == reg[rs][:-1]), False]
     gap_sorted = np.where(same, np.r_[t[rs][1:], 0.0] - t[rs], np.inf)

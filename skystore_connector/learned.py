@@ -1,31 +1,30 @@
-"""The learned TTL: for each class of reads, the TTL that would have cost least so far (follow the leader).
+"""The learned TTL: per class of reads, the TTL with the least expected cost under the re-read pattern seen.
 
-A read in region r of an object that is not based there leaves (or refreshes) a copy kept ``ttl`` seconds.
-Reads fall into classes by region, object size (7 classes, factors of 8 from 1 kB) and by how often the object
-was read in that region before (first, second, later read: objects read once and objects read many times
-behave differently). For each class and each candidate TTL tau (0, log-spaced values up to the longest T_even,
-and every T_even into the region), the policy keeps what a fixed TTL tau would have cost on the reads seen so
-far, exactly, as of now:
+A read in region r of an object based elsewhere leaves (or refreshes) a copy kept ``ttl`` seconds. Reads fall
+into classes by region, object size (7 classes, factors of 8 from 1 kB) and how often the object was read in
+that region before (first, second, later read: objects read once and objects read often behave differently).
+For each class the policy keeps, for each candidate TTL tau (0, 4 per decade from 1 s up to the longest T_even,
+and every T_even into the region), the GB-seconds at risk up to tau (every read, re-read or not yet, counts
+until its re-read or now) and the GB re-read after tau. Between candidates that gives the re-read hazard
+(GB re-read / GB-seconds at risk), hence the survival P(no re-read within x) and the expected cost of a read:
 
-* storage: every read keeps S GB for min(gap to its next read, tau), and reads not re-read yet for
-  min(age, tau): storage that has accrued by now, not a guess about the future;
-* re-fetches: every closed gap longer than tau costs S GB of egress and, for tau > 0, a PUT;
-* a first read costs a PUT for tau > 0 (egress is the same for every tau).
+    GB x (storage x E[min(gap, tau)] + egress x P(re-read after tau)) + PUT x P(the read is a miss), tau > 0
 
-Costs are priced per source at decision time (egress and T_even depend on where the copy would be re-fetched
-from) and the cheapest tau not above T_even(source, region) wins; among near-equal costs the longest, so that
-with no evidence against it the policy keeps T_even (a re-read the trace has not shown yet may still come).
-A class with fewer than ``MIN_HISTORY`` reads uses its region's pooled costs, a region with fewer uses T_even.
+Beyond the oldest read seen, the hazard of its last decade carries on: a re-read rate that has not dropped
+yet is assumed to go on, no re-read there means none ever. A first read is always a miss, a second one when the
+first read's TTL ran out before it, and so on. Costs are priced per source at decision time (egress and T_even
+depend on where the copy would be re-fetched from); the cheapest tau not above T_even(source, region) wins,
+among near-equal costs the longest. A class with fewer than ``MIN_HISTORY`` reads uses its region's pooled
+estimate, a region with fewer uses T_even.
 
-Why not the paper's histogram: picking the TTL from the re-read gaps seen so far under-counts long gaps (they
-close last) and, charging reads never re-read only once past the horizon, cut the TTL to the longest gap seen
-so far, so copies expired just before their re-read (1.2x the optimum on a two-day trace where keeping every
-copy is within 1% of it). Accounting exactly what each TTL would have cost by now cannot be fooled that way:
-a TTL only wins by having been cheaper on the reads it would have served.
+Why not the paper's histogram of re-read gaps: gaps seen so far are the short ones (long gaps close last), so
+the TTL that would have served them best is about the age of the history, and copies expire just before their
+re-read (1.2x the optimum on a two-day trace where keeping every copy is within 1% of it). Fitting the
+re-read hazard with every read at risk until now, censored or not, does not lose the reads still waiting.
 
-The choice is recomputed at read counts 256, then every max(256, reads so far / 8) reads (about 80 times in
-10 million reads), so the policy depends only on the reads recorded, never on its own decisions; the
-simulator's batch form (``learned_batch``) reproduces it exactly.
+The estimate is recomputed at read count 256, then each time the reads grow by a quarter (about 45 times in
+10 million reads), from the reads recorded alone, never from the policy's own decisions; the simulator's batch
+form (``learned_batch``) therefore reproduces it exactly.
 """
 from __future__ import annotations
 
@@ -43,8 +42,8 @@ READ_CLASSES = 3
 CLASSES = SIZE_CLASSES * READ_CLASSES
 MIN_HISTORY = 30
 FIRST_EPOCH = 256
-EPOCH_GROWTH = 8
-SMALLEST_TTL_S = 0.01
+EPOCH_GROWTH = 4
+SMALLEST_TTL_S = 1.0
 TTLS_PER_DECADE = 4
 MAX_TRACKED_KEYS = 1_000_000  # per region: the oldest are forgotten (memory of a long-running gateway)
 NEAR = 1e-9  # costs this close (relative) count as equal; the longest TTL among them wins

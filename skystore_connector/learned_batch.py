@@ -12,6 +12,7 @@ import numpy as np
 
 from .learned import CLASSES, READ_CLASSES, Model, closed_costs, next_boundary, read_class
 from .pricing import GB
+from .trace_arrays import stable_order
 
 NEVER = np.iinfo(np.int64).max
 
@@ -60,7 +61,8 @@ class BatchLearner:
         n0 = self.count
 
         # each read's class, and its gap to the next read of the key in the region within this batch
-        o = np.lexsort((np.arange(m), k, r))
+        nk = len(self.last_t)
+        o = stable_order(r * nk + k)  # by region, key, then time
         rs, ks = r[o], k[o]
         gfirst = np.r_[True, (rs[1:] != rs[:-1]) | (ks[1:] != ks[:-1])]
         glast = np.r_[gfirst[1:], True]
@@ -79,7 +81,6 @@ class BatchLearner:
         # reads from earlier batches not re-read yet: closed by the first read of their key here, if any
         ck, cr = np.nonzero(~np.isnan(self.last_t))
         c_t, c_w, c_c = self.last_t[ck, cr], self.last_w[ck, cr], self.last_c[ck, cr]
-        nk = len(self.last_t)
         heads = o[gfirst]
         hkey = r[heads] * nk + k[heads]  # sorted: o orders by region, then key
         j = np.clip(np.searchsorted(hkey, cr * nk + ck), 0, len(hkey) - 1)
@@ -178,39 +179,29 @@ class BatchLearner:
 
     def _ttl_ends(self, T, it, iw, icell, jj, e, rc, k) -> np.ndarray:
         """Per re-decision, cell and candidate j: sum of S * (T - tau_j - t) over reads with gap > tau_j and
-        t < T - tau_j (their copy would have expired by T)."""
-        out = np.zeros(e * rc * k)
-        ttls = self.model.ttls
-        n = len(it)
-        by_time = np.argsort(it, kind="stable")
-        t_sorted = it[by_time]
-        pos = np.empty(n, np.int64)
-        pos[by_time] = np.arange(n)
-        gid = icell * (k + 1) + jj
-        o = np.lexsort((pos, gid))
-        gkey = gid[o] * (n + 1) + pos[o]
-        cw = np.r_[0.0, np.cumsum(iw[o])]
-        cwt = np.r_[0.0, np.cumsum(iw[o] * it[o])]
-        groups, gstart = np.unique(gid[o], return_index=True)
-        gj = groups % (k + 1)
-        gcell = groups // (k + 1)
-        keep = gj > 0
-        groups, gstart, gj, gcell = groups[keep], gstart[keep], gj[keep], gcell[keep]
-        if not len(groups):
-            return out.reshape(e, rc, k)
-        per = e * gj
-        q_group = np.repeat(np.arange(len(groups)), per)
-        local = np.arange(per.sum()) - np.repeat(np.cumsum(per) - per, per)
-        qk = local // gj[q_group]
-        qj = local % gj[q_group]
-        region = gcell[q_group] // CLASSES
-        u = T[qk] - ttls[region, qj]
-        rank = np.searchsorted(t_sorted, u, side="left")  # reads with t < u
-        hi = np.searchsorted(gkey, groups[q_group] * (n + 1) + rank, side="left")
-        lo = gstart[q_group]
-        value = u * (cw[hi] - cw[lo]) - (cwt[hi] - cwt[lo])
-        np.add.at(out, (qk * rc + gcell[q_group]) * k + qj, value)
-        return out.reshape(e, rc, k)
+        t < T - tau_j (their copy would have expired by T). Per region, the thresholds u = T - tau_j are few:
+        reads are binned by how many thresholds they precede, then summed cumulatively."""
+        out = np.zeros((e, rc, k))
+        for d in range(len(self.model.regions)):
+            sel = icell // CLASSES == d
+            if not sel.any():
+                continue
+            u = T[:, None] - self.model.ttls[d][None, :]                    # (e, k)
+            thresholds, q = np.unique(u, return_inverse=True)
+            q = q.reshape(e, k)
+            nq = len(thresholds) + 1
+            b = np.searchsorted(thresholds, it[sel], side="right")         # a read counts for thresholds > b
+            cells = ((icell[sel] % CLASSES) * (k + 1) + jj[sel]) * nq + b
+            size = CLASSES * (k + 1) * nq
+            w = np.bincount(cells, iw[sel], minlength=size).reshape(CLASSES, k + 1, nq).cumsum(2)
+            wt = np.bincount(cells, iw[sel] * it[sel], minlength=size).reshape(CLASSES, k + 1, nq).cumsum(2)
+            longer = w[:, ::-1].cumsum(1)[:, ::-1][:, 1:]                  # reads with gap > tau_j, per j
+            longer_t = wt[:, ::-1].cumsum(1)[:, ::-1][:, 1:]
+            j = np.arange(k)[None, :]
+            at_w = longer[:, j, q]                                           # (classes, e, k)
+            at_wt = longer_t[:, j, q]
+            out[:, d * CLASSES:(d + 1) * CLASSES] = (u[None] * at_w - at_wt).transpose(1, 0, 2)
+        return out
 
 
 def _cumulative(epoch: np.ndarray, cell: np.ndarray, weights: np.ndarray, e: int, cells: int) -> np.ndarray:

@@ -67,6 +67,13 @@ class TraceArrays:
                 for t, o, r, k, s in zip(self.time, self.op, self.region, self.key, self.size)]
 
 
+def stable_order(key: np.ndarray) -> np.ndarray:
+    """``np.argsort(key, kind="stable")`` for non-negative integers, several times faster: sort the distinct
+    numbers key * n + position and read the positions back."""
+    n = len(key)
+    return np.sort(key.astype(np.int64) * n + np.arange(n)) % n
+
+
 def write_csv(trace: TraceArrays, path: str | Path, block: int = 1_000_000) -> None:
     """The generic CSV form (``time,op,region,key,size``; keys ``k<id>``), written in blocks."""
     names = np.array(OP_NAMES)
