@@ -7,14 +7,15 @@ import logging
 import sys
 
 USAGE = """skystore serve --config FILE [--host HOST] [--port PORT] [--log-level LEVEL]
-       skystore simulate --trace FILE --policy P ...   (skystore simulate --help for its options)"""
+       skystore simulate --trace FILE --policy P ...   (skystore simulate --help for its options)
+       skystore trace synth --stats FILE --part NAME --regions N --days D --out FILE ...   (--help: options)"""
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="skystore", usage=USAGE,
                                      description="SkyStore: a multi-region S3-compatible object store with TTL "
                                                  "placement (gateway and cost simulator).")
-    commands = parser.add_subparsers(dest="command", metavar="{serve,simulate}")
+    commands = parser.add_subparsers(dest="command", metavar="{serve,simulate,trace}")
     serve = commands.add_parser("serve", help="run the S3 gateway described by a TOML config")
     serve.add_argument("--config", required=True, metavar="FILE", help="the gateway's TOML config")
     serve.add_argument("--host", help="listen address (default: the config's host, which must be loopback; "
@@ -23,6 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="warning",
                        choices=["critical", "error", "warning", "info", "debug"])
     commands.add_parser("simulate", help="replay a trace against a placement policy and prices", add_help=False)
+    commands.add_parser("trace", help="trace tools: 'trace synth' draws a trace from IBM trace statistics",
+                        add_help=False)
     return parser
 
 
@@ -32,6 +35,14 @@ def main(argv: list[str] | None = None) -> int:
         from . import simulator  # heavy imports (prices, policies) only for this command
 
         return simulator.main(argv[1:])
+    if argv and argv[0] == "trace":
+        if argv[1:2] != ["synth"]:
+            print("usage: skystore trace synth --stats FILE --part NAME ... (skystore trace synth --help)",
+                  file=sys.stderr)
+            return 2
+        from . import synth
+
+        return synth.main(argv[2:])
     parser = _parser()
     try:
         args = parser.parse_args(argv)

@@ -45,6 +45,8 @@ import numpy as np
 from .policy import POLICY_NAMES, Policy, make_policy
 from .pricing import GB, Prices, UnknownRegionError
 from .region_names import cloud_identity
+from .trace_arrays import TraceArrays
+from .trace_arrays import read_csv as read_arrays
 
 OPS = ("write", "read", "delete", "head")
 FORMATS = ("ibm", "multiregion", "csv")
@@ -479,28 +481,81 @@ def region_set(n: int) -> list[str]:
 
 # ---- a whole simulation ------------------------------------------------------------------------------------
 
-def simulate(events: Sequence[Event], policies: Sequence[str], prices: Prices,
-             regions: Sequence[str] | None = None) -> dict:
-    """Cost of each policy spec and the clairvoyant optimum over prepared events (every region set)."""
-    regions = list(regions) if regions is not None else sorted({e.region for e in events})
+ENGINES = ("fast", "events")
+
+
+def simulate(events, policies: Sequence[str], prices: Prices, regions: Sequence[str] | None = None,
+             engine: str = "fast") -> dict:
+    """Cost of each policy spec and the clairvoyant optimum over a prepared trace (``Event`` list or
+    ``TraceArrays``, every region set). ``engine``: ``fast`` (vectorised, ``fastsim``) or ``events`` (this
+    module's event-by-event replay, the reference); both give the same costs."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
+    arrays = isinstance(events, TraceArrays)
+    if regions is None:
+        regions = events.regions if arrays else sorted({e.region for e in events})
+    regions = list(regions)
     clouds = {r: r for r in regions}
     for r in regions:
         prices.resolve(r)  # unknown regions fail before any replay
-    results = {}
-    for spec in policies:
-        report = replay(events, make_policy(spec, prices, clouds), prices, clouds, regions)
-        results[spec] = report.as_dict()
-    optimum = clairvoyant(events, prices, clouds, regions).as_dict()
+    if engine == "fast":
+        from .fastsim import replay_fast
+
+        trace = events if arrays else TraceArrays.from_events(events, regions)
+        if trace.regions != regions:
+            raise ValueError(f"the trace's regions {trace.regions} differ from {regions}")
+
+        def run(policy):
+            return replay_fast(trace, policy, prices, clouds, regions)
+
+        optimum_policy = ClairvoyantPolicy(None, prices, clouds)
+    else:
+        if arrays:
+            events = events.to_events()
+
+        def run(policy):
+            return replay(events, policy, prices, clouds, regions)
+
+        optimum_policy = ClairvoyantPolicy(events, prices, clouds)
+    results = {spec: run(make_policy(spec, prices, clouds)).as_dict() for spec in policies}
+    optimum = run(optimum_policy).as_dict()
     best = optimum["total"]
     ratios = {spec: (r["total"] / best if best > 0 else None) for spec, r in results.items()}
     return {"policies": results, "optimum": optimum, "ratio_to_optimum": ratios}
 
 
-def trace_summary(events: Sequence[Event]) -> dict:
+def trace_summary(events) -> dict:
+    if isinstance(events, TraceArrays):
+        return events.counts()
     return {"events": len(events), "reads": sum(e.op == "read" for e in events),
             "writes": sum(e.op == "write" for e in events), "deletes": sum(e.op == "delete" for e in events),
-            "objects": len({e.key for e in events}),
+            "heads": sum(e.op == "head" for e in events), "objects": len({e.key for e in events}),
             "span_seconds": (events[-1].time - events[0].time) if events else 0.0}
+
+
+def load_trace(path: str | Path, fmt: str | None, regions: Sequence[str] | None, spread: str | None,
+               seed: int, time_scale: float) -> tuple[TraceArrays, list[str]]:
+    """As ``load_events``, as columns. A multi-region CSV (generic or multiregion) that needs no spreading is
+    read straight into columns (pandas' parser: millions of rows in seconds)."""
+    fmt = fmt or guess_format(path)
+    if fmt in ("csv", "multiregion") and not spread:
+        columns = ("time", "op", "region", "key", "size") if fmt == "csv" else \
+            ("timestamp", "op", "issue_region", "obj_key", "size")
+        trace = read_arrays(path, columns)
+        if not time_scale > 0:
+            raise ValueError(f"--time-scale must be > 0, got {time_scale}")
+        trace.time = trace.time * time_scale
+        if regions:
+            regions = [cloud_identity(r) for r in regions]
+            order = np.unique(trace.region, return_index=True)[1]
+            first_seen = trace.region[np.sort(order)]  # the trace's regions in order of first appearance
+            target = np.zeros(len(trace.regions), np.int16)
+            target[first_seen] = np.arange(len(first_seen)) % len(regions)
+            trace = TraceArrays(trace.time, trace.op, target[trace.region], trace.key, trace.size, list(regions),
+                                trace.n_keys)
+        return trace, list(trace.regions)
+    events, regions = load_events(path, fmt, regions, spread, seed, time_scale)
+    return TraceArrays.from_events(events, regions), regions
 
 
 def load_events(path: str | Path, fmt: str | None, regions: Sequence[str] | None, spread: str | None,
@@ -552,6 +607,8 @@ def _parser() -> argparse.ArgumentParser:
                                      "prices)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--time-scale", type=float, default=1.0, help="multiply every trace time by X (default 1)")
+    ap.add_argument("--engine", choices=ENGINES, default="fast",
+                    help="fast: vectorised replay (default); events: the event-by-event reference (same costs)")
     return ap
 
 
@@ -567,8 +624,8 @@ def run(args: argparse.Namespace) -> dict:
         regions = [r.strip() for r in args.region_list.split(",") if r.strip()]
     elif args.regions is not None:
         regions = region_set(args.regions)
-    events, regions = load_events(args.trace, args.format, regions, args.spread, args.seed, args.time_scale)
-    result = simulate(events, policies, prices, regions)
+    events, regions = load_trace(args.trace, args.format, regions, args.spread, args.seed, args.time_scale)
+    result = simulate(events, policies, prices, regions, engine=getattr(args, "engine", "fast"))
     return {"trace": str(args.trace), "format": args.format or guess_format(args.trace), "regions": regions,
             "spread": args.spread, "seed": args.seed, "time_scale": args.time_scale, "prices": prices.source,
             **trace_summary(events), **result}
