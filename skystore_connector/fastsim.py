@@ -133,6 +133,8 @@ class FastReplay:
             keep = ~heads
             c = TraceArrays(c.time[keep], c.op[keep], c.region[keep], c.key[keep], c.size[keep], c.regions, c.n_keys)
         n = len(c)
+        if not n:
+            return
         t, op, reg, key, size = c.time, c.op, c.region.astype(np.int64), c.key, c.size
 
         # -- the version each event sees: the key's last write/delete in this chunk, else the carried one

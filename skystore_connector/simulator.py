@@ -294,7 +294,7 @@ def _next_read_gaps(events: Sequence[Event]) -> dict[tuple[str, str], deque]:
             open_reads.pop(ev.key, None)  # a new version: earlier reads have no next read of their version
             (alive.add if ev.op == "write" else alive.discard)(ev.key)
             continue
-        if ev.key not in alive:
+        if ev.op != "read" or ev.key not in alive:  # HEADs are answered from the metadata
             continue
         slot = [math.inf]
         gaps.setdefault((ev.region, ev.key), deque()).append(slot)
