@@ -14,8 +14,8 @@ Beyond the oldest read seen, the hazard of its last decade carries on: a re-read
 yet is assumed to go on, no re-read there means none ever. A first read is always a miss, a second one when the
 first read's TTL ran out before it, and so on. Costs are priced per source at decision time (egress and T_even
 depend on where the copy would be re-fetched from); the cheapest tau not above T_even(source, region) wins,
-among near-equal costs the longest. A class with fewer than ``MIN_HISTORY`` reads uses its region's pooled
-estimate, a region with fewer uses T_even.
+among near-equal costs the longest. A class with fewer than ``MIN_HISTORY`` reads uses the estimate pooled
+over its size class, a thin size class T_even (the region's pool serves only objects it has no record of).
 
 Why not the paper's histogram of re-read gaps: gaps seen so far are the short ones (long gaps close last), so
 the TTL that would have served them best is about the age of the history, and copies expire just before their
@@ -86,57 +86,63 @@ class Model:
         self.k = k
 
     def decide(self, d: int, a, ms, f, nreads, wsum) -> np.ndarray:
-        """TTLs into region ``d`` per class (and pooled, last) and source: shape (..., CLASSES + 1, regions).
-        ``a``: (..., CLASSES, K) GB-seconds at risk up to each candidate; ``ms``: GB of closed gaps longer than
-        each candidate; ``f``/``nreads``/``wsum``: (..., CLASSES) reads entering the class (an object's 1st,
-        2nd or 3rd read in the region), reads and their GB.
+        """TTLs into region ``d`` per class (and the region's pool, last) and source: shape
+        (..., CLASSES + 1, regions). ``a``: (..., CLASSES, K) GB-seconds at risk up to each candidate; ``ms``: GB
+        of closed gaps longer than each candidate; ``f``/``nreads``/``wsum``: (..., CLASSES) reads entering the
+        class (an object's 1st, 2nd or 3rd read in the region), reads and their GB.
 
         Expected cost of a read kept tau: its GB x (storage x expected seconds kept + egress x P(re-read after
         tau)), plus a PUT when tau > 0 and the read is a miss: always for a first read; for a second read when
         the first read's TTL ran out before it; for later reads, the third when the second's TTL ran out, the
-        rest as often as their own gaps outlast tau."""
-        a = np.concatenate([a, a.sum(-2, keepdims=True)], -2)
-        ms = np.concatenate([ms, ms.sum(-2, keepdims=True)], -2)
-        f, nreads, wsum = (np.concatenate([x, x.sum(-1, keepdims=True)], -1) for x in (f, nreads, wsum))
+        rest as often as their own gaps outlast tau. A class with few reads takes its size's pool (all read
+        counts), a thin size pool T_even: objects of another size say little about these."""
+        lead = a.shape[:-2]
+        k = a.shape[-1]
+        by_size = (lambda x, tail: x.reshape(lead + (SIZE_CLASSES, READ_CLASSES) + tail).sum(len(lead) + 1))
+        a = np.concatenate([a, by_size(a, (k,)), a.sum(-2, keepdims=True)], -2)   # classes, sizes, region
+        ms = np.concatenate([ms, by_size(ms, (k,)), ms.sum(-2, keepdims=True)], -2)
+        firsts = np.concatenate([f[..., ::READ_CLASSES], f[..., ::READ_CLASSES].sum(-1, keepdims=True)], -1)
+        f, nreads, wsum = (np.concatenate([x, by_size(x, ()), x.sum(-1, keepdims=True)], -1)
+                           for x in (f, nreads, wsum))
         ttl, te = self.ttls[d], self.t_even[:, d]
+        out_shape = lead + (CLASSES + 1, len(te))
         if self.storage[d] <= 0:
-            return np.broadcast_to(te, a.shape[:-1] + (len(te),)).copy()
-        surv, stored, gone = survival(ttl, a, ms)                           # (..., C+1, K)
+            return np.broadcast_to(te, out_shape).copy()
+        surv, stored, gone = survival(ttl, a, ms)                           # (..., rows, K)
         reads = np.maximum(nreads, 1)
         refetched = surv - gone[..., None]                                  # P(re-read after the TTL)
         after_gap = np.where((1 - gone)[..., None] > 1e-12,
                              np.clip(refetched / np.maximum(1 - gone, 1e-12)[..., None], 0, 1), 1.0)
         per_read = (wsum / reads)[..., None, None]                          # GB
         base = per_read * (self.storage[d] * stored[..., None, :]
-                           + self.egress[:, d][:, None] * refetched[..., None, :])  # (..., C+1, R, K)
+                           + self.egress[:, d][:, None] * refetched[..., None, :])  # (..., rows, R, K)
         put = self.put[d] * (ttl > 0)
         enough = nreads >= MIN_HISTORY
         te_index = np.searchsorted(ttl, np.minimum(te, ttl[-1]))
         rows = [np.arange(n, CLASSES, READ_CLASSES) for n in range(READ_CLASSES)]  # first, second, later reads
-        firsts = f[..., rows[0]].sum(-1) / reads[..., -1]
-        pooled = firsts[..., None] + (1 - firsts[..., None]) * after_gap[..., -1, :]
-        pick = _cheapest(base[..., -1, :, :] + put * pooled[..., None, :], ttl, te)  # (..., R)
-        pool_ok = enough[..., -1, None]
+        pools = CLASSES + np.arange(SIZE_CLASSES + 1)                       # sizes, then the region
+        first_share = (firsts / reads[..., pools])[..., None]
+        pooled = first_share + (1 - first_share) * after_gap[..., pools, :]
+        pool_pick = _cheapest(base[..., pools, :, :] + put * pooled[..., None, :], ttl, te)  # (..., 8, R)
+        pool_used = np.where(enough[..., pools, None], pool_pick, te_index)
+        size_pool = pool_used[..., :SIZE_CLASSES, :]
 
-        def used(p, n):  # the index actually used by class ``n`` reads (thin classes take the pool's)
-            return np.where(pool_ok[..., None], np.where(enough[..., rows[n], None], p, pick[..., None, :]),
-                            te_index)
+        def used(p, n):  # the candidate actually used by class-n reads: thin classes take their size's pool
+            return np.where(enough[..., rows[n], None], p, size_pool)
 
         def gap_after(n):  # P(a gap after a class-n read outlasts each candidate), the pool's for thin classes
-            return np.where(enough[..., rows[n], None], after_gap[..., rows[n], :], after_gap[..., -1:, :])
+            return np.where(enough[..., rows[n], None], after_gap[..., rows[n], :], after_gap[..., CLASSES:-1, :])
 
-        out = np.empty(a.shape[:-1] + (len(te),), np.int64)
-        out[..., -1, :] = pick
-        out[..., rows[0], :] = p0 = _cheapest(base[..., rows[0], :, :] + put, ttl, te)  # a first read: a miss
-        miss1 = np.take_along_axis(gap_after(0), used(p0, 0), -1)                        # (..., sizes, R)
-        out[..., rows[1], :] = p1 = _cheapest(base[..., rows[1], :, :] + put * miss1[..., None], ttl, te)
-        entry = (f[..., rows[2]] / reads[..., rows[2]])[..., None, None]                # third reads' share
-        miss2 = (entry * np.take_along_axis(gap_after(1), used(p1, 1), -1)[..., None]
+        out = np.empty(out_shape, np.int64)
+        out[..., -1, :] = pool_used[..., -1, :]
+        out[..., rows[0], :] = p0 = used(_cheapest(base[..., rows[0], :, :] + put, ttl, te), 0)  # always a miss
+        miss1 = np.take_along_axis(gap_after(0), p0, -1)                                       # (..., sizes, R)
+        out[..., rows[1], :] = p1 = used(_cheapest(base[..., rows[1], :, :] + put * miss1[..., None], ttl, te), 1)
+        entry = (f[..., rows[2]] / reads[..., rows[2]])[..., None, None]                       # third reads' share
+        miss2 = (entry * np.take_along_axis(gap_after(1), p1, -1)[..., None]
                  + (1 - entry) * after_gap[..., rows[2], None, :])
-        out[..., rows[2], :] = _cheapest(base[..., rows[2], :, :] + put * miss2, ttl, te)
-        chosen = ttl[out]
-        chosen = np.where(enough[..., None], chosen, chosen[..., -1:, :])  # a thin class: its region's pool
-        return np.where(enough[..., -1:, None], chosen, te)                # a thin region: T_even
+        out[..., rows[2], :] = used(_cheapest(base[..., rows[2], :, :] + put * miss2, ttl, te), 2)
+        return ttl[out]
 
     def t_even_table(self) -> np.ndarray:
         """Before any history: T_even(source, region) for every class. Shape (regions, CLASSES + 1, regions)."""
