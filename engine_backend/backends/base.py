@@ -1,7 +1,10 @@
 """What every backend offers the UDF layer: ordered batches in, one result per request out."""
 from __future__ import annotations
 
+import hashlib
+import json
 from abc import ABC, abstractmethod
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +67,11 @@ class Backend(ABC):
     def stats(self) -> dict[str, Any]:
         return {}
 
+    def history(self) -> "BatchHistory | None":
+        """What this backend measured on its past batches (``BatchHistory``), for ``llm_sql.explain``'s
+        estimates; None when it keeps none."""
+        return getattr(getattr(self, "_totals", None), "history", None)
+
     def close(self) -> None:
         pass
 
@@ -74,15 +82,91 @@ class Backend(ABC):
         self.close()
 
 
+def params_kind(params: SamplingParams) -> str:
+    """The kind of a request, as far as how many tokens it generates goes: its output constraint (free text,
+    choices, a JSON schema, a regex) and its bounds. ``BatchHistory`` keeps generated tokens per kind."""
+    def digest(value: Any) -> str:
+        return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+    if params.choices is not None:
+        kind = f"choices:{digest(params.choices)}"
+    elif params.json_schema is not None:
+        kind = f"json:{digest(params.json_schema)}"
+    elif params.regex is not None:
+        kind = f"regex:{digest(params.regex)}"
+    else:
+        kind = "text"
+    kind += f" max_tokens={params.max_tokens}"
+    if params.stop or params.stop_token_ids:
+        kind += f" stop:{digest([params.stop, params.stop_token_ids])}"
+    if params.ignore_eos:
+        kind += " ignore_eos"
+    if params.reasoning:
+        kind += f" reasoning={params.max_reasoning_tokens}"
+    return kind
+
+
+@dataclass
+class BatchRecord:
+    """One ``generate`` call as the backend measured it."""
+
+    requests: int
+    uncached_prompt_tokens: int  # prompt tokens computed (not served by the prefix cache)
+    generated_tokens: int
+    seconds: float
+    steps: int | None = None  # engine steps, where the backend can say (the embedded engine's schedule)
+
+
+class BatchHistory:
+    """A small record of a backend's past batches (the last ``size``) and, per kind of request
+    (``params_kind``), how many tokens its requests generated: what ``llm_sql.estimate`` fits its time model
+    and its expected output lengths on."""
+
+    MAX_KINDS = 256
+
+    def __init__(self, size: int = 64) -> None:
+        self.batches: deque[BatchRecord] = deque(maxlen=size)
+        self.generated: dict[str, list[int]] = {}  # kind -> [requests that succeeded, tokens they generated]
+
+    def add(self, results: list[GenerationResult], seconds: float,
+            requests: list[GenerationRequest] | None = None, steps: int | None = None) -> None:
+        if not results:
+            return
+        self.batches.append(BatchRecord(
+            requests=len(results),
+            uncached_prompt_tokens=sum(max(0, r.prompt_tokens - r.cached_prompt_tokens) for r in results),
+            generated_tokens=sum(r.completion_tokens for r in results), seconds=float(seconds), steps=steps))
+        if requests is None or len(requests) != len(results):
+            return
+        for req, res in zip(requests, results):
+            if not res.ok:
+                continue
+            kind = params_kind(req.params)
+            entry = self.generated.pop(kind, None) or [0, 0]  # re-inserted last: the newest kinds are kept
+            entry[0] += 1
+            entry[1] += res.completion_tokens
+            self.generated[kind] = entry
+        while len(self.generated) > self.MAX_KINDS:
+            del self.generated[next(iter(self.generated))]
+
+    def generated_per_request(self, kind: str) -> tuple[float, int] | None:
+        """(mean generated tokens per request, requests measured) for ``kind``, or None if never seen."""
+        entry = self.generated.get(kind)
+        return (entry[1] / entry[0], entry[0]) if entry and entry[0] else None
+
+
 class _Totals:
-    """Running token and request counts shared by the backends' ``stats()``."""
+    """Running token and request counts shared by the backends' ``stats()``, and the batch history."""
 
     def __init__(self) -> None:
         self.requests = self.errors = 0
         self.prompt_tokens = self.cached_prompt_tokens = self.completion_tokens = 0
         self.seconds = 0.0
+        self.history = BatchHistory()
 
-    def add(self, results: list[GenerationResult], seconds: float) -> None:
+    def add(self, results: list[GenerationResult], seconds: float,
+            requests: list[GenerationRequest] | None = None, steps: int | None = None) -> None:
+        self.history.add(results, seconds, requests, steps)
         self.requests += len(results)
         self.errors += sum(not r.ok for r in results)
         self.prompt_tokens += sum(r.prompt_tokens for r in results)

@@ -31,6 +31,76 @@ def result_from_output(out: Any, tokenizer: Any = None) -> GenerationResult:
     )
 
 
+def simulate_steps(token_lists: list[list[int]], cached: list[int], generated: list[int], block_size: int,
+                   max_num_seqs: int, max_num_batched_tokens: int) -> int:
+    """How many scheduler steps the engine takes for these requests, sent in this order: ``cached[i]`` prompt
+    tokens of request ``i`` served by the prefix cache, ``generated[i]`` tokens generated (at least one).
+
+    The scheduler's rules (``engine_backend.scheduler``) without its memory: each step first gives every
+    running request its next chunk of prompt (or its one decoding token) within ``max_num_batched_tokens``,
+    then admits waiting requests in order while tokens and ``max_num_seqs`` slots are left, except that a
+    request whose cached prefix an earlier request is still computing waits for it to be published (and so
+    does everyone behind it). A request's first token comes with its last prompt chunk. No preemption, no
+    speculation: what ``BatchHistory`` and ``llm_sql.estimate`` count steps with, the same way on both sides."""
+    from collections import deque
+
+    n = len(token_lists)
+    owner: dict[tuple, tuple[int, int]] = {}  # (parent block id, block tokens) -> (block id, request computing it)
+    dep: list[tuple[int, int] | None] = [None] * n  # (request, tokens it must have computed) before admission
+    for i, toks in enumerate(token_lists):
+        hit_blocks = min(cached[i], max(0, len(toks) - 1)) // block_size
+        parent = -1
+        for k in range(len(toks) // block_size):
+            key = (parent, tuple(toks[k * block_size:(k + 1) * block_size]))
+            got = owner.get(key)
+            if got is None:
+                got = owner[key] = (len(owner), i)
+            if k == hit_blocks - 1 and got[1] != i:
+                dep[i] = (got[1], hit_blocks * block_size)
+            parent = got[0]
+    length = [max(1, len(t)) for t in token_lists]
+    computed = [0] * n
+    produced = [0] * n
+    done = [False] * n
+    waiting, running = deque(range(n)), []
+    steps = 0
+    while waiting or running:
+        budget = max_num_batched_tokens
+        batch: list[tuple[int, int]] = []
+        for i in running:
+            if budget <= 0:
+                break
+            k = min(length[i] - computed[i], budget) if computed[i] < length[i] else 1
+            batch.append((i, k))
+            budget -= k
+        if len(batch) == len(running):
+            while waiting and budget > 0 and len(running) < max_num_seqs:
+                i = waiting[0]
+                d = dep[i]
+                if d is not None and not done[d[0]] and computed[d[0]] < d[1]:
+                    break  # its prefix is still being computed by an earlier request
+                waiting.popleft()
+                computed[i] = min(cached[i], length[i] - 1)
+                k = min(length[i] - computed[i], budget)
+                running.append(i)
+                batch.append((i, k))
+                budget -= k
+        if not batch:  # cannot happen with the rules above; never loop forever
+            break
+        for i, k in batch:
+            if computed[i] < length[i]:
+                computed[i] += k
+                if computed[i] >= length[i]:
+                    produced[i] += 1
+            else:
+                produced[i] += 1
+            if produced[i] >= max(1, generated[i]):
+                done[i] = True
+        running = [i for i in running if not done[i]]
+        steps += 1
+    return steps
+
+
 class EmbeddedBackend(Backend):
     """``EmbeddedBackend(model=DIR, device="cpu", ...)``: keyword arguments go to ``LLMEngine``.
 
@@ -59,15 +129,49 @@ class EmbeddedBackend(Backend):
         with self._lock:
             start = time.perf_counter()
             outputs = self.engine.generate(prompts, params, use_tqdm=progress)
+            seconds = time.perf_counter() - start
             results = [result_from_output(o, self.engine.tokenizer) for o in outputs]
-            self._totals.add(results, time.perf_counter() - start)
+            ran = [o for o in outputs if o.prompt_token_ids]  # a rejected prompt never reached the scheduler
+            steps = self.steps_for([o.prompt_token_ids for o in ran], [o.num_cached_tokens or 0 for o in ran],
+                                   [len(o.token_ids) for o in ran])
+            self._totals.add(results, seconds, requests, steps)
         return results
+
+    def steps_for(self, token_lists: list[list[int]], cached: list[int], generated: list[int]) -> int:
+        """``simulate_steps`` with this engine's block size and scheduler limits."""
+        s = self.engine.scheduler
+        return simulate_steps(token_lists, cached, generated, self.engine.kv.block_size, s.max_num_seqs,
+                              s.max_num_batched_tokens)
 
     def check(self, params: Any) -> None:
         if params.reasoning:
             from engine_backend.reasoning import require_format
 
             require_format(self.engine.tokenizer, self.engine.model_name)
+
+    def cached_prefix_blocks(self, token_lists: list[list[int]]) -> list[int]:
+        """For each prompt (token ids), how many of its leading full blocks the engine's prefix cache could serve
+        now (every layer type, device or host tier; at least one token left to compute), as ``match_prefix``
+        would find them. Nothing is allocated, attached or touched; no request is made."""
+        from types import SimpleNamespace
+
+        from engine_backend.sequence import Sequence
+
+        kv = self.engine.kv
+        if not kv.enable_prefix_caching:
+            return [0] * len(token_lists)
+        with self._lock:
+            tiers = [a for m in kv.managers.values() for a in (m.device, m.host) if a is not None]
+            if not any(a.cached for a in tiers):
+                return [0] * len(token_lists)
+            out = []
+            for ids in token_lists:
+                keys = Sequence.block_keys(SimpleNamespace(token_ids=list(ids), _block_keys=[]), kv.block_size,
+                                           max(0, len(ids) - 1) // kv.block_size)
+                present = {name: [m.device.lookup(k) is not None or (m.host is not None and m.host.lookup(k) is not None)
+                                  for k in keys] for name, m in kv.managers.items()}
+                out.append(kv._aligned_hit(present, len(keys)) if keys else 0)
+            return out
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
