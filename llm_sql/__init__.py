@@ -57,11 +57,13 @@ def last_stats(con):
     return _last_stats(con)
 
 
-def explain(con, query: str, count: bool = True):
-    """The rewritten SQL, the stages, field order, estimated prefix hit rate and tokens (no LLM call)."""
+def explain(con, query: str, count: bool = True, analyze: bool = False):
+    """The rewritten SQL and the stages with their estimates: rows, distinct inputs, tokenised prompt tokens,
+    expected prefix hits, generated tokens and seconds (no LLM call). ``analyze=True`` runs the query and puts
+    the actual figures beside the estimates (``llm_sql.estimate``)."""
     from llm_sql.duckdb_mode import explain as _explain
 
-    return _explain(con, query, count=count)
+    return _explain(con, query, count=count, analyze=analyze)
 
 
 def spark_session(model=None, **options):

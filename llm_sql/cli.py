@@ -76,8 +76,8 @@ def cmd_query(args: argparse.Namespace) -> int:
     con = duckdb.connect()
     try:
         db = llm_sql.register(con, **options)
-        if args.explain:
-            print(llm_sql.explain(db, args.sql))
+        if args.explain or args.analyze:
+            print(llm_sql.explain(db, args.sql, analyze=args.analyze))
             return 0
         rel = db.sql(args.sql)
         if rel is not None:
@@ -145,7 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--base-url", default=None, metavar="URL", help="an OpenAI-compatible server instead of "
                                                                         "the embedded engine")
     query.add_argument("--api-key", default=None, help="bearer token for --base-url (default: $LLM_SQL_API_KEY)")
-    query.add_argument("--explain", action="store_true", help="print the plan (stages, estimates) and exit")
+    query.add_argument("--explain", action="store_true",
+                       help="print the plan and each LLM stage's estimates (rows, distinct inputs, tokenised prompt "
+                            "tokens, expected prefix hits, generated tokens, seconds) without calling the LLM")
+    query.add_argument("--analyze", action="store_true",
+                       help="run the query and print the plan with each stage's estimates beside its actual "
+                            "figures (the result rows are not printed)")
     query.add_argument("--stats", action="store_true", help="print the run statistics after the results")
     query.add_argument("--no-optimize", action="store_true",
                        help="no rewriting: every call per row through the fallback UDF, no dedup or reordering")

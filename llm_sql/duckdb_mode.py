@@ -74,6 +74,7 @@ class LLMConnection:
         self.session = session
         self._views: list[str] = []
         self._typed_udfs: set[str] = set()  # llm_extract UDFs registered, one per schema
+        self._before_stage = None  # explain(analyze=True): called with (plan, stage) before each stage runs
 
     # -- the optimised path ------------------------------------------------------------------------------
     def plan(self, query: str) -> QueryPlan:
@@ -164,6 +165,8 @@ class LLMConnection:
             return (query, False) if aggregates else (None, False)
         try:
             for stage in plan.stages:
+                if self._before_stage is not None:
+                    self._before_stage(plan, stage)
                 self._run_stage(stage, stats)
         except duckdb.Error as exc:
             self._fall_back(stats, exc)
@@ -278,8 +281,8 @@ class LLMConnection:
         finally:
             self._end(stats, start)
 
-    def explain(self, query: str, count: bool = True) -> "Explanation":
-        return explain(self, query, count=count)
+    def explain(self, query: str, count: bool = True, analyze: bool = False) -> "Explanation":
+        return explain(self, query, count=count, analyze=analyze)
 
     def last_stats(self) -> QueryStats:
         return self.session.last
@@ -361,14 +364,34 @@ def last_stats(con: Any) -> QueryStats:
 
 
 # -- explain ----------------------------------------------------------------------------------------------
+# (label, the estimate's key in a stage record, the actual's key in last_stats' stage record)
+_COMPARED = (("requests", "est_requests", "llm_calls"),
+             ("prompt tokens", "est_prompt_tokens", "prompt_tokens"),
+             ("cached prompt tokens", "est_cached_prompt_tokens", "cached_prompt_tokens"),
+             ("generated tokens", "est_generated_tokens", "generated_tokens"),
+             ("LLM seconds", "est_seconds", "llm_seconds"))
+
+
 class Explanation:
-    def __init__(self, plan: QueryPlan, stages: list[dict[str, Any]]):
-        self.plan, self.stages = plan, stages
+    """What ``explain`` found: the plan, one record per stage (counts and estimates), and with ``analyze`` the
+    run's statistics (``actual``: ``last_stats``; each stage record's ``actual``: its stage in it)."""
+
+    def __init__(self, plan: QueryPlan, stages: list[dict[str, Any]], actual: QueryStats | None = None,
+                 probe_seconds: float = 0.0, result_rows: int | None = None):
+        self.plan, self.stages, self.actual = plan, stages, actual
         self.sql = plan.sql
+        self.probe_seconds, self.result_rows = probe_seconds, result_rows
+
+    @property
+    def analyzed(self) -> bool:
+        return self.actual is not None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"original_sql": self.plan.original_sql, "rewritten_sql": self.plan.sql, "stages": self.stages,
-                "fallbacks": [{"call": c, "reason": r} for c, r in self.plan.fallbacks]}
+        d = {"original_sql": self.plan.original_sql, "rewritten_sql": self.plan.sql, "stages": self.stages,
+             "fallbacks": [{"call": c, "reason": r} for c, r in self.plan.fallbacks]}
+        if self.actual is not None:
+            d.update(actual=self.actual.as_dict(), probe_seconds=self.probe_seconds, result_rows=self.result_rows)
+        return d
 
     def __str__(self) -> str:
         lines = []
@@ -382,20 +405,77 @@ class Explanation:
                 lines.append(f"  field order:         {', '.join(s['field_order'])}")
             if s.get("distinct_inputs") is not None:
                 lines.append(f"  rows in / distinct:  {s['rows_in']} / {s['distinct_inputs']}")
-                lines.append(f"  est. prefix hit:     {s['est_hit_rate']:.1%} (original order "
-                             f"{s['est_hit_rate_original']:.1%})")
-                lines.append(f"  est. prompt tokens:  {s['est_prompt_tokens']}")
+                lines.extend(_estimate_lines(s))
+            elif s.get("count_error"):
+                lines.append(f"  inputs:              not counted ({s['count_error']})")
             else:
-                lines.append("  inputs:              counted when the earlier stages have run")
+                lines.append("  inputs:              counted when the earlier stages have run (explain(..., "
+                             "analyze=True) counts them then)")
             lines.append(f"  inputs SQL:          {s['sql']}")
             if s.get("routing"):
                 lines.append(f"  routing:             {_routing_line(s['routing'])}")
         for call, why in self.plan.fallbacks:
             lines.append(f"fallback UDF: {call} ({why})")
         lines.append(f"rewritten SQL: {self.plan.sql}")
+        if self.actual is not None:
+            a = self.actual
+            lines.append(f"ran: {self.result_rows if self.result_rows is not None else 0} result rows in "
+                         f"{a.total_seconds:.3f} s (LLM {a.llm_seconds:.3f} s, reordering {a.solve_seconds:.3f} s)"
+                         + (f"; of the total, {self.probe_seconds:.2f} s probed the backend first"
+                            if self.probe_seconds else ""))
+            if a.fallback_reason:
+                lines.append(f"fallback: {a.fallback_reason}")
         return "\n".join(lines)
 
     __repr__ = __str__
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "unknown"
+    if isinstance(value, float):
+        return f"{value:.3f}" if value < 100 else f"{value:,.0f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _estimate_lines(s: dict[str, Any]) -> list[str]:
+    if "est_prompt_tokens" not in s:
+        return []
+    if "est_requests" not in s:  # not estimated beyond the prompts (a multi-label join)
+        return [f"  est. prompt tokens:  {s['est_prompt_tokens']} (guessed: characters / 4)",
+                f"  est. prefix hit:     {s['est_hit_rate']:.1%} (original order {s['est_hit_rate_original']:.1%})",
+                f"  note:                {s['est_note']}"]
+    actual = s.get("actual")
+    lines = []
+    if actual is None:
+        cache = f" ({s['est_result_cache_hits']} answered by the result cache)" if s.get("est_result_cache_hits") else ""
+        lines += [f"  est. requests:       {s['est_requests']}{cache}",
+                  f"  est. prompt tokens:  {s['est_prompt_tokens']} ({s['est_tokens_source']})",
+                  f"  est. prefix hit:     {s['est_hit_rate']:.1%} (original order {s['est_hit_rate_original']:.1%}; "
+                  f"{s['est_hit_source']})",
+                  f"  est. generated tok.: {s['est_generated_tokens']} ({s['est_generated_source']})",
+                  f"  est. LLM seconds:    {_fmt(s['est_seconds'])} ({s['est_seconds_source']})"]
+    else:
+        rows = [("", "estimate", "actual", "est/actual")]
+        for label, est_key, act_key in _COMPARED:
+            e, a = s.get(est_key), actual.get(act_key)
+            ratio = f"{e / a:.2f}" if isinstance(e, (int, float)) and a else ""
+            rows.append((label, _fmt(e), _fmt(a), ratio))
+        act_hit = actual["cached_prompt_tokens"] / actual["prompt_tokens"] if actual.get("prompt_tokens") else 0.0
+        rows.insert(4, ("prefix hit", f"{s['est_hit_rate']:.1%}", f"{act_hit:.1%}", ""))
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        for r in rows:
+            lines.append("  " + r[0].ljust(widths[0] + 2) + "  ".join(c.rjust(w) for c, w in zip(r[1:], widths[1:])))
+        lines += [f"  prompt tokens:       {s['est_tokens_source']}; prefix hit: {s['est_hit_source']} (original "
+                  f"order {s['est_hit_rate_original']:.1%})",
+                  f"  generated tokens:    {s['est_generated_source']}",
+                  f"  LLM seconds:         {s['est_seconds_source']}"]
+        if actual.get("cache_hits"):
+            lines.append(f"  result cache:        {actual['cache_hits']} answered (estimated "
+                         f"{s['est_result_cache_hits']})")
+    if s.get("est_note"):
+        lines.append(f"  note:                {s['est_note']}")
+    return lines
 
 
 def _routing_line(r: dict[str, Any]) -> str:
@@ -417,36 +497,11 @@ def _routing_line(r: dict[str, Any]) -> str:
 
 
 def _estimate(w: LLMConnection, stage: Stage, info: dict[str, Any]) -> None:
-    """Count the stage's inputs and estimate its prefix hit rate (no LLM call)."""
-    from optimizer.metrics import trie_hit_rate
-    from udf.batch import plan_order
-    from udf.functions import make_call
-    from udf.options import DEFAULT_MAX_FIELD_CHARS, DEFAULT_REORDER_FIELDS, merge_options
-    from udf.prompts import build_prompt, prompt_head, render_value
+    """Count the stage's inputs and estimate its requests, tokens, prefix hits and seconds (``llm_sql.estimate``;
+    no LLM call)."""
+    from llm_sql.estimate import estimate_stage
 
-    call = make_call(stage.function, instruction=stage.instruction, field_names=stage.field_names,
-                     labels=stage.labels, options=stage.options)
-    opts = merge_options(w.session.defaults, call.options)
-    max_chars = int(opts.get("max_field_chars", DEFAULT_MAX_FIELD_CHARS))
-    distinct = w.con.sql(stage.sql).fetchall()
-    info["rows_in"] = int(w.con.sql(stage.count_sql).fetchall()[0][0])
-    rendered = list(dict.fromkeys(tuple(render_value(v, max_chars) for v in r) for r in distinct
-                                  if not all(v is None for v in r)))
-    info["distinct_inputs"] = len(rendered)
-    head = prompt_head(call.function, call.instruction, call.labels, opts.get("system"))
-    order, fields, _ = plan_order(call, rendered, w.session.settings.reorder,
-                                  bool(opts.get("reorder_fields", DEFAULT_REORDER_FIELDS)))
-    prompts = [build_prompt(head, call.function, [call.field_names[i] for i in fo], [rendered[g][i] for i in fo])
-               for g, fo in zip(order, fields)]
-    original = [build_prompt(head, call.function, list(call.field_names), list(r)) for r in rendered]
-    info["est_hit_rate"] = trie_hit_rate(prompts) if prompts else 0.0
-    info["est_hit_rate_original"] = trie_hit_rate(original) if original else 0.0
-    info["est_prompt_tokens"] = sum(len(p) for p in prompts) // 4  # ~4 characters a token
-    if fields:
-        from collections import Counter
-
-        common = Counter(fields).most_common(1)[0][0]
-        info["field_order"] = [call.field_names[i] for i in common]
+    estimate_stage(w.con, w.session, stage, info)
 
 
 def _routing_plan(w: LLMConnection, stage: Stage) -> dict[str, Any] | None:
@@ -464,24 +519,78 @@ def _routing_plan(w: LLMConnection, stage: Stage) -> dict[str, Any] | None:
     return describe(call, w.session.defaults)
 
 
-def explain(con: Any, query: str, count: bool = True) -> Explanation:
-    """The rewritten SQL and the stages, with input counts and estimated prefix hit rate and tokens for the
-    stages that read only the base tables (no LLM is called)."""
+def _stage_info(w: LLMConnection, s: Stage) -> dict[str, Any]:
+    info: dict[str, Any] = {"stage": s.index, "call": s.call_sql, "role": s.role, "fields": list(s.field_names),
+                            "depends_on": list(s.depends_on), "sql": s.sql, "table": s.table, "uses": s.uses}
+    routing = _routing_plan(w, s)
+    if routing is not None:
+        info["routing"] = routing
+    return info
+
+
+def _count_and_estimate(w: LLMConnection, s: Stage, info: dict[str, Any]) -> None:
+    try:
+        _estimate(w, s, info)
+    except duckdb.Error as exc:
+        info["count_error"] = str(exc).splitlines()[0]
+
+
+def explain(con: Any, query: str, count: bool = True, analyze: bool = False) -> Explanation:
+    """The rewritten SQL and the stages. ``count``: for the stages that read only the base tables, the input
+    counts and the estimates of ``llm_sql.estimate`` (requests, tokenised prompt tokens, expected prefix hits,
+    generated tokens, seconds from the backend's measured throughput); no LLM is called.
+
+    ``analyze``: run the query (its result is dropped), estimating each stage just before it runs, so that the
+    stages after an earlier one are counted too, and put the run's statistics beside the estimates
+    (``Explanation.actual`` is ``last_stats``). A backend that has measured fewer batches than its time model has
+    terms is probed first (``llm_sql.estimate.probe``, a few small batches) so the time can be estimated."""
     from udf.agg import rewrite_duckdb
 
     w = _wrapper(con)
-    plan = w.plan(rewrite_duckdb(query))
+    query = rewrite_duckdb(query)
+    if analyze:
+        return _analyze(w, query)
+    plan = w.plan(query)
     stages = []
     for s in plan.stages:
-        info: dict[str, Any] = {"stage": s.index, "call": s.call_sql, "role": s.role, "fields": list(s.field_names),
-                                "depends_on": list(s.depends_on), "sql": s.sql, "table": s.table, "uses": s.uses}
-        routing = _routing_plan(w, s)
-        if routing is not None:
-            info["routing"] = routing
+        info = _stage_info(w, s)
         if count and not s.depends_on:
-            try:
-                _estimate(w, s, info)
-            except duckdb.Error as exc:
-                info["count_error"] = str(exc).splitlines()[0]
+            _count_and_estimate(w, s, info)
         stages.append(info)
     return Explanation(plan, stages)
+
+
+def _analyze(w: LLMConnection, query: str) -> Explanation:
+    from llm_sql.estimate import probe, stage_backend, time_model
+
+    seen: dict[str, Any] = {"plan": None, "probe": 0.0}
+    stages: list[dict[str, Any]] = []
+
+    def before(plan: QueryPlan, stage: Stage) -> None:
+        seen["plan"] = plan
+        info = _stage_info(w, stage)
+        backend = stage_backend(w.session, stage)
+        model = time_model(backend)
+        if model is None or model.batches < len(model.coef):  # fewer batches than terms: the fit is a guess
+            start = time.perf_counter()
+            probe(backend)
+            seen["probe"] += time.perf_counter() - start
+        _count_and_estimate(w, stage, info)
+        stages.append(info)
+
+    w._before_stage = before
+    try:
+        rel = w.sql(query)
+        result_rows = len(rel.fetchall()) if rel is not None else None
+    finally:
+        w._before_stage = None
+    actual = w.session.last
+    plan = seen["plan"]
+    if plan is None:  # no stage ran (no LLM call, or every call on the fallback UDFs): nothing to set beside
+        plan = QueryPlan(query, query, has_llm_calls=_has_calls(query))
+    by_index = {s["stage"]: s for s in actual.stages}
+    for info in stages:
+        ran = by_index.get(info["stage"])
+        if ran is not None:
+            info["actual"] = ran
+    return Explanation(plan, stages, actual=actual, probe_seconds=seen["probe"], result_rows=result_rows)
