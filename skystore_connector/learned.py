@@ -41,11 +41,13 @@ SIZE_CLASSES = 7
 READ_CLASSES = 3
 CLASSES = SIZE_CLASSES * READ_CLASSES
 MIN_HISTORY = 30
+PRIOR_READS = 10  # reads' worth of GB at risk in every interval, re-read at the break-even rate
 FIRST_EPOCH = 256
 EPOCH_GROWTH = 4
 SMALLEST_TTL_S = 1.0
 TTLS_PER_DECADE = 4
 MAX_TRACKED_KEYS = 1_000_000  # per region: the oldest are forgotten (memory of a long-running gateway)
+MARGIN = 0.1  # the share of T_even's expected cost a shorter TTL must save to be chosen
 NEAR = 1e-9  # costs this close (relative) count as equal; the longest TTL among them wins
 
 
@@ -108,15 +110,16 @@ class Model:
         out_shape = lead + (CLASSES + 1, len(te))
         if self.storage[d] <= 0:
             return np.broadcast_to(te, out_shape).copy()
-        surv, stored, gone = survival(ttl, a, ms)                           # (..., rows, K)
         reads = np.maximum(nreads, 1)
-        refetched = surv - gone[..., None]                                  # P(re-read after the TTL)
-        after_gap = np.where((1 - gone)[..., None] > 1e-12,
-                             np.clip(refetched / np.maximum(1 - gone, 1e-12)[..., None], 0, 1), 1.0)
+        finite = te[np.isfinite(te) & (te > 0)]
+        prior_rate = 1.0 / finite.min() if len(finite) else 0.0
+        surv, stored = survival(ttl, a, ms, prior_rate, PRIOR_READS * wsum / reads)  # (..., rows, K)
+        refetched = after_gap = surv                                        # P(re-read after the TTL)
         per_read = (wsum / reads)[..., None, None]                          # GB
-        base = per_read * (self.storage[d] * stored[..., None, :]
-                           + self.egress[:, d][:, None] * refetched[..., None, :])  # (..., rows, R, K)
         put = self.put[d] * (ttl > 0)
+        # a re-fetch costs egress, and a PUT when the copy is kept again (as this candidate would)
+        base = (per_read * (self.storage[d] * stored[..., None, :] + self.egress[:, d][:, None] * refetched[..., None, :])
+                + (put * refetched)[..., None, :])                         # (..., rows, R, K)
         enough = nreads >= MIN_HISTORY
         te_index = np.searchsorted(ttl, np.minimum(te, ttl[-1]))
         rows = [np.arange(n, CLASSES, READ_CLASSES) for n in range(READ_CLASSES)]  # first, second, later reads
@@ -150,36 +153,36 @@ class Model:
 
 
 def _cheapest(cost: np.ndarray, ttls: np.ndarray, te: np.ndarray) -> np.ndarray:
-    """Index of the cheapest candidate not above T_even(source); among near-equal costs the longest.
-    ``cost``: (..., sources, K)."""
+    """Index of the cheapest candidate not above T_even(source), among near-equal costs the longest; T_even
+    itself unless the cheapest saves ``MARGIN`` of its cost (T_even is never more than twice the optimum on
+    any gap; a shorter TTL must be clearly worth the risk). ``cost``: (..., sources, K)."""
     allowed = ttls[None, :] <= te[:, None] * (1 + 1e-12)
     cost = np.where(allowed, cost, np.inf)
     best = cost.min(-1, keepdims=True)
     near = cost <= best + NEAR * np.abs(best)
-    return len(ttls) - 1 - np.argmax(near[..., ::-1], -1)
+    pick = len(ttls) - 1 - np.argmax(near[..., ::-1], -1)
+    at_te = np.searchsorted(ttls, np.minimum(te, ttls[-1]))                 # (sources,)
+    te_cost = np.take_along_axis(cost, np.broadcast_to(at_te[:, None], cost.shape[:-1] + (1,)), -1)[..., 0]
+    return np.where(best[..., 0] < (1 - MARGIN) * te_cost, pick, at_te)
 
 
-def survival(ttls: np.ndarray, a: np.ndarray, ms: np.ndarray):
-    """Re-read survival at each candidate TTL from byte-weighted exposure: between candidates, the hazard is
-    (GB re-read in that interval) / (GB-seconds at risk in it); past the oldest read seen, the hazard of its
-    last decade carries on (no re-read there: none ever). Returns P(no re-read yet) at each candidate,
-    the expected seconds kept (integral of that up to the candidate) and P(never re-read)."""
+def survival(ttls: np.ndarray, a: np.ndarray, ms: np.ndarray, prior_rate: float, prior_gb: np.ndarray):
+    """Re-read survival at each candidate TTL. Between candidates the hazard is (GB re-read in that interval) /
+    (GB-seconds at risk in it), both plus a prior: ``prior_gb`` GB at risk throughout, re-read at
+    ``prior_rate`` (the break-even rate, where keeping and re-fetching cost the same). Few reads, or ages past
+    the oldest read seen, leave the estimate near break-even, where the longest TTL wins; many reads decide.
+    Returns P(no re-read yet) at each candidate and the expected seconds kept (its integral up to each)."""
     delta = np.diff(ttls)
-    exposure = np.diff(a, axis=-1)
+    exposure = np.maximum(np.diff(a, axis=-1), 0.0)
     events = np.maximum(ms[..., :-1] - ms[..., 1:], 0.0)
-    observed = exposure > 1e-9 * a[..., -1:]
-    top = np.where(observed, ttls[1:], 0.0).max(-1, keepdims=True)
-    tail = observed & (ttls[1:] >= top / 10)
-    tail_exposure = (exposure * tail).sum(-1)
-    tail_rate = np.where(tail_exposure > 0, (events * tail).sum(-1) / np.maximum(tail_exposure, 1e-300), 0.0)
-    rate = np.where(observed, events / np.where(observed, exposure, 1.0), tail_rate[..., None])
+    pseudo = prior_gb[..., None] * delta
+    rate = (events + prior_rate * pseudo) / np.maximum(exposure + pseudo, 1e-300)
     decay = np.exp(-rate * delta)
     surv = np.concatenate([np.ones(rate.shape[:-1] + (1,)), np.cumprod(decay, -1)], -1)
     steep = rate * delta > 1e-12
     piece = np.where(steep, surv[..., :-1] * (1 - decay) / np.where(steep, rate, 1.0), surv[..., :-1] * delta)
     stored = np.concatenate([np.zeros(rate.shape[:-1] + (1,)), np.cumsum(piece, -1)], -1)
-    gone = np.where(tail_rate > 0, 0.0, surv[..., -1])
-    return surv, stored, gone
+    return surv, stored
 
 
 def open_storage(ttls: np.ndarray, ages: np.ndarray, weights: np.ndarray, classes: np.ndarray) -> np.ndarray:
