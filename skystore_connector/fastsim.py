@@ -35,7 +35,8 @@ MAX_PASSES = 200
 
 @dataclass
 class ReadBatch:
-    """The reads of one chunk, in trace order, handed to ``Policy.batch_ttls``."""
+    """The reads of one chunk that may need a TTL (not in their object's base region), in trace order, handed
+    to ``Policy.batch_ttls``."""
     regions: list[str]      # region names by index
     region: np.ndarray      # reader region index
     base: np.ndarray        # base copy's region index
@@ -58,7 +59,7 @@ class _Prices:
         self.t_even = np.array([[prices.t_even(s, d) for d in ids] for s in ids])
         # source preference into dst when the base is b: cheapest egress, then the base, then by name
         names = np.argsort(np.argsort(list(regions)))
-        rank = np.zeros((n, n, n), np.int64)  # [dst, base, src]
+        rank = np.zeros((n, n, n), np.int16)  # [dst, base, src]
         for d in range(n):
             dense = np.unique(self.egress[:, d], return_inverse=True)[1]
             for b in range(n):
@@ -205,14 +206,14 @@ class FastReplay:
         at_base = r_reg == r_base
         rep.hits += int(np.count_nonzero(at_base))
         rep.get_requests += float(p.get[r_reg[at_base]].sum())
-        batch = ReadBatch(self.regions, r_reg, r_base, key[reads], t[reads], ctx_size[reads])
+        remote = ~at_base  # reads where the base copy lives need no TTL
+        far = reads[remote]
+        batch = ReadBatch(self.regions, reg[far], ctx_base[far], key[far], t[far], ctx_size[far])
         if self.next_gap is not None:
-            batch.next_gap = self.next_gap[self.read_offset:self.read_offset + len(reads)]
+            batch.next_gap = self.next_gap[self.read_offset:self.read_offset + len(reads)][remote]
         self.read_offset += len(reads)
         ttls = self.policy.batch_ttls(batch)
-        remote = ~at_base
-        chains = _Chains(self, reads[remote], ttls[remote], t, key, reg, ctx_vid, ctx_base, ctx_size, ctx_wtime,
-                         carried, order)
+        chains = _Chains(self, far, ttls, t, key, reg, ctx_vid, ctx_base, ctx_size, ctx_wtime, carried, order)
         chains.settle()
         chains.charge(rep, ended)
         self._end_versions(ended, chains)
@@ -348,7 +349,7 @@ class _Chains:
             live[idx, base_v] = True
             live[idx, reg_v] = False
             src = np.empty(m, np.int64)
-            src[vo] = np.argmin(np.where(live, rank_v, np.iinfo(np.int64).max), axis=1)
+            src[vo] = np.argmin(np.where(live, rank_v, np.iinfo(np.int16).max), axis=1)
             if np.array_equal(src, self.src) and np.array_equal(hit, self.hit):
                 break
             self.src, self.hit = src, hit

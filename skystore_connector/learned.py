@@ -10,20 +10,22 @@ until its re-read or now) and the GB re-read after tau. Between candidates that 
 
     GB x (storage x E[min(gap, tau)] + egress x P(re-read after tau)) + PUT x P(the read is a miss), tau > 0
 
-Beyond the oldest read seen, the hazard of its last decade carries on: a re-read rate that has not dropped
-yet is assumed to go on, no re-read there means none ever. A first read is always a miss, a second one when the
-first read's TTL ran out before it, and so on. Costs are priced per source at decision time (egress and T_even
-depend on where the copy would be re-fetched from); the cheapest tau not above T_even(source, region) wins,
-among near-equal costs the longest. A class with fewer than ``MIN_HISTORY`` reads uses the estimate pooled
-over its size class, a thin size class T_even (the region's pool serves only objects it has no record of).
+Each hazard is shrunk toward the break-even rate (where keeping and re-fetching cost the same) by a prior of
+``PRIOR_READS`` reads' worth of bytes at risk: with few reads, or at ages past the oldest read seen, the estimate
+stays near break-even. A first read is always a miss, a second one when the first read's TTL ran out before it,
+and so on. Costs are priced per source at decision time (egress and T_even depend on where the copy would be
+re-fetched from); the cheapest tau not above T_even(source, region) wins, but only if it saves ``MARGIN`` (10%)
+of T_even's expected cost: T_even is never more than twice the optimum on any gap, and an estimate is noisy.
+A class with fewer than ``MIN_HISTORY`` reads uses the estimate pooled over its size class, a thin size class
+T_even (the region's pool serves only objects it has no record of).
 
 Why not the paper's histogram of re-read gaps: gaps seen so far are the short ones (long gaps close last), so
 the TTL that would have served them best is about the age of the history, and copies expire just before their
 re-read (1.2x the optimum on a two-day trace where keeping every copy is within 1% of it). Fitting the
 re-read hazard with every read at risk until now, censored or not, does not lose the reads still waiting.
 
-The estimate is recomputed at read count 256, then each time the reads grow by a quarter (about 45 times in
-10 million reads), from the reads recorded alone, never from the policy's own decisions; the simulator's batch
+The estimate is recomputed at read count 256, then each time the reads grow by half (about 25 times in 10
+million reads), from the reads recorded alone, never from the policy's own decisions; the simulator's batch
 form (``learned_batch``) therefore reproduces it exactly.
 """
 from __future__ import annotations
@@ -43,7 +45,7 @@ CLASSES = SIZE_CLASSES * READ_CLASSES
 MIN_HISTORY = 30
 PRIOR_READS = 10  # reads' worth of GB at risk in every interval, re-read at the break-even rate
 FIRST_EPOCH = 256
-EPOCH_GROWTH = 4
+EPOCH_GROWTH = 2
 SMALLEST_TTL_S = 1.0
 TTLS_PER_DECADE = 4
 MAX_TRACKED_KEYS = 1_000_000  # per region: the oldest are forgotten (memory of a long-running gateway)

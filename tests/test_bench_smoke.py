@@ -97,14 +97,19 @@ def test_engine_throughput_quick(tmp_path):
                     reason="the SkyStore traces and prices live in ../shared/data/skystore")
 def test_skystore_cost_quick(tmp_path):
     data, proc = run_bench("skystore_cost", tmp_path)
-    assert data["configs"], data
+    assert {c["kind"] for c in data["configs"].values()} == {"generated", "synthetic", "shipped"}
     for name, cfg in data["configs"].items():
         totals = cfg["totals"]
-        assert set(totals) >= {"learned", "t_even", "always-store", "always-evict", "replicate-all", "optimum"}
+        assert set(totals) >= {"learned", "t_even", "always-store", "always-evict", "replicate-all", "static",
+                               "optimum"}
         assert all(v > 0 for v in totals.values()), name
-        # keeping copies never moves more bytes than never keeping them, and one copy is cheaper than all
-        assert totals["always-store"] <= totals["always-evict"] and totals["learned"] <= totals["replicate-all"]
+        # the static placement considers keeping only the base copy and keeping one everywhere
+        assert totals["static"] <= min(totals["always-evict"], totals["replicate-all"]) * (1 + 1e-9), name
         assert cfg["ratios"]["learned_vs_optimum"] == pytest.approx(totals["learned"] / totals["optimum"])
+    synthetic = data["configs"]["synthetic"]["totals"]
+    assert synthetic["learned"] <= synthetic["always-store"]  # the case
+    speeds = {k: v for k, v in data["speed"].items() if isinstance(v, dict)}
+    assert set(speeds) >= {"learned", "optimum"} and all(s["speedup"] > 1 for s in speeds.values())
     assert "aims met" in proc.stdout
 
 
@@ -219,3 +224,22 @@ def test_smartspec_quick(tmp_path):
     high, low = sweep["0.8"]["runs"]["k=4"]["8"], sweep["0.3"]["runs"]["k=4"]["8"]
     assert high["spec_acceptance_rate"] > low["spec_acceptance_rate"] > 0  # the oracle's dial works
     assert "Summary" in proc.stdout and "oracle proposer" in proc.stdout
+
+
+@pytest.mark.skipif(not (REPO.parent / "shared" / "data" / "llmsql" / "beer.csv").is_file(),
+                    reason="needs ../shared/data/llmsql/beer.csv")
+def test_cascade_quick(tmp_path):
+    data, proc = run_bench("cascade", tmp_path, timeout=300)  # it trains two tiny checkpoints first (cached after)
+    s = data["settings"]
+    assert data["rows"] == 64 and data["training"]["small"]["params"] < data["training"]["large"]["params"]
+    for name in ("small", "large"):
+        assert s[name]["rows_by_model"] == {name: 64} and s[name]["llm_calls"] == 64  # dedup off: a call per row
+        assert 0.0 <= s[name]["accuracy"] <= 1.0 and s[name]["nulls"] == 0 and s[name]["prompt_tokens"] > 0
+    if data["cascade_available"]:
+        fixed = s["cascade@0.9"]
+        assert sum(fixed["rows_by_model"].values()) == 64
+        seeds = data["calibrated_seeds"]
+        assert len(seeds) == 2 and all(sum(c["rows_by_model"].values()) == 64 for c in seeds)
+        assert "Calibrated cascade" in proc.stdout
+    else:
+        assert "cascade rows skipped" in proc.stdout
