@@ -17,7 +17,7 @@ What it measures
   Aims (the issue's): learned <= 1.3x the optimum everywhere; learned <= the best trivial policy (always-store,
   always-evict, replicate-all, T_even) everywhere; the worst baseline >= 3x learned on most generated traces.
   speed      operations per second per policy (reads, writes, deletes; HEADs left out), CPU time of this process
-             (one core): the fast simulator on a generated week of about 1.4 million operations (IBM part 076,
+             (one core; the fast simulator's best of two runs): the fast simulator on a generated week of about 1.4 million operations (IBM part 076,
              40,000 objects), the event-by-event simulator (the old one) on 1,000 objects of the same (~35,000).
 
 Run time: the default run takes about 3-4 minutes on 2 cores (8 generated traces, mostly trace generation and
@@ -106,9 +106,12 @@ def speed(trace: TraceArrays, small: TraceArrays, prices: Prices) -> dict:
         def policy(events=None):
             return ClairvoyantPolicy(events, prices, clouds) if spec == "optimum" else make_policy(spec, prices,
                                                                                                    clouds)
-        t0 = time.process_time()
-        replay_fast(trace, policy(), prices, clouds, regions)
-        fast = len(trace) / (time.process_time() - t0)
+        seconds = []
+        for _ in range(2):  # the best of two: the machine is shared
+            t0 = time.process_time()
+            replay_fast(trace, policy(), prices, clouds, regions)
+            seconds.append(time.process_time() - t0)
+        fast = len(trace) / min(seconds)
         t0 = time.process_time()
         replay(prefix, policy(prefix), prices, clouds, regions)
         slow = len(prefix) / (time.process_time() - t0)

@@ -297,18 +297,22 @@ class _Chains:
         self.chain_first = np.flatnonzero(self.first)
         self.chain_last = np.flatnonzero(self.last)
         # each read's version: its copies' expiries before this chunk's reads, by region
-        self.initial = self._initial(np.arange(m)[:, None], np.arange(sim.R)[None, :])  # (m, R)
+        self.initial = self._initial()
         self.init = self.initial[np.arange(m), self.reg][self.order]  # each chain's, in chain order
         self.src = self.base.copy()
         self.hit = np.zeros(m, bool)
 
-    def _initial(self, rows: np.ndarray, region: np.ndarray) -> np.ndarray:
-        """The expiry of the copy in ``region`` of each row's version before this chunk's reads of it."""
-        sim = self.sim
-        k, base, wt = self.key[rows], self.base[rows], self.wtime[rows]
-        seeded = np.where(sim.seed[base, region], wt + sim.seed_ttl[base, region], -np.inf)
-        value = np.where(self.carried[rows], sim.expiry[k, region], seeded)
-        return np.where(region == base, np.inf, value)
+    def _initial(self) -> np.ndarray:
+        """(reads, regions): the expiry of each read's version's copy in each region before this chunk's reads:
+        carried over for versions from earlier chunks, a write's initial copies for newer ones."""
+        sim, m = self.sim, self.m
+        value = np.full((m, sim.R), -np.inf)
+        if sim.seed.any():
+            value = self.wtime[:, None] + np.where(sim.seed[self.base], sim.seed_ttl[self.base], -np.inf)
+        carried = np.flatnonzero(self.carried)
+        value[carried] = sim.expiry[self.key[carried]]
+        value[np.arange(m), self.base] = np.inf
+        return value
 
     def _expiries(self):
         """Per chain row: the expiry after it (P) and before it (Pprev), given the current sources and hits."""

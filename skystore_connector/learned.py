@@ -41,6 +41,7 @@ from .policy import GB, Policy, Prices, _CloudPrices
 
 SIZE_CLASSES = 7
 READ_CLASSES = 3
+SIZE_EDGES = 1000 * 8 ** np.arange(SIZE_CLASSES - 1)  # 1 kB, 8 kB, ... 32 MB
 CLASSES = SIZE_CLASSES * READ_CLASSES
 MIN_HISTORY = 30
 PRIOR_READS = 10  # reads' worth of GB at risk in every interval, re-read at the break-even rate
@@ -55,8 +56,7 @@ NEAR = 1e-9  # costs this close (relative) count as equal; the longest TTL among
 
 def size_class(size_bytes) -> np.ndarray:
     """<1 kB, <8 kB, <64 kB, <512 kB, <4 MB, <32 MB, larger."""
-    size = np.maximum(np.asarray(size_bytes, dtype=float), 1.0)
-    return np.clip(np.floor(np.log(size / 1000.0) / np.log(8.0)) + 1, 0, SIZE_CLASSES - 1).astype(np.int64)
+    return np.searchsorted(SIZE_EDGES, np.asarray(size_bytes), side="right")
 
 
 def read_class(size_bytes, reads_before) -> np.ndarray:

@@ -103,10 +103,12 @@ class BatchLearner:
             tables = self._tables(bounds, t[bounds - n0], n0, m, r, cls, w, first_read, it, iw, ir, ic, ig, iclose)
             epoch = np.searchsorted(bounds, n0 + np.arange(m), side="right")
             every = np.concatenate([self.table[None], tables])
-            out[rec] = every[epoch, r, cls][:, cols]
+            rows = (epoch * len(model.regions) + r) * (CLASSES + 1) + cls
             self.table = tables[-1]
         else:
-            out[rec] = self.table[r, cls][:, cols]
+            every, rows = self.table, r * (CLASSES + 1) + cls
+        chosen = every.reshape(-1, every.shape[-1])[rows]  # one row of TTLs (by source) per read
+        out[rec] = chosen if np.array_equal(cols, np.arange(len(cols))) else chosen[:, cols]
 
         # carry: closed gaps, counts and the last read of every key
         done = np.isfinite(ig)
