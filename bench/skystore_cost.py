@@ -17,12 +17,13 @@ What it measures
   Aims (the issue's): learned <= 1.3x the optimum everywhere; learned <= the best trivial policy (always-store,
   always-evict, replicate-all, T_even) everywhere; the worst baseline >= 3x learned on most generated traces.
   speed      operations per second per policy (reads, writes, deletes; HEADs left out), CPU time of this process
-             (one core; the fast simulator's best of two runs): the fast simulator on a generated week of about 1.4 million operations (IBM part 076,
-             40,000 objects), the event-by-event simulator (the old one) on 1,000 objects of the same (~35,000).
+             (one core): the fast simulator (best of two runs) on a generated week of about 1.4 million
+             operations (IBM part 076, 40,000 objects), the event-by-event simulator (the old one) on 1,000
+             objects of the same (about 35,000 operations).
 
-Run time: the default run takes about 3-4 minutes on 2 cores (8 generated traces, mostly trace generation and
-7 replays of ~0.5M reads each); --quick takes about 20 s (2 small generated traces, 1 day, the synthetic case,
-the shipped traces at one spread).
+Run time: the default run takes about 1-2 minutes on 2 cores (8 generated traces of about 0.5M reads, 7
+replays each, then the speed check); --quick about 10 s (2 small generated traces of 1 day, the synthetic case,
+the shipped traces at one spread, a small speed check).
 
 Usage: python bench/skystore_cost.py [--quick] [--out bench/results] [--data ../shared/data/skystore] [--scale 10000]
 """
@@ -191,7 +192,8 @@ def main() -> int:
                       "'aims met' in that order)")
     print_table(["policy", "fast M ops/s", "event replay k ops/s", "speedup"],
                 [[p, s["fast_ops_per_s"] / 1e6, s["events_ops_per_s"] / 1e3, s["speedup"]]
-                 for p, s in speeds.items()], title=f"simulator speed (CPU time, one core; {len(largest):,} ops, no HEADs)")
+                 for p, s in speeds.items()],
+                title=f"simulator speed (CPU time, one core; {len(largest):,} ops, no HEADs)")
     print(f"\nsummary: {summary}")
     plot(configs, args.out)
     return 0

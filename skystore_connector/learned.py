@@ -120,7 +120,8 @@ class Model:
         per_read = (wsum / reads)[..., None, None]                          # GB
         put = self.put[d] * (ttl > 0)
         # a re-fetch costs egress, and a PUT when the copy is kept again (as this candidate would)
-        base = (per_read * (self.storage[d] * stored[..., None, :] + self.egress[:, d][:, None] * refetched[..., None, :])
+        egress = self.egress[:, d][:, None] * refetched[..., None, :]
+        base = (per_read * (self.storage[d] * stored[..., None, :] + egress)
                 + (put * refetched)[..., None, :])                         # (..., rows, R, K)
         enough = nreads >= MIN_HISTORY
         te_index = np.searchsorted(ttl, np.minimum(te, ttl[-1]))

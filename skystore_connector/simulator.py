@@ -14,6 +14,10 @@ Semantics (the store's):
 * Storage is charged for the time each copy is held: until its expiry, the object's replacement or deletion, or
   the end of the trace (its last event), whichever comes first.
 * Reads of keys that do not exist (never written, or deleted) are counted as ``missing_reads`` and cost nothing.
+* HEADs are answered from the metadata: counted as ``heads``, free.
+
+This module's replay goes event by event and is the reference; ``fastsim`` replays the same rules vectorised
+(``simulate(..., engine="fast")``, the default) with the same costs, about 5-40x faster.
 
 The clairvoyant optimum replays the same trace with a policy that knows the future: after each read it keeps
 the copy until the next read of that object version from that region iff that gap is shorter than the copy's
