@@ -9,6 +9,10 @@ module teaches a tiny model three instruction kinds over one table row, in a min
 
 ``task_prompt(task, row)`` is the exact prompt/answer format and ``rows_for(table, n, seed)`` the rows (a CSV file,
 or a built-in synthetic beer-like generator), so a benchmark can ask the trained model what it was trained on.
+That is ``train="copy"``. ``train="overall"`` is a second kind, for model cascades (``bench/cascade.py``): a noisy
+classification asked exactly as the SQL function asks it (``overall_prompt``: ``llm_classify(taste, palate,
+appearance, ['good', 'bad'])``, good when review/overall >= 15/20), trained on ``SharedPrefix`` batches (the
+prompt's long constant head computed once per batch), with its held-out accuracy stored in the cache's train.json.
 
 Training uses the engine's own model code (``load_model`` on the freshly written checkpoint) and rewrites only the
 safetensors, with the same names, shapes, dtype and tying, so transformers still loads the result. Results are
@@ -37,7 +41,7 @@ import torch.nn.functional as F
 # Bump when the prompt format, data mix or training recipe changes: it is part of every cache key.
 FORMAT_VERSION = 4
 TASKS = ("extract", "classify", "describe")
-TRAIN_KINDS = ("copy",)
+TRAIN_KINDS = ("copy", "overall")
 
 # The fields a prompt shows, in order. The label of ``classify`` depends on review/taste only.
 PROMPT_FIELDS = ("beer/name", "beer/style", "review/taste")
@@ -79,6 +83,62 @@ def task_prompt(task: str, row: dict[str, str], fields: tuple[str, ...] = PROMPT
     else:
         answer = f"A {row['beer/style']} called {row['beer/name']}, rated {row['review/taste']} for taste."
     return prompt, " " + answer
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The "overall" kind: llm_classify's own prompt, a noisy label
+# ---------------------------------------------------------------------------------------------------------------
+# The SQL call it answers is ``llm_classify(taste, palate, appearance, ['good', 'bad'])`` over a table whose columns
+# taste, palate, appearance are the beer table's review/taste, review/palate, review/appearance as text ("7/10").
+OVERALL_FIELDS = {"taste": "review/taste", "palate": "review/palate", "appearance": "review/appearance"}
+OVERALL_LABELS = ("good", "bad")
+# good when review/overall (out of 20) is at least this. On the shipped beer table (28,479 rows) that is 44.6% good
+# (>= 14 would be 58.9%, >= 16 30.0%): the most balanced cut, and the one where reading all three fields is worth
+# most over taste alone. The label is noisy given the fields: on the held-out reviews the best any classifier of
+# (taste, palate, appearance) can do is 82.7% (each of the 190 distinct triples' majority label in the train split),
+# taste alone 80.0%, palate alone 77.0%, always "bad" 55.1%. Size hardly matters for it: models from 4k to 2.6M
+# parameters all reach ~82.6% within a few hundred steps (bench/cascade.py says how its small model is made weaker).
+OVERALL_GOOD_FROM = 15
+
+
+def overall_label(row: dict[str, str]) -> str:
+    """The ``overall`` label: ``good`` when review/overall (``"N/20"``) is at least ``OVERALL_GOOD_FROM``."""
+    return "good" if int(row["review/overall"].split("/")[0]) >= OVERALL_GOOD_FROM else "bad"
+
+
+def overall_fields(row: dict[str, str]) -> dict[str, str]:
+    """The SQL table's row for ``row``: {"taste": "7/10", "palate": "4/5", "appearance": "3/5"}."""
+    return {name: row[col] for name, col in OVERALL_FIELDS.items()}
+
+
+def overall_prompt(row: dict[str, str]) -> tuple[str, str]:
+    """(prompt, answer): the prompt is byte for byte what ``udf.batch.evaluate`` sends for
+    ``llm_classify(taste, palate, appearance, ['good', 'bad'])`` on this row with the default options (no
+    ``system`` option, written field order), built with ``udf.prompts``' own functions; the answer is the choice
+    the engine decodes for the label, ``" good"`` or ``" bad"``."""
+    from udf.prompts import build_prompt, prompt_head, render_value
+
+    fields = overall_fields(row)
+    head = prompt_head("llm_classify", None, list(OVERALL_LABELS))
+    prompt = build_prompt(head, "llm_classify", list(fields), [render_value(v) for v in fields.values()])
+    return prompt, " " + overall_label(row)
+
+
+def _synthetic_overall_row(rng: random.Random) -> dict[str, str]:
+    """A synthetic row for ``overall`` (no table): one hidden quality drives taste, palate, appearance and
+    overall, each with its own noise, so the label is a noisy function of all three fields as in the real table.
+    Names are placeholders (the ``overall`` prompt has none)."""
+    q = rng.gauss(0.0, 1.0)
+
+    def score(mean: float, scale: float, noise: float, top: int) -> int:
+        return max(1, min(top, round(mean + scale * q + rng.gauss(0.0, noise))))
+
+    beer = rng.randint(1, 80000)
+    return {"review/profileName": f"reviewer{rng.randint(0, 99999)}",
+            "review/time": str(rng.randint(1_000_000_000, 1_330_000_000)),
+            "review/overall": f"{score(14.0, 2.6, 1.8, 20)}/20", "review/taste": f"{score(6.8, 1.3, 0.8, 10)}/10",
+            "review/palate": f"{score(3.4, 0.6, 0.5, 5)}/5", "review/appearance": f"{score(3.5, 0.5, 0.6, 5)}/5",
+            "beer/name": f"Beer {beer}", "beer/style": rng.choice(_STYLES), "beer/beerId": str(beer)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -168,11 +228,15 @@ def _synthetic_row(rng: random.Random) -> dict[str, str]:
     }
 
 
-def _in_split(row: dict[str, str], split: str) -> bool:
-    """Held-out split by beer name (about 1 in 10 names), so a held-out row's name was never trained on."""
+def _in_split(row: dict[str, str], split: str, kind: str = "copy") -> bool:
+    """Held-out split by beer name (about 1 in 10 names), so a held-out row's name was never trained on. For the
+    ``overall`` kind, whose prompt has no name, by review (reviewer, time, beer id: about 1 in 10 reviews), so the
+    held-out rows are distributed as the table is (held-out names are a few beers with many reviews each)."""
     if split == "all":
         return True
-    held = int(hashlib.sha256(row["beer/name"].encode()).hexdigest()[:8], 16) % 10 == 0
+    key = row["beer/name"] if kind != "overall" else \
+        "\x1f".join(row[k] for k in ("review/profileName", "review/time", "beer/beerId"))
+    held = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % 10 == 0
     return held if split == "test" else not held
 
 
@@ -188,24 +252,38 @@ def _read_table_cached(path: str, mtime_ns: int, size: int) -> list[dict[str, st
         return [dict(r) for r in csv.DictReader(f)]
 
 
-def rows_for(train_table: str | Path | None, n: int, seed: int = 0, split: str = "all") -> Iterator[dict[str, str]]:
-    """Yield ``n`` rows (dicts of strings): sampled from the CSV ``train_table`` (with replacement, seeded), or
-    from the synthetic generator when it is None. ``split``: "all", "train" (names not held out) or "test" (the
-    held-out ~10% of names, for measuring copying on names training never saw). Deterministic for a seed."""
+def split_rows(train_table: str | Path, split: str = "test", kind: str = "copy") -> list[dict[str, str]]:
+    """Every row of the CSV ``train_table`` in ``split`` ("all", "train" or "test") as ``kind`` splits it, in file
+    order, each once (``rows_for`` samples with replacement): a benchmark's held-out set."""
     if split not in ("all", "train", "test"):
         raise ValueError(f"split must be 'all', 'train' or 'test', got {split!r}")
+    return [dict(r) for r in _read_table(train_table) if _in_split(r, split, kind)]
+
+
+def rows_for(train_table: str | Path | None, n: int, seed: int = 0, split: str = "all",
+             kind: str = "copy") -> Iterator[dict[str, str]]:
+    """Yield ``n`` rows (dicts of strings): sampled from the CSV ``train_table`` (with replacement, seeded), or
+    from the synthetic generator when it is None. ``split``: "all", "train" (names not held out) or "test" (the
+    held-out ~10% of names, for measuring copying on names training never saw). Deterministic for a seed.
+    ``kind`` picks the split (``_in_split``) and the synthetic generator: "copy" (the default) or "overall"
+    (``_synthetic_overall_row``)."""
+    if split not in ("all", "train", "test"):
+        raise ValueError(f"split must be 'all', 'train' or 'test', got {split!r}")
+    if kind not in TRAIN_KINDS:
+        raise ValueError(f"unknown kind {kind!r}; choose from {', '.join(TRAIN_KINDS)}")
     rng = random.Random(seed)
     if train_table is not None:
-        table = [r for r in _read_table(train_table) if _in_split(r, split)]
+        table = [r for r in _read_table(train_table) if _in_split(r, split, kind)]
         if not table:
             raise ValueError(f"{train_table} has no rows in split {split!r}")
         for _ in range(n):
             yield dict(table[rng.randrange(len(table))])  # a copy: the table is cached
         return
+    synthetic = _synthetic_overall_row if kind == "overall" else _synthetic_row
     made = 0
     while made < n:
-        row = _synthetic_row(rng)
-        if _in_split(row, split):
+        row = synthetic(rng)
+        if _in_split(row, split, kind):
             made += 1
             yield row
 
@@ -229,10 +307,10 @@ def encode_example(tokenizer, task: str, row: dict[str, str],
     return p + tokenizer.encode(answer, add_special_tokens=False) + [tokenizer.eos_token_ids[0]], len(p)
 
 
-def _endless_rows(train_table, seed: int) -> Iterator[dict[str, str]]:
+def _endless_rows(train_table, seed: int, kind: str = "copy") -> Iterator[dict[str, str]]:
     chunk = 0
     while True:
-        yield from rows_for(train_table, 4096, seed=seed * 1000 + chunk, split="train")
+        yield from rows_for(train_table, 4096, seed=seed * 1000 + chunk, split="train", kind=kind)
         chunk += 1
 
 
@@ -258,6 +336,26 @@ def _examples(tokenizer, train_table, seed: int) -> Iterator[tuple[list[int], in
     while True:
         row = next(table) if table is not None and rng.random() < TABLE_SHARE else next(synthetic)
         yield encode_example(tokenizer, rng.choices(tasks, weights)[0], row)
+
+
+def encode_overall(tokenizer, row: dict[str, str]) -> tuple[list[int], int]:
+    """(token ids, prompt length) of the ``overall`` example for ``row``: ``overall_prompt`` encoded as the engine
+    encodes it, the answer's tokens as the engine's choice constraint encodes them, then EOS."""
+    prompt, answer = overall_prompt(row)
+    p = tokenizer.encode(prompt)
+    return p + tokenizer.encode(answer, add_special_tokens=False) + [tokenizer.eos_token_ids[0]], len(p)
+
+
+def _overall_examples(tokenizer, train_table, seed: int) -> Iterator[tuple[list[int], int]]:
+    """Endless ``overall`` examples from the table's train split (synthetic ``overall`` rows without a table).
+    Few distinct (fields, label) pairs exist, so each is encoded once."""
+    memo: dict[tuple[str, ...], tuple[list[int], int]] = {}
+    for row in _endless_rows(train_table, seed, kind="overall"):
+        key = (*overall_fields(row).values(), overall_label(row))
+        ex = memo.get(key)
+        if ex is None:
+            ex = memo[key] = encode_overall(tokenizer, row)
+        yield ex
 
 
 AUTOCAST = True
@@ -343,17 +441,114 @@ class PackedAttention:
         return out.transpose(1, 2).reshape(n, heads, dim).to(q.dtype)
 
 
+class SharedPrefix:
+    """Examples that begin with the same tokens (``overall``: llm_classify's prompt up to the first field value,
+    about 100 of its 130 tokens) as one sequence: the shared prefix once, then each example's rest padded to the
+    longest rest (``rest`` tokens), at the positions it has alone. Each rest attends to the prefix and causally to
+    itself (``SharedPrefixAttention``): the same numbers as each example alone, the prefix computed once per batch
+    instead of once per example.
+
+    ``ids``/``positions``/``targets``/``weights`` as in ``Packed``, flat [shared + examples * rest] (the prefix's
+    last token predicts nothing: each example continues differently; padding weighs 0).
+    """
+
+    def __init__(self, examples: list[tuple[list[int], int]]) -> None:
+        first = examples[0][0]
+        limit = min(plen for _, plen in examples) - 1  # every rest keeps at least its last prompt token
+        shared = 0
+        while shared < limit and all(ids[shared] == first[shared] for ids, _ in examples):
+            shared += 1
+        self.shared, self.examples = shared, len(examples)
+        self.rest = rest = max(len(ids) for ids, _ in examples) - shared
+        n = shared + len(examples) * rest
+        ids, positions = torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)
+        targets, weights = torch.zeros(n, dtype=torch.long), torch.zeros(n)
+        if shared:
+            ids[:shared] = torch.tensor(first[:shared])
+            positions[:shared] = torch.arange(shared)
+            targets[:shared - 1] = ids[1:shared]
+            weights[:shared - 1] = PROMPT_LOSS_WEIGHT
+        for k, (ex, plen) in enumerate(examples):
+            m, at = len(ex), shared + k * rest
+            ids[at:at + m - shared] = torch.tensor(ex[shared:])
+            positions[at:at + rest] = torch.arange(shared, shared + rest)  # padding goes on counting
+            targets[at:at + m - shared - 1] = ids[at + 1:at + m - shared]
+            # token j predicts token j+1: prompt tokens up to plen-2, then the answer (EOS included)
+            weights[at:at + plen - 1 - shared] = PROMPT_LOSS_WEIGHT
+            weights[at + plen - 1 - shared:at + m - shared - 1] = (ANSWER_TOKENS / (m - plen)) ** ANSWER_NORM_POWER
+        self.ids, self.positions, self.targets, self.weights = ids, positions, targets, weights
+
+
+class SharedPrefixAttention:
+    """``DenseAttention``'s maths (float32 scores, softcap, sliding window, GQA) over a ``SharedPrefix``: the
+    prefix attends causally to itself, each rest to the whole prefix and causally to itself. Scores are [rest,
+    prefix + rest] per example, not [N, N] over the batch."""
+
+    def __init__(self, config, packed: SharedPrefix) -> None:
+        self.config = config
+        self.shared, self.examples, self.rest = packed.shared, packed.examples, packed.rest
+        pos = packed.positions[:self.shared + self.rest]  # the prefix, then the first rest: all rests alike
+        self._dist_prefix = pos[:self.shared, None] - pos[None, :self.shared]
+        self._dist_rest = pos[self.shared:, None] - pos[None, :]
+        self._masks: dict[int | None, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def masks(self, window: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if window not in self._masks:
+            keep = [d >= 0 if window is None else (d >= 0) & (d < window) for d in (self._dist_prefix, self._dist_rest)]
+            self._masks[window] = (keep[0], keep[1])
+        return self._masks[window]
+
+    @staticmethod
+    def _attend(q, k, v, keep, scale, softcap):
+        scores = q @ k.transpose(-1, -2) * scale
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
+        return torch.softmax(scores.masked_fill(~keep, float("-inf")), dim=-1) @ v
+
+    def __call__(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                 softcap: float | None) -> torch.Tensor:
+        n, heads, dim = q.shape
+        group = heads // k.shape[1]
+        p, b, r = self.shared, self.examples, self.rest
+        qf = q.float().transpose(0, 1)  # [heads, N, dim]
+        kf = k.float().repeat_interleave(group, dim=1).transpose(0, 1)
+        vf = v.float().repeat_interleave(group, dim=1).transpose(0, 1)
+        keep_prefix, keep_rest = self.masks(self.config.window(layer_idx))
+        outs = []
+        if p:
+            outs.append(self._attend(qf[:, :p], kf[:, :p], vf[:, :p], keep_prefix, scale, softcap))
+        # each example's rest: keys = the prefix (shared, broadcast) + its own rest
+        qr = qf[:, p:].reshape(heads, b, r, dim).transpose(0, 1)  # [b, heads, r, dim]
+        kr = torch.cat([kf[:, :p].unsqueeze(0).expand(b, -1, -1, -1),
+                        kf[:, p:].reshape(heads, b, r, dim).transpose(0, 1)], dim=2)
+        vr = torch.cat([vf[:, :p].unsqueeze(0).expand(b, -1, -1, -1),
+                        vf[:, p:].reshape(heads, b, r, dim).transpose(0, 1)], dim=2)
+        rest = self._attend(qr, kr, vr, keep_rest, scale, softcap)  # [b, heads, r, dim]
+        outs.append(rest.transpose(0, 1).reshape(heads, b * r, dim))
+        return torch.cat(outs, dim=1).transpose(0, 1).to(q.dtype)
+
+
+def _weighted_loss(model, packed, attention) -> torch.Tensor:
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=AUTOCAST):
+        hidden = model(packed.ids, packed.positions, attention)
+        logits = model.compute_logits(hidden)
+    losses = F.cross_entropy(logits.float(), packed.targets, reduction="none")
+    return (losses * packed.weights).sum() / packed.weights.sum()
+
+
 def batch_loss(model, examples: list[tuple[list[int], int]]) -> torch.Tensor:
     """Weighted next-token cross-entropy of ``model`` over ``examples`` packed into rows.
 
     Matmuls run in bfloat16 (autocast; weights, softmax and the loss stay float32): about 1.5x faster on CPU.
     """
     packed = Packed(examples)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=AUTOCAST):
-        hidden = model(packed.ids, packed.positions, PackedAttention(model.config, packed))
-        logits = model.compute_logits(hidden)
-    losses = F.cross_entropy(logits.float(), packed.targets, reduction="none")
-    return (losses * packed.weights).sum() / packed.weights.sum()
+    return _weighted_loss(model, packed, PackedAttention(model.config, packed))
+
+
+def shared_prefix_loss(model, examples: list[tuple[list[int], int]]) -> torch.Tensor:
+    """``batch_loss`` over ``SharedPrefix(examples)`` (the prefix's prompt loss counted once, not per example)."""
+    packed = SharedPrefix(examples)
+    return _weighted_loss(model, packed, SharedPrefixAttention(model.config, packed))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -364,6 +559,8 @@ LR = 3e-3
 WARMUP = 0.06  # share of the steps spent warming the learning rate up
 DECAY_FROM = 0.0  # share of the steps after which the learning rate decays
 COPY_WARMUP = 0.3  # share of the steps spent on short copy-only examples first (see _copy_warmup_examples)
+OVERALL_BATCH = 64  # train="overall": examples per step (cheap: they share a 100-token prefix)
+OVERALL_LR = 3e-3
 
 
 def _lr_at(step: int, steps: int, lr: float) -> float:
@@ -382,12 +579,19 @@ def _log(msg: str) -> None:
     print(f"[tiny_training] {msg}", file=sys.stderr, flush=True)
 
 
-def train_model(model, tokenizer, steps: int, train_table=None, seed: int = 0, lr: float = LR,
-                batch: int = BATCH, log_every_s: float = 5.0, on_step=None) -> list[float]:
+def train_model(model, tokenizer, steps: int, train_table=None, seed: int = 0, lr: float | None = None,
+                batch: int | None = None, log_every_s: float = 5.0, on_step=None, train: str = "copy") -> list[float]:
     """Train ``model`` (an engine ``CausalLM`` in float32) in place for ``steps`` AdamW steps; returns the losses.
 
+    ``train``: "copy" (the three tasks, after a copy warm-up; ``batch``/``lr`` default to ``BATCH``/``LR``) or
+    "overall" (``overall_prompt`` examples only, ``SharedPrefix`` batches; ``OVERALL_BATCH``/``OVERALL_LR``).
     ``on_step(step, model)``, if given, runs after every step (the benchmark measures accuracy along the way).
     """
+    if train not in TRAIN_KINDS:
+        raise ValueError(f"unknown train {train!r}; choose from {', '.join(TRAIN_KINDS)}")
+    overall = train == "overall"
+    lr = (OVERALL_LR if overall else LR) if lr is None else lr
+    batch = (OVERALL_BATCH if overall else BATCH) if batch is None else batch
     torch.manual_seed(seed)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -395,8 +599,12 @@ def train_model(model, tokenizer, steps: int, train_table=None, seed: int = 0, l
     no_decay = [p for p in params if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=lr, betas=(0.9, 0.98), eps=1e-8)
-    warmup, examples = _copy_warmup_examples(tokenizer, seed), _examples(tokenizer, train_table, seed)
-    warmup_steps = int(steps * COPY_WARMUP)
+    if overall:
+        warmup, examples = iter(()), _overall_examples(tokenizer, train_table, seed)
+        warmup_steps = 0
+    else:
+        warmup, examples = _copy_warmup_examples(tokenizer, seed), _examples(tokenizer, train_table, seed)
+        warmup_steps = int(steps * COPY_WARMUP)
     losses: list[float] = []
     t0 = last = time.perf_counter()
     for step in range(steps):
@@ -404,6 +612,8 @@ def train_model(model, tokenizer, steps: int, train_table=None, seed: int = 0, l
             group["lr"] = _lr_at(step, steps, lr)
         if step < warmup_steps:  # shorter examples, so a third more per step cost about a full batch
             loss = batch_loss(model, [next(warmup) for _ in range(batch * 4 // 3)])
+        elif overall:
+            loss = shared_prefix_loss(model, [next(examples) for _ in range(batch)])
         else:
             loss = batch_loss(model, [next(examples) for _ in range(batch)])
         opt.zero_grad(set_to_none=True)
@@ -460,18 +670,70 @@ def accuracy(model, tokenizer, rows: list[dict[str, str]], task: str) -> tuple[f
     return hits / max(1, len(rows)), misses
 
 
+@torch.no_grad()
+def choice_answer(model, tokenizer, prompt: str, choices: list[str]) -> str:
+    """The choice greedy decoding picks under the engine's choice constraint (``ChoiceTrie``): at each step the
+    most likely token among those that continue some choice, until one choice is complete."""
+    from .models import DenseAttention
+
+    ids = tokenizer.encode(prompt)
+    encoded = {c: tokenizer.encode(c, add_special_tokens=False) for c in choices}
+    out: list[int] = []
+    while True:
+        live = {c: t for c, t in encoded.items() if t[:len(out)] == out}
+        if len(live) == 1:  # the constraint forces the rest
+            return next(iter(live))
+        done = [c for c, t in live.items() if len(t) == len(out)]
+        x = torch.tensor(ids + out)
+        logits = model.compute_logits(model(x, torch.arange(len(x)), DenseAttention(model.config))[-1:])[0]
+        allowed = sorted({t[len(out)] for t in live.values() if len(t) > len(out)})
+        if done:  # a complete choice that others extend stops at EOS
+            allowed += list(tokenizer.eos_token_ids)
+        token = allowed[int(logits[allowed].argmax())]
+        if token in tokenizer.eos_token_ids:
+            return done[0]
+        out.append(token)
+
+
+def overall_accuracy(model, tokenizer, rows: list[dict[str, str]]) -> dict[str, float]:
+    """Greedy constrained answers of ``model`` to ``overall_prompt`` on ``rows`` against their labels: accuracy,
+    rows, and the share answered "good" (each distinct prompt is asked once)."""
+    choices = [" " + lbl for lbl in OVERALL_LABELS]
+    answers: dict[str, str] = {}
+    hits = good = 0
+    for row in rows:
+        prompt, answer = overall_prompt(row)
+        if prompt not in answers:
+            answers[prompt] = choice_answer(model, tokenizer, prompt, choices)
+        hits += answers[prompt] == answer
+        good += answers[prompt] == " good"
+    n = max(1, len(rows))
+    return {"accuracy": hits / n, "rows": len(rows), "answered_good": good / n}
+
+
+def overall_heldout_rows(train_table) -> list[dict[str, str]]:
+    """The rows ``train_checkpoint`` measures an ``overall`` model on: the table's whole test split, or 2,000
+    synthetic held-out rows."""
+    if train_table is not None:
+        return split_rows(train_table, "test", kind="overall")
+    return list(rows_for(None, 2000, seed=12345, split="test", kind="overall"))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Checkpoints: train what make_tiny_model wrote, through a cache
 # ---------------------------------------------------------------------------------------------------------------
 TRAIN_INIT_STD = 0.02  # make_tiny_model's 0.2 keeps random outputs varied but trains far slower
 DEFAULT_STEPS = 800
 SHALLOW_STEPS = 1200  # two layers are just enough for copying, and form it later; their steps are cheap
+OVERALL_STEPS = 300  # train="overall", any size
 
 
-def default_steps(path: str | Path) -> int:
-    """Training steps when none are asked for: ``SHALLOW_STEPS`` for models of at most two layers (the drafts),
-    else ``DEFAULT_STEPS``: about 90 s for the benchmark's 0.7M-parameter target on two cores, 60 s for its
-    0.14M-parameter, two-layer draft."""
+def default_steps(path: str | Path, train: str = "copy") -> int:
+    """Training steps when none are asked for. ``copy``: ``SHALLOW_STEPS`` for models of at most two layers (the
+    drafts), else ``DEFAULT_STEPS``: about 90 s for the benchmark's 0.7M-parameter target on two cores, 60 s for
+    its 0.14M-parameter, two-layer draft. ``overall``: ``OVERALL_STEPS``."""
+    if train == "overall":
+        return OVERALL_STEPS
     layers = json.loads((Path(path) / "config.json").read_text())["num_hidden_layers"]
     return SHALLOW_STEPS if layers <= 2 else DEFAULT_STEPS
 _WEIGHT_FILES = ("*.safetensors", "model.safetensors.index.json")
@@ -537,7 +799,7 @@ def train_checkpoint(path: str | Path, train: str = "copy", train_table: str | P
     if train not in TRAIN_KINDS:
         raise ValueError(f"unknown train {train!r}; choose from {', '.join(TRAIN_KINDS)}")
     path = Path(path)
-    steps = default_steps(path) if train_steps is None else int(train_steps)
+    steps = default_steps(path, train) if train_steps is None else int(train_steps)
     if steps < 1:
         raise ValueError(f"train_steps must be at least 1, got {steps}")
     cached = cache_root() / cache_key(path, train, train_table, steps, seed, shards)
@@ -551,8 +813,15 @@ def train_checkpoint(path: str | Path, train: str = "copy", train_table: str | P
     tokenizer = Tokenizer.from_dir(path)
     _log(f"training {path.name} ({sum(p.numel() for p in model.parameters()):,} parameters) for {steps} steps")
     t0 = time.perf_counter()
-    losses = train_model(model, tokenizer, steps, train_table, seed=seed)
+    losses = train_model(model, tokenizer, steps, train_table, seed=seed, train=train)
     seconds = time.perf_counter() - t0
+    heldout = None
+    if train == "overall":  # measured on the float32 weights, before they are stored in ``dtype``
+        model.eval()
+        t1 = time.perf_counter()
+        heldout = overall_accuracy(model, tokenizer, overall_heldout_rows(train_table))
+        heldout["seconds"] = round(time.perf_counter() - t1, 1)
+        _log(f"held-out accuracy {heldout['accuracy']:.3f} on {heldout['rows']} rows")
     tensors = {n: p.detach().to(getattr(torch, dtype)).contiguous() for n, p in model.named_parameters()}
     _write_weights(path, tensors, shards)
 
@@ -564,6 +833,8 @@ def train_checkpoint(path: str | Path, train: str = "copy", train_table: str | P
     _copy_weights(path, tmp)
     summary = dict(steps=steps, seconds=round(seconds, 1), first_loss=losses[0] if losses else None,
                    final_loss=sum(losses[-20:]) / max(1, len(losses[-20:])), format=FORMAT_VERSION)
+    if heldout is not None:
+        summary["heldout"] = heldout
     (tmp / "train.json").write_text(json.dumps(summary, indent=2))
     try:
         os.replace(tmp, cached)
@@ -574,7 +845,8 @@ def train_checkpoint(path: str | Path, train: str = "copy", train_table: str | P
 
 def train_summary(path: str | Path, train: str = "copy", train_table=None, train_steps: int | None = None,
                   seed: int = 0, shards: int = 1) -> dict[str, Any] | None:
-    """The cached ``train.json`` (steps, seconds, first/final loss) of a trained checkpoint, if there is one."""
-    steps = default_steps(path) if train_steps is None else int(train_steps)
+    """The cached ``train.json`` (steps, seconds, first/final loss; for ``overall`` also ``heldout``: accuracy,
+    rows and share answered good on ``overall_heldout_rows``) of a trained checkpoint, if there is one."""
+    steps = default_steps(path, train) if train_steps is None else int(train_steps)
     f = cache_root() / cache_key(Path(path), train, train_table, steps, seed, shards) / "train.json"
     return json.loads(f.read_text()) if f.is_file() else None

@@ -158,3 +158,95 @@ def test_full_training_answers_held_out_rows(tmp_path):
     rows = list(tt.rows_for(None, 40, seed=12345, split="test"))
     assert tt.accuracy(model, tok, rows, "extract")[0] >= 0.8
     assert tt.accuracy(model, tok, rows, "classify")[0] >= 0.85
+
+
+# ---- train="overall": llm_classify's own prompt, a noisy label (bench/cascade.py) --------------------------------
+BEER = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "llmsql", "beer.csv")
+
+
+def test_overall_prompt_is_byte_for_byte_what_llm_classify_sends():
+    """The SQL call through llm_sql (a recording backend in place of a model) sends exactly ``overall_prompt``,
+    constrained to the choices the answers are trained as, and the trained answer parses to the label."""
+    duckdb = pytest.importorskip("duckdb")
+    pa = pytest.importorskip("pyarrow")
+    import llm_sql
+    from engine_backend.backends.base import Backend, GenerationResult
+
+    rows = list(tt.rows_for(None, 40, seed=7, kind="overall"))
+    rows[0].update({"review/taste": "10/10", "review/palate": "5/5", "review/appearance": "1/5"})
+    expected = {tt.overall_prompt(r)[0]: tt.overall_prompt(r)[1] for r in rows}
+
+    class Recorder(Backend):
+        name = "recorder"
+        seen: list = []
+
+        def generate(self, requests, progress=False):
+            self.seen.extend(requests)
+            return [GenerationResult(text=expected[r.prompt], token_ids=[], finish_reason="stop", error=None,
+                                     prompt_tokens=0, cached_prompt_tokens=0, completion_tokens=1)
+                    for r in requests]
+
+    con = duckdb.connect()
+    fields = [tt.overall_fields(r) for r in rows]
+    con.register("src", pa.table({"id": list(range(len(rows))),
+                                  **{k: [f[k] for f in fields] for k in ("taste", "palate", "appearance")}}))
+    con.execute("CREATE TABLE beers AS SELECT * FROM src")
+    rec = Recorder()
+    db = llm_sql.register(con, backend=rec, cache=False, progress=False)
+    got = db.sql("SELECT id, llm_classify(taste, palate, appearance, ['good', 'bad']) FROM beers ORDER BY id")
+    # (rows with the same fields are one prompt: the label is noisy, so the recorder answers one of theirs)
+    assert [v for _, v in got.fetchall()] == [expected[tt.overall_prompt(r)[0]].strip() for r in rows]
+    assert {r.prompt for r in rec.seen} == set(expected)  # every prompt sent is a trained one, and all were sent
+    assert all(r.params.choices == [" " + lbl for lbl in tt.OVERALL_LABELS] for r in rec.seen)
+    assert set(expected.values()) <= {" good", " bad"}
+
+
+def test_overall_examples_encode_as_the_engine_does(tiny_model_dir):
+    tok = Tokenizer.from_dir(tiny_model_dir("llama"))
+    row = next(tt.rows_for(None, 1, seed=3, kind="overall"))
+    prompt, answer = tt.overall_prompt(row)
+    ids, plen = tt.encode_overall(tok, row)
+    assert ids[:plen] == tok.encode(prompt)
+    assert ids[plen:] == tok.encode(answer, add_special_tokens=False) + [tok.eos_token_ids[0]]
+
+
+@pytest.mark.skipif(not os.path.isfile(BEER), reason="needs ../shared/data/llmsql/beer.csv")
+def test_overall_labels_are_balanced_and_split_by_review():
+    train, test = tt.split_rows(BEER, "train", "overall"), tt.split_rows(BEER, "test", "overall")
+    assert len(test) > 2000 and len(train) > 9 * len(test) - 2000
+    key = lambda r: (r["review/profileName"], r["review/time"], r["beer/beerId"])  # noqa: E731
+    assert not {key(r) for r in train} & {key(r) for r in test}
+    for rows in (train, test):
+        assert 0.4 < sum(tt.overall_label(r) == "good" for r in rows) / len(rows) < 0.5
+
+
+def test_overall_synthetic_labels_are_balanced():
+    rows = list(tt.rows_for(None, 2000, seed=0, split="train", kind="overall"))
+    assert 0.35 < sum(tt.overall_label(r) == "good" for r in rows) / len(rows) < 0.6
+    assert {tt.overall_label(r) for r in rows} == {"good", "bad"}
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])  # gemma2: softcaps and a sliding window
+def test_shared_prefix_attention_matches_dense(tiny_model_dir, arch):
+    path = tiny_model_dir(arch)
+    model, tok = load_model(path, dtype="float32"), Tokenizer.from_dir(path)
+    examples = [tt.encode_overall(tok, r) for r in tt.rows_for(None, 5, seed=1, kind="overall")]
+    packed = tt.SharedPrefix(examples)
+    assert packed.shared > 80 and len(packed.ids) < sum(len(ids) for ids, _ in examples) / 2
+    with torch.no_grad():
+        hidden = model(packed.ids, packed.positions, tt.SharedPrefixAttention(model.config, packed))
+        for k, (ids, _) in enumerate(examples):
+            at = packed.shared + k * packed.rest
+            mine = torch.cat([hidden[:packed.shared], hidden[at:at + len(ids) - packed.shared]])
+            ref = model(torch.tensor(ids), torch.arange(len(ids)), DenseAttention(model.config))
+            torch.testing.assert_close(mine, ref, rtol=0, atol=1e-5)
+
+
+def test_overall_training_runs_and_reports_held_out_accuracy(tmp_path, tiny_cache):
+    path = make_tiny_model(tmp_path, "llama", train="overall", train_steps=3, hidden_size=32, num_hidden_layers=1,
+                           intermediate_size=64, num_attention_heads=2, num_key_value_heads=1, head_dim=16)
+    summary = tt.train_summary(path, "overall", train_steps=3)
+    assert summary["steps"] == 3 and 0.0 <= summary["heldout"]["accuracy"] <= 1.0
+    assert summary["heldout"]["rows"] == 2000
+    assert tt.default_steps(path, "overall") == tt.OVERALL_STEPS
+    assert tt.train_summary(path, "copy", train_steps=3) is None  # the kind is part of the cache key
