@@ -13,9 +13,10 @@ For one stage of the rewritten query (``estimate_stage``), without calling the m
   prefix chain was seen before, by an earlier prompt of the stage or already in the engine's cache now, and
   the last prompt token is always computed. The cache is assumed not to evict within the stage;
 * **generated tokens**: a call with choices generates one of them: their mean token length (plus the EOS a
-  choice needs when it is the prefix of another); ``llm`` / ``llm_extract``: the mean the backend measured on
-  earlier requests of the same kind (``engine_backend.backends.base.params_kind``: output constraint and
-  bounds), else ``max_tokens``; the plan says which;
+  choice needs when it is the prefix of another) where the tokenizer is here; otherwise (``llm`` /
+  ``llm_extract``, or choices on a backend without a tokenizer) the mean the backend measured on earlier
+  requests of the same kind (``engine_backend.backends.base.params_kind``: output constraint and bounds), else
+  ``max_tokens``; the plan says which;
 * **seconds**: from the backend's measured throughput: ``TimeModel``, a non-negative linear fit of its past
   batches' seconds on (uncached prompt tokens, generated tokens, requests, and engine steps where the backend
   counts them), weighted so that each batch's relative error counts alike. The embedded engine's steps, for the
@@ -91,11 +92,9 @@ def expected_generated(params: Any, backend: Any) -> tuple[float, str]:
     from engine_backend.backends.base import params_kind
 
     tokenizer = tokenizer_of(backend)
-    if params.choices:
-        if tokenizer is not None:
-            lengths = choice_lengths(params.choices, tokenizer)
-            return sum(lengths) / len(lengths), "the choices' token lengths"
-        return float(params.max_tokens), "max_tokens (the choices, no tokenizer to measure them)"
+    if params.choices and tokenizer is not None:
+        lengths = choice_lengths(params.choices, tokenizer)
+        return sum(lengths) / len(lengths), "the choices' token lengths"
     history = _history(backend)
     seen = history.generated_per_request(params_kind(params)) if history is not None else None
     if seen is not None:

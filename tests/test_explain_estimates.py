@@ -213,3 +213,35 @@ def test_bench_quick(model_dir, tmp_path):
     assert s["queries"] == 2 and s["stages"] == 3
     assert s["tokens_exact"] and s["cached_exact"]
     assert all(r["seconds_est"] > 0 for r in data["stages"])
+
+
+def test_a_backend_without_tokenizer_or_steps_gets_guesses_said_so():
+    from engine_backend.backends.base import Backend, GenerationResult, _Totals
+
+    class Remote(Backend):  # an OpenAI-compatible server as the estimator sees one: no tokenizer, no engine
+        name = "remote"
+
+        def __init__(self):
+            self._totals = _Totals()
+
+        def generate(self, requests, progress=False):
+            out = [GenerationResult(text=" yes", token_ids=[1], finish_reason="stop", error=None,
+                                    prompt_tokens=len(r.prompt) // 4, cached_prompt_tokens=0, completion_tokens=1)
+                   for r in requests]
+            self._totals.add(out, 0.01 * len(requests), requests)
+            return out
+
+    con = duckdb.connect()
+    fill(con)
+    db = llm_sql.register(con, backend=Remote(), cache=False, progress=False)
+    try:
+        s = llm_sql.explain(db, FILTER).stages[0]
+        assert s["est_tokens_source"].startswith("guessed") and s["est_seconds"] is None
+        db.sql(FILTER).fetchall()
+        db.sql(PROJECTION).fetchall()
+        db.sql("SELECT llm_filter('Is it dark?', review) FROM beers").fetchall()
+        s = llm_sql.explain(db, FILTER).stages[0]
+        assert s["est_seconds"] == pytest.approx(0.06) and "engine step" not in s["est_seconds_source"]
+    finally:
+        db.close()
+        con.close()
