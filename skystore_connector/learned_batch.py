@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .learned import CLASSES, READ_CLASSES, Model, closed_costs, next_boundary, read_class
+from .learned import CLASSES, READ_CLASSES, Model, next_boundary, read_class
 from .pricing import GB
 from .trace_arrays import stable_order
 
@@ -91,6 +91,10 @@ class BatchLearner:
         it = np.r_[c_t, t]
         iw, ir, ic = np.r_[c_w, w], np.r_[cr, r], np.r_[c_c, cls]
         ig, iclose = np.r_[c_gap, gap], np.r_[c_close, close]
+        jj = np.empty(len(it), np.int64)  # each read's candidate index: candidates below its gap are misses
+        for d in range(len(model.regions)):
+            sel = ir == d
+            jj[sel] = np.searchsorted(model.ttls[d], ig[sel], side="left")
 
         bounds = []
         b = self.boundary
@@ -100,7 +104,8 @@ class BatchLearner:
         self.boundary = b
         bounds = np.array(bounds, np.int64)
         if len(bounds):
-            tables = self._tables(bounds, t[bounds - n0], n0, m, r, cls, w, first_read, it, iw, ir, ic, ig, iclose)
+            tables = self._tables(bounds, t[bounds - n0], n0, m, r, cls, w, first_read, it, iw, ir, ic, ig, iclose,
+                                  jj)
             epoch = np.searchsorted(bounds, n0 + np.arange(m), side="right")
             every = np.concatenate([self.table[None], tables])
             rows = (epoch * len(model.regions) + r) * (CLASSES + 1) + cls
@@ -108,15 +113,23 @@ class BatchLearner:
         else:
             every, rows = self.table, r * (CLASSES + 1) + cls
         chosen = every.reshape(-1, every.shape[-1])[rows]  # one row of TTLs (by source) per read
-        out[rec] = chosen if np.array_equal(cols, np.arange(len(cols))) else chosen[:, cols]
+        if not np.array_equal(cols, np.arange(len(cols))):
+            chosen = chosen[:, cols]
+        if m == len(reg):  # the simulator hands over only reads that need a TTL
+            out = chosen
+        else:
+            out[rec] = chosen
 
         # carry: closed gaps, counts and the last read of every key
         done = np.isfinite(ig)
-        for d in range(len(model.regions)):
-            sel = done & (ir == d)
-            storage, missed = closed_costs(model.ttls[d], ig[sel], iw[sel], ic[sel])
-            self.a[d] += storage
-            self.ms[d] += missed
+        k1 = model.k + 1
+        cells = (ir[done] * CLASSES + ic[done]) * k1 + jj[done]
+        shape = (len(model.regions), CLASSES, k1)
+        s = np.bincount(cells, iw[done], minlength=np.prod(shape)).reshape(shape)
+        sg = np.bincount(cells, iw[done] * ig[done], minlength=np.prod(shape)).reshape(shape)
+        missed = s[..., ::-1].cumsum(-1)[..., ::-1][..., 1:]  # as learned.closed_costs, every region at once
+        self.a += model.ttls[:, None, :] * missed + sg.cumsum(-1)[..., :-1]
+        self.ms += missed
         self.n += np.bincount(r * CLASSES + cls, minlength=self.n.size).reshape(self.n.shape)
         self.w += np.bincount(r * CLASSES + cls, w, minlength=self.w.size).reshape(self.w.shape)
         self.f += np.bincount((r * CLASSES + cls)[first_read], minlength=self.f.size).reshape(self.f.shape)
@@ -128,7 +141,7 @@ class BatchLearner:
         self.count += m
         return out
 
-    def _tables(self, bounds, times, n0, m, r, cls, w, first_read, it, iw, ir, ic, ig, iclose) -> np.ndarray:
+    def _tables(self, bounds, times, n0, m, r, cls, w, first_read, it, iw, ir, ic, ig, iclose, jj) -> np.ndarray:
         """The TTL table after each re-decision in ``bounds`` (read indices), taken at ``times``."""
         model = self.model
         nr, k, e = len(model.regions), model.k, len(bounds)
@@ -144,11 +157,6 @@ class BatchLearner:
         firsts = _cumulative(ep[first_read], cell[first_read], np.ones(first_read.sum()), e, rc) + self.f.reshape(-1)
         wsum = _cumulative(ep, cell, w, e, rc) + self.w.reshape(-1)
 
-        # each read's candidate index: candidates below its gap are misses
-        jj = np.empty(len(it), np.int64)
-        for d in range(nr):
-            sel = ir == d
-            jj[sel] = np.searchsorted(model.ttls[d], ig[sel], side="left")
         icell = ir * CLASSES + ic
         # misses closed before each re-decision (by read index)
         closed = iclose < NEVER
