@@ -9,6 +9,7 @@
     df = df.llm.score("Rate the beer", "review", "style", into="score")     # Int32, 1..5
     df = df.llm.extract("Extract the facts", "review", schema="brewery VARCHAR, abv DOUBLE")   # one column a field
     per_style = df.llm.agg("Summarise the reviews", "review", by="style")   # one row per style (llm_agg, udf.agg)
+    pairs = reviews.llm.join(flavours, "Does the review mention it?", left_on="review", right_on="flavour")
     llm_sql.last_stats(df)                                 # rows in, LLM calls after dedup, cache hits, tokens, ...
 
 Every method is ``llm(instruction, field, ...)`` (``llm_filter``, ``llm_classify``, ``llm_score``,
@@ -404,6 +405,41 @@ class LLMAccessor:
             new[errors_into] = _pandas_values(pa.array(errors, type=pa.string()))
         return self._done(_with_columns(self._frame, new), stats)
 
+    def join(self, other: Any, instruction: str, *, left_on: str, right_on: str, suffixes: tuple[str, str] = ("_x", "_y"),
+             session: Any = None, **options: Any):
+        """The pairs of rows (this frame's, ``other``'s) for which ``llm_filter(instruction, left_on, right_on)`` is
+        true: ``SELECT l.*, r.* FROM self l JOIN other r ON llm_filter(instruction, l.left_on, r.right_on)``, run by
+        DuckDB with this session, so it is planned as that SQL is (a stage over the distinct pairs; with
+        ``multi_label=True``, one call per value of the larger side). A new frame with a fresh index; columns that
+        both frames have get ``suffixes``. Modin frames come to pandas: every pair may match."""
+        import duckdb
+
+        from llm_sql.duckdb_mode import LLMConnection
+        from udf.duckdb_udf import register_udfs
+        from udf.options import validate_options
+
+        sess = session_of(session)
+        left, right = (f._to_pandas() if _is_modin(f) else f for f in (self._frame, other))
+        _field_names(left, [left_on])
+        _field_names(right, [right_on])
+        con = duckdb.connect()
+        try:
+            con.register("__llm_left", left.reset_index(drop=True))
+            con.register("__llm_right", right.reset_index(drop=True))
+            register_udfs(con, sess.route, sess.udf_settings, result_cache=sess.result_cache,
+                          on_output=sess.on_output)
+            both = set(left.columns) & set(right.columns)
+            cols = [f"l.{_quote(c)} AS {_quote(f'{c}{suffixes[0]}' if c in both else c)}" for c in left.columns]
+            cols += [f"r.{_quote(c)} AS {_quote(f'{c}{suffixes[1]}' if c in both else c)}" for c in right.columns]
+            opts = dict(validate_options(options, where="option"))
+            struct = (", {" + ", ".join(f"'{k}': {_sql_literal(v)}" for k, v in opts.items()) + "}") if opts else ""
+            sql = (f"SELECT {', '.join(cols)} FROM __llm_left l JOIN __llm_right r ON llm_filter("
+                   f"{_sql_literal(instruction)}, l.{_quote(left_on)}, r.{_quote(right_on)}{struct})")
+            result = LLMConnection(con, sess).sql(sql).df()
+        finally:
+            con.close()
+        return self._done(result, sess.last)
+
     def agg(self, instruction: str, column: Any, by: Any = None, *, into: str = "llm_agg",
             errors_into: str | None = None, session: Any = None, **options: Any):
         """``llm_agg(instruction, column)`` per group of ``by`` (a column name, a list of them, or None for the whole
@@ -444,6 +480,23 @@ class LLMAccessor:
         if errors_into is not None:
             result[errors_into] = _pandas_values(pa.array(out.errors, type=pa.string()))
         return self._done(result, stats)
+
+
+def _sql_literal(value: Any) -> str:
+    """An option value as a DuckDB literal (strings, numbers, booleans, lists of them)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_sql_literal(v) for v in value) + "]"
+    raise ValueError(f"cannot pass the option value {value!r} to SQL")
+
+
+def _quote(name: str) -> str:
+    return '"' + str(name).replace('"', '""') + '"'
 
 
 def _missing(v: Any) -> bool:

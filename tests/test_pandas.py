@@ -242,3 +242,36 @@ def test_modin_empty_frame(sess, mpd):
     out = empty.llm.map("x", "review", into="s")
     assert isinstance(out, mpd.DataFrame) and len(out) == 0 and list(out.columns) == ["review", "style", "abv", "s"]
     assert len(empty.llm.filter("x", "review")) == 0 and llm_sql.last_stats(out).llm_calls == 0
+
+
+def test_join_equals_the_sql_join(sess, con):
+    reviews = frame(12)
+    flavours = pd.DataFrame({"flavour": ["hops", "coffee", "sweet", None], "abv": [1.0, 2.0, 3.0, 4.0]},
+                            index=[5, 5, 6, 7])
+    got = reviews.llm.join(flavours, "Does the review mention the flavour?", left_on="review", right_on="flavour")
+    con.register("l", reviews.reset_index(drop=True))
+    con.register("r", flavours.reset_index(drop=True))
+    try:
+        expected = con.sql("SELECT l.review, l.style, l.abv AS abv_x, r.flavour, r.abv AS abv_y FROM l JOIN r "
+                           "ON llm_filter('Does the review mention the flavour?', l.review, r.flavour)").fetchall()
+    finally:
+        con.unregister("l")
+        con.unregister("r")
+    assert list(got.columns) == ["review", "style", "abv_x", "flavour", "abv_y"]
+    assert 0 < len(got) < len(reviews) * len(flavours)  # some pairs pass, not all
+    key = lambda row: tuple(repr(v) for v in row)  # noqa: E731
+    assert sorted(map(key, plain_rows(got)), key=str) == sorted(map(key, plain_rows_tuples(expected)), key=str)
+    stats = llm_sql.last_stats(got)
+    assert stats.stages and stats.stages[0]["role"] == "filter"  # planned as the SQL join is: distinct pairs
+    multi = reviews.llm.join(flavours, "Does the review mention the flavour?", left_on="review", right_on="flavour",
+                             multi_label=True)
+    distinct_reviews = reviews["review"].dropna().nunique()
+    assert llm_sql.last_stats(multi).llm_calls <= distinct_reviews + 1 and set(multi.columns) == set(got.columns)
+
+
+def plain_rows(df: pd.DataFrame) -> list[tuple]:
+    return [tuple(plain(list(r))) for r in df.itertuples(index=False)]
+
+
+def plain_rows_tuples(rows) -> list[tuple]:
+    return [tuple(plain(list(r))) for r in rows]
