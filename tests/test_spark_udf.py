@@ -158,6 +158,19 @@ def test_filter_projection_and_group_by(spark, plain):
     assert {r.style: r.avg_score for r in got_df} == pytest.approx(want)
 
 
+def test_join_on_an_llm_condition(spark, plain):
+    """Spark evaluates a Python UDF in a join condition over the joined pairs (its ExtractPythonUDFFromJoinCondition):
+    every pair that passes the cheap keys, each answered as the plain evaluation answers it."""
+    spark.createDataFrame([("IPA", "hops"), ("IPA", "citrus"), ("Stout", "coffee"), ("Sour", "cherry")],
+                          "style string, flavour string").createOrReplaceTempView("flavours")
+    got = spark.sql("SELECT r.id, f.flavour FROM reviews r JOIN flavours f ON r.style = f.style AND "
+                    "llm_filter('Does the review mention it?', struct(r.review, f.flavour))").collect()
+    pairs = [(i, r, f) for i, r, s in ROWS for s2, f in [("IPA", "hops"), ("IPA", "citrus"), ("Stout", "coffee"),
+                                                          ("Sour", "cherry")] if s == s2]
+    keep = plain("llm_filter", ["review", "flavour"], [(r, f) for _, r, f in pairs], "Does the review mention it?")
+    assert sorted((r.id, r.flavour) for r in got) == sorted((i, f) for (i, _, f), k in zip(pairs, keep) if k)
+
+
 def test_nulls_empty_and_duplicates(spark):
     empty = spark.createDataFrame([], "review string, style string")
     assert empty.select(llm("x", "review")).collect() == []
