@@ -248,7 +248,7 @@ class Soak:
                 {"messages": [{"role": "tool", "content": "x"}]}, {"messages": [{"content": "x"}]}])),
             "bad_values": ({400}, "/v1/completions", rng.choice([
                 {"prompt": p, "max_tokens": 0}, {"prompt": p, "temperature": -1}, {"prompt": p, "top_p": 0},
-                {"prompt": p, "n": 2}, {"prompt": p, "stream": True}, {"prompt": ""}, {},
+                {"prompt": p, "n": 99}, {"prompt": p, "stream": "yes"}, {"prompt": ""}, {},
                 {"prompt": p, "response_format": {"type": "xml"}}, {"prompt": p, "guided_regex": "("},
                 {"prompt": p, "guided_json": {"type": "object", "properties": 5}}, {"prompt": [999999]}])),
             "over_context": ({400}, "/v1/completions", {"prompt": "word " * 3000, "max_tokens": 2}),
