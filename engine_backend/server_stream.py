@@ -68,6 +68,8 @@ class ChunkWriter:
                               "finish_reason": None}]) for i in range(len(self.pieces))]
 
     def tokens(self, index: int, token_ids: list[int], entries: list | None) -> str | None:
+        if self.pieces[index].format is not None:
+            entries = None  # a reasoning request's logprobs are the answer's: they come with its last chunk
         before = list(self.pieces[index].token_ids)
         thought, piece = self.pieces[index].add(token_ids)
         if not piece and not thought and not (self.want_logprobs[index] and entries):
@@ -81,10 +83,16 @@ class ChunkWriter:
         rest = list(out.token_ids[len(before):])  # tokens of the last step: never reported as progress
         pieces.token_ids += rest
         entries = out.logprobs[len(out.logprobs) - len(rest):] if out.logprobs is not None else None
+        tokens = rest
+        if pieces.format is not None and out.logprobs is not None:  # the answer's, as the whole response has them
+            n = out.num_answer_tokens
+            tokens, entries = (list(out.token_ids[len(out.token_ids) - n:]), out.logprobs[len(out.logprobs) - n:]) \
+                if n else ([], [])
+            before = list(out.token_ids[:len(out.token_ids) - n])
         if out.finish_reason == "error":
             return self._chunk([self._choice(index, None, [], None, "error", out.error or "request failed")])
         thought, piece = pieces.finish(out.text, out.reasoning)
-        return self._chunk([self._choice(index, piece or None, rest, entries, out.finish_reason, before=before,
+        return self._chunk([self._choice(index, piece or None, tokens, entries, out.finish_reason, before=before,
                                          thought=thought)])
 
     def closing(self) -> list[str]:

@@ -156,6 +156,12 @@ def test_server_returns_reasoning_apart_streamed_or_not(qwen3_dir, tiny_model_di
                 thought += (c.delta.model_extra or {}).get("reasoning_content") or ""
                 answer += c.delta.content or ""
         assert (thought, answer) == (reasoning, message.content)
+        # logprobs cover the answer only, streamed or not
+        lp = dict(kwargs, logprobs=True)
+        whole = client.chat.completions.create(**lp).choices[0].logprobs.content
+        streamed = [e for chunk in client.chat.completions.create(**lp, stream=True)
+                    for c in chunk.choices if c.logprobs for e in c.logprobs.content]
+        assert [e.token for e in streamed] == [e.token for e in whole] and 0 < len(whole) <= 6
         off = client.chat.completions.create(model=aengine.model_name, messages=MESSAGES, max_tokens=4,
                                              extra_body={"chat_template_kwargs": {"enable_thinking": False}})
         assert "reasoning_content" not in off.choices[0].message.model_extra
