@@ -29,6 +29,15 @@ class RequestOutput:
     num_reasoning_tokens: int = 0
     num_answer_tokens: int = 0  # the last tokens of ``token_ids``: the answer after any reasoning block
 
+    def answer_logprobs(self) -> tuple[list[int], list | None]:
+        """The answer's tokens (after any reasoning block) and their logprob entries (None if not asked for):
+        what OpenAI-style APIs report as the content's logprobs."""
+        n = self.num_answer_tokens
+        tokens = list(self.token_ids[len(self.token_ids) - n:]) if n else []
+        if self.logprobs is None:
+            return tokens, None
+        return tokens, (self.logprobs[len(self.logprobs) - n:] if n else [])
+
 
 class Sequence:
     def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, arrival: int):

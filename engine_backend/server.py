@@ -294,18 +294,10 @@ def _with_choices(params: SamplingParams, n: int) -> list[SamplingParams]:
     return [dataclasses.replace(params, seed=(params.seed + j) % 2**64) for j in range(n)]
 
 
-def _answer_logprobs(out: Any) -> tuple[list[int], list]:
-    """The answer's tokens and logprob entries: after a reasoning block, as OpenAI reports content logprobs."""
-    if out.reasoning is None:
-        return list(out.token_ids), out.logprobs
-    n = out.num_answer_tokens
-    return (list(out.token_ids[len(out.token_ids) - n:]), out.logprobs[len(out.logprobs) - n:]) if n else ([], [])
-
-
 def _completion_choice(index: int, out: Any, tokenizer: Any) -> dict:
     logprobs = None
     if out.logprobs is not None and out.finish_reason != "error":
-        logprobs = completion_logprobs(tokenizer, *_answer_logprobs(out))
+        logprobs = completion_logprobs(tokenizer, *out.answer_logprobs())
     choice = {"index": index, "text": out.text, "logprobs": logprobs, "finish_reason": out.finish_reason,
               # extensions: exact tokens and per-choice usage, so a client can account per row
               "token_ids": list(out.token_ids), "usage": usage([out])}
@@ -318,7 +310,7 @@ def _completion_choice(index: int, out: Any, tokenizer: Any) -> dict:
 
 
 def _chat_choice(index: int, out: Any, tokenizer: Any) -> dict:
-    logprobs = chat_logprobs(tokenizer, *_answer_logprobs(out)) if out.logprobs is not None else None
+    logprobs = chat_logprobs(tokenizer, *out.answer_logprobs()) if out.logprobs is not None else None
     message = {"role": "assistant", "content": out.text}
     if out.reasoning is not None:  # vLLM's field name, which clients of reasoning models read
         message["reasoning_content"] = out.reasoning
@@ -508,24 +500,25 @@ async def _client_gone(request: Request) -> None:
             return
 
 
+async def _unless_client_leaves(request: Request, fut: asyncio.Future, abort: Any) -> Any:
+    """``fut``'s result, or 499 if the client disconnects first: ``abort()`` then frees its requests' pages."""
+    watch = asyncio.ensure_future(_client_gone(request))
+    try:
+        done, _ = await asyncio.wait({fut, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not fut.done():  # client gone, or this handler cancelled: free the pages now
+            abort()
+            fut.cancel()
+    if fut not in done:
+        raise APIError(499, "client closed the request", type="client_closed_request")
+    return fut.result()
+
+
 async def _run_batch(engine: AsyncLLMEngine, request: Request, prompts: list, params: SamplingParams | list) -> list:
     try:
         handle = engine.submit(prompts, params)
-    except EngineClosedError as exc:
-        raise APIError(503, str(exc), type="server_error") from None
-    work = asyncio.ensure_future(handle.wait())
-    watch = asyncio.ensure_future(_client_gone(request))
-    try:
-        done, _ = await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watch.cancel()
-        if not work.done():  # client gone, or this handler cancelled: free the pages now
-            handle.abort()
-            work.cancel()
-    if work not in done:
-        raise APIError(499, "client closed the request", type="client_closed_request")
-    try:
-        return work.result()
+        return await _unless_client_leaves(request, asyncio.ensure_future(handle.wait()), handle.abort)
     except EngineClosedError as exc:
         raise APIError(503, str(exc), type="server_error") from None
     except EngineError as exc:
@@ -534,18 +527,7 @@ async def _run_batch(engine: AsyncLLMEngine, request: Request, prompts: list, pa
 
 async def _first_event(events: Any, stream: BatchStream, request: Request) -> tuple:
     """The stream's first event, or 499 if the client leaves before it (its requests are aborted)."""
-    nxt = asyncio.ensure_future(events.__anext__())
-    watch = asyncio.ensure_future(_client_gone(request))
-    try:
-        done, _ = await asyncio.wait({nxt, watch}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watch.cancel()
-        if not nxt.done():
-            stream.abort()
-            nxt.cancel()
-    if nxt not in done:
-        raise APIError(499, "client closed the request", type="client_closed_request")
-    return nxt.result()
+    return await _unless_client_leaves(request, asyncio.ensure_future(events.__anext__()), stream.abort)
 
 
 async def _stream_response(engine: AsyncLLMEngine, request: Request, prompts: list, params_list: list,

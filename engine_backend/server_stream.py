@@ -85,10 +85,8 @@ class ChunkWriter:
         entries = out.logprobs[len(out.logprobs) - len(rest):] if out.logprobs is not None else None
         tokens = rest
         if pieces.format is not None and out.logprobs is not None:  # the answer's, as the whole response has them
-            n = out.num_answer_tokens
-            tokens, entries = (list(out.token_ids[len(out.token_ids) - n:]), out.logprobs[len(out.logprobs) - n:]) \
-                if n else ([], [])
-            before = list(out.token_ids[:len(out.token_ids) - n])
+            tokens, entries = out.answer_logprobs()
+            before = list(out.token_ids[:len(out.token_ids) - len(tokens)])
         if out.finish_reason == "error":
             return self._chunk([self._choice(index, None, [], None, "error", out.error or "request failed")])
         thought, piece = pieces.finish(out.text, out.reasoning)

@@ -15,7 +15,7 @@ def result_from_output(out: Any, tokenizer: Any = None) -> GenerationResult:
     failed = out.finish_reason == "error"
     logprobs = None
     if out.logprobs is not None and tokenizer is not None and not failed:
-        answer = out.logprobs[len(out.logprobs) - out.num_answer_tokens:] if out.num_answer_tokens else []
+        _, answer = out.answer_logprobs()
         logprobs = [(e.logprob, {token_text(tokenizer, t): lp for t, lp in e.top}) for e in answer]
     return GenerationResult(
         text=None if failed else out.text,
