@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -117,3 +120,45 @@ def save_bar_chart(groups: dict[str, dict[str, float]], ylabel: str, title: str,
 
 def mib(n_bytes: float) -> float:
     return round(n_bytes / 2**20, 2)
+
+
+def start_serve(model: Path, key: str, *serve_args: str, stderr=subprocess.DEVNULL,
+                timeout: float = 180) -> tuple[subprocess.Popen, str]:
+    """``llm-sql serve --model MODEL`` (plus ``serve_args``) on a free loopback port, its stderr to ``stderr``; the
+    key goes in the environment, not on the command line where ps shows it. Returns the child and its URL once
+    /health answers."""
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = shutil.which("llm-sql", path=str(Path(sys.executable).parent))
+    cmd = [exe] if exe else [sys.executable, "-m", "llm_sql.cli"]
+    cmd += ["serve", "--model", str(model), "--host", "127.0.0.1", "--port", str(port), *serve_args]
+    env = dict(os.environ, LLM_SQL_API_KEY=key,
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, env=env,
+                             cwd=REPO)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while True:
+        if child.poll() is not None:
+            where = f": see {stderr.name}" if hasattr(stderr, "name") else ""
+            raise RuntimeError(f"llm-sql serve exited with {child.returncode}{where}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return child, url
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            child.kill()
+            raise RuntimeError(f"llm-sql serve did not answer /health within {timeout:.0f} s")
+        time.sleep(0.3)
+
+
+def stop_serve(child: subprocess.Popen) -> None:
+    child.terminate()
+    try:
+        child.wait(30)
+    except subprocess.TimeoutExpired:
+        child.kill()

@@ -36,10 +36,8 @@ import os
 import random
 import re
 import secrets
-import shutil
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -51,7 +49,8 @@ for p in (str(REPO), str(REPO / "bench")):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from _common import DEFAULT_OUT, checkpoint_dir, log, print_table, pyplot, save_png, write_json  # noqa: E402
+from _common import (DEFAULT_OUT, checkpoint_dir, log, print_table, pyplot, save_png, start_serve,  # noqa: E402
+                     stop_serve, write_json)
 
 NAME = "engine_soak"
 MEMORY_GROWTH_LIMIT_MIB = 32
@@ -343,36 +342,6 @@ def wait_idle(client, timeout: float = 60) -> dict:
         time.sleep(0.5)
 
 
-def start_server(model: Path, key: str, kv: str, server_log) -> tuple[subprocess.Popen, str]:
-    """``llm-sql serve`` on a free loopback port, its stderr into the open file ``server_log``; returns the
-    child and its URL once /health answers."""
-    import httpx
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    exe = shutil.which("llm-sql", path=str(Path(sys.executable).parent))
-    cmd = [exe] if exe else [sys.executable, "-m", "llm_sql.cli"]
-    cmd += ["serve", "--model", str(model), "--host", "127.0.0.1", "--port", str(port), "--kv-cache-memory", kv]
-    env = dict(os.environ, LLM_SQL_API_KEY=key,  # not on the command line, where ps shows it
-               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=server_log, env=env, cwd=REPO)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        if child.poll() is not None:
-            raise RuntimeError(f"llm-sql serve exited with {child.returncode}: see {server_log.name}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return child, url
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            child.kill()
-            raise RuntimeError("llm-sql serve did not answer /health within 180 s")
-        time.sleep(0.3)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=90)
@@ -399,7 +368,7 @@ def main() -> None:
     server_log = out / f"{NAME}.server.log"
     key = secrets.token_urlsafe(24)
     server_stderr = open(server_log, "w")  # noqa: SIM115 - the child writes it until the end
-    child, url = start_server(model, key, args.kv_cache_memory, server_stderr)
+    child, url = start_serve(model, key, "--kv-cache-memory", args.kv_cache_memory, stderr=server_stderr)
     pid = child.pid
     log(f"llm-sql serve up on {url} (pid {pid})")
     settle = 1 if args.quick else 3  # seconds for uvicorn to close what the last clients left
@@ -434,11 +403,7 @@ def main() -> None:
             chosen = admin.post("/v1/completions", json=dict(probe, choices=LABELS))
             final_ok = final_ok and chosen.status_code == 200 and chosen.json()["choices"][0]["text"] in LABELS
     finally:
-        child.terminate()
-        try:
-            child.wait(30)
-        except subprocess.TimeoutExpired:
-            child.kill()
+        stop_serve(child)
         server_stderr.close()
 
     logged = server_log.read_text(errors="replace")

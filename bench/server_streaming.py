@@ -16,9 +16,7 @@ import argparse
 import asyncio
 import os
 import secrets
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,37 +25,12 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import LLAMA_24M, checkpoint_dir, log, print_table, save_bar_chart, write_json  # noqa: E402
+from _common import (LLAMA_24M, checkpoint_dir, log, print_table, save_bar_chart, start_serve,  # noqa: E402
+                     stop_serve, write_json)
 
 from engine_backend.testing import make_tiny_model  # noqa: E402
 
 TOPICS = ["hops", "malt", "foam", "colour", "aroma", "bitterness", "body", "finish"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(model_dir: Path, key: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "llm_sql.cli", "serve", "--model", str(model_dir), "--port", str(port),
-           "--api-key", key]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited: {proc.stderr.read()[-2000:]}")
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("the server did not start within 300 s")
 
 
 async def one_client(client, model: str, i: int, max_tokens: int, stream: bool) -> dict:
@@ -118,7 +91,7 @@ def main() -> int:
         make_tiny_model(model_dir, arch="llama", tokenizer="qwen2", **dims)
     key = secrets.token_urlsafe(16)
     log("starting llm-sql serve")
-    proc, url = start_server(model_dir, key)
+    proc, url = start_serve(model_dir, key)
     try:
         model = httpx.get(url + "/v1/models", headers={"Authorization": f"Bearer {key}"}).json()["data"][0]["id"]
         asyncio.run(one_round(url, key, model, min(4, args.clients), 4, True))  # warm-up: first-call costs
@@ -130,11 +103,7 @@ def main() -> int:
                 log(f"round {r + 1} {mode}: ttft p50 {res['ttft_p50']:.3f}s p95 {res['ttft_p95']:.3f}s, "
                     f"{res['tokens_per_s']:.0f} tok/s")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_serve(proc)
 
     summary = {mode: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for mode, runs in rounds.items()}
     ratio_ttft = summary["stream"]["ttft_p50"] / summary["plain"]["ttft_p50"]
