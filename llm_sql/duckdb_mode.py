@@ -174,14 +174,15 @@ class LLMConnection:
         return (self._fallback_sql(plan.sql) if plan.fallbacks else plan.sql), bool(plan.stages)
 
     def _fallback_sql(self, sql: str) -> str:
-        """``sql`` for the fallback UDFs: fields named (``name_fields``), and every call whose SQL type its options
-        decide (``llm_extract``'s schema, ``return_reasoning``) renamed to a UDF registered with that type."""
+        """``sql`` for the fallback UDFs: fields named (``name_fields``), and every call whose own options give it
+        another SQL type than its function's UDF has (``llm_extract``'s schema, ``return_reasoning``) renamed to a
+        UDF registered with that type."""
         sql = name_fields(sql)
         lowered = sql.lower()
         if "llm_extract" not in lowered and "return_reasoning" not in lowered:
             return sql
         from udf.duckdb_udf import register_typed_udf
-        from udf.functions import duckdb_type_of, make_call, typed_by_options
+        from udf.functions import duckdb_type_of, make_call, registered_duckdb_type
 
         tree = sqlglot.parse_one(sql, dialect="duckdb")
         for call in llm_calls(tree, FUNCTIONS):
@@ -191,9 +192,9 @@ class LLMConnection:
                 spec = parse_call(call)
                 llm_call = make_call(spec.function, spec.instruction, [f"f{i}" for i in range(len(spec.fields))],
                                      spec.labels, spec.options)
-                if not typed_by_options(llm_call, self.session.defaults):
-                    continue
                 sql_type = duckdb_type_of(llm_call, self.session.defaults)
+                if sql_type == registered_duckdb_type(spec.function, self.session.defaults):
+                    continue
             except (Unliftable, ValueError) as exc:
                 raise ValueError(f"{call.name} needs a literal schema / return_reasoning option: {exc}") from None
             name = f"{spec.function}_{hashlib.sha256(sql_type.encode()).hexdigest()[:12]}"

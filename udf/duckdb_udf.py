@@ -35,7 +35,6 @@ from typing import Any, Callable
 
 from udf.api import FUNCTIONS, EvalOutput, EvalSettings, LLMCall, ResultCache
 from udf.arrow_calls import Route, Target, answer_batch
-from udf.registry import spec_of
 
 
 def register_udfs(con: Any, route: Route, settings: EvalSettings, result_cache: ResultCache | None = None,
@@ -48,10 +47,12 @@ def register_udfs(con: Any, route: Route, settings: EvalSettings, result_cache: 
     and per-row error reasons). Functions typed by their schema (``llm_extract``) are registered per schema
     with ``register_typed_udf``.
     """
+    from udf.functions import registered_duckdb_type
+
     for name in functions:
-        spec = spec_of(name)
-        if not spec.typed_by_schema:
-            register_typed_udf(con, name, name, spec.duckdb_type, route, settings, result_cache, on_output)
+        sql_type = registered_duckdb_type(name, settings.defaults)
+        if sql_type is not None:
+            register_typed_udf(con, name, name, sql_type, route, settings, result_cache, on_output)
     from udf.agg import register_duckdb  # llm_agg_list, which llm_sql.duckdb_mode rewrites llm_agg to
 
     register_duckdb(con, route, settings, result_cache, on_output)

@@ -101,6 +101,16 @@ def duckdb_type_of(call: LLMCall, defaults: Mapping[str, Any] | None = None) -> 
     return f"STRUCT(answer {base}, reasoning VARCHAR)" if opts.get("return_reasoning") else base
 
 
+def registered_duckdb_type(function: str, defaults: Mapping[str, Any] | None = None) -> str | None:
+    """The SQL type ``function``'s DuckDB UDF is registered with: its own, wrapped when the session's defaults
+    ask for ``return_reasoning``; None for a function typed by each call's schema (registered per schema)."""
+    spec = spec_of(function)
+    if spec.typed_by_schema:
+        return None
+    return f"STRUCT(answer {spec.duckdb_type}, reasoning VARCHAR)" if (defaults or {}).get("return_reasoning") \
+        else spec.duckdb_type
+
+
 def typed_by_options(call: LLMCall, defaults: Mapping[str, Any] | None = None) -> bool:
     """Whether the call's SQL type is not its function's fixed one (a schema, or return_reasoning)."""
     from udf.options import merge_options

@@ -216,3 +216,17 @@ def test_a_classifier_can_decide_up_front(db, classifier):
     assert got == expected
     stats = llm_sql.last_stats(db.con)
     assert stats.rows_reasoned == sum(needs[:16]) and stats.stages[0]["routing"]["decided_by"] == classifier
+
+
+def test_return_reasoning_as_a_session_default_types_the_plain_path_too(db, models):
+    """Set for the session, return_reasoning never appears in the SQL: the fallback UDFs must still be typed."""
+    sql = "SELECT id, llm('Describe the beer', review) AS x FROM t WHERE id < 4 ORDER BY id"
+    options = dict(models=models, model="large", reasoning="on", max_reasoning_tokens=4, max_tokens=3,
+                   return_reasoning=True, **COMMON)
+    results = []
+    for optimize in (True, False):  # each registration replaces the last: read its answers first
+        rel = llm_sql.register(db.con, optimize=optimize, **options).sql(sql)
+        results.append((str(rel.types[1]).replace('"', ""), rel.fetchall()))
+    (lifted_type, lifted), (plain_type, plain) = results
+    assert lifted_type == plain_type == "STRUCT(answer VARCHAR, reasoning VARCHAR)"
+    assert plain == lifted and all(x["reasoning"] for _, x in plain)
