@@ -29,6 +29,8 @@ for a fixed field order), so values equal the plain per-row evaluation.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections import Counter
 from typing import Any, Sequence
@@ -45,9 +47,6 @@ ON_ERROR = ("null", "raise")
 
 def _cache_key(model_id: str, params: dict[str, Any], prompt: str) -> str:
     # Same recipe as llm_sql.cache.cache_key (udf may not import llm_sql): sha256 over canonical JSON.
-    import hashlib
-    import json
-
     blob = json.dumps({"model": model_id, "params": params, "prompt": prompt}, sort_keys=True,
                       ensure_ascii=False, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
@@ -251,13 +250,9 @@ def evaluate(call: LLMCall, rows: list[tuple], backend: Backend, *, settings: Ev
 
 
 def _pack(text: str | None, confidence: float | None, reasoning: str | None) -> str:
-    import json
-
     return json.dumps({"text": text, "confidence": confidence, "reasoning": reasoning}, ensure_ascii=False)
 
 
 def _unpack(blob: str) -> tuple[str | None, float | None, str | None]:
-    import json
-
     d = json.loads(blob)
     return d.get("text"), d.get("confidence"), d.get("reasoning")

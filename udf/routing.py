@@ -36,7 +36,7 @@ from typing import Any, Callable
 
 from udf.api import EvalOutput, EvalSettings, LLMCall, ResultCache, StageStats
 from udf.batch import evaluate
-from udf.options import merge_options, validate_options
+from udf.options import DEFAULT_MAX_REASONING_TOKENS, merge_options, validate_options
 
 DEFAULT_THRESHOLD = 0.9
 DEFAULT_SAMPLE = 200
@@ -69,21 +69,17 @@ def answer(call: LLMCall, rows: list[tuple], route: Route, *, settings: EvalSett
                        model_id=target.model_id)
         out.stats.rows_by_model = {_name(models, target): _answered(out)}
         return out
-    if not cascade and opts.get("reasoning_classifier"):
-        target = route(models)
-        name = _name(models, target)
-        return _classified(call, rows, opts, [_Stage(name, _with(call, reasoning="off"), target),
-                                              _Stage(name + "+reasoning", _with(call, reasoning="on"), target)],
-                           settings, result_cache)
     if cascade:
         stages = [_Stage(m, _with(call, model=m), route(m)) for m in models]
         threshold_name = "cascade_threshold"
-    else:
+    else:  # the router: the model without reasoning, then with it
         target = route(models)
         name = _name(models, target)
         stages = [_Stage(name, _with(call, reasoning="off"), target),
                   _Stage(name + "+reasoning", _with(call, reasoning="on"), target)]
         threshold_name = "reasoning_threshold"
+        if opts.get("reasoning_classifier"):
+            return _classified(call, rows, opts, stages, settings, result_cache)
     targets = {k: opts[k] for k in ("target_precision", "target_recall") if k in opts}
     if targets and len(stages) != 2:
         raise ValueError("target_precision / target_recall calibrate a cascade of exactly two models "
@@ -94,9 +90,9 @@ def answer(call: LLMCall, rows: list[tuple], route: Route, *, settings: EvalSett
         raise ValueError("give target_precision or target_recall, not both")
     if targets:
         return _calibrated(call, rows, stages, opts, settings, result_cache)
-    return _staged(rows, stages, float(opts.get(threshold_name, DEFAULT_THRESHOLD)), settings, result_cache,
-                   {"kind": "cascade" if cascade else "router", threshold_name: float(opts.get(threshold_name,
-                                                                                              DEFAULT_THRESHOLD))})
+    threshold = float(opts.get(threshold_name, DEFAULT_THRESHOLD))
+    return _staged(rows, stages, threshold, settings, result_cache,
+                   {"kind": "cascade" if cascade else "router", threshold_name: threshold})
 
 
 def describe(call: LLMCall, defaults: dict | None = None) -> dict[str, Any] | None:
@@ -120,7 +116,8 @@ def describe(call: LLMCall, defaults: dict | None = None) -> dict[str, Any] | No
         return {"kind": "router", "stages": [name, name + "+reasoning"],
                 "reasoning_threshold": float(opts.get("reasoning_threshold", DEFAULT_THRESHOLD))}
     if mode == "on":
-        return {"kind": "reasoning", "max_reasoning_tokens": int(opts.get("max_reasoning_tokens", 256))}
+        return {"kind": "reasoning",
+                "max_reasoning_tokens": int(opts.get("max_reasoning_tokens", DEFAULT_MAX_REASONING_TOKENS))}
     return None
 
 
