@@ -228,6 +228,24 @@ def test_cheap_predicates_first_rule_splits_the_filter(spark):
     assert rule.apply(rule.apply(analyzed)).toString() == out  # idempotent
 
 
+def test_inferred_copies_of_an_llm_predicate_are_dropped(spark):
+    """From beer = 'beer1' AND llm_filter(.., concat(review, beer)) Catalyst infers llm_filter(.., concat(review,
+    'beer1')) (it takes the UDF for a deterministic function; a field struct, struct(review, beer), gets the same):
+    the plain plan asks the model twice per row. The rules keep the user's call only."""
+    q = "SELECT id FROM reviews WHERE beer = 'beer1' AND llm_filter('Positive?', concat(review, beer)) AND stars > 1"
+    with optimizer_off(spark):
+        plain_plan, plain_rows = _plan(spark.sql(q)), _rows(spark.sql(q))
+    assert plain_plan.count("llm_filter(") == 2, plain_plan  # Spark's own inference, with our rules off
+    plan = _plan(spark.sql(q))
+    assert plan.count("llm_filter(") == 1, plan
+    assert re.search(r"Aggregate \[concat\(review#\d+, beer#\d+\)\]", plan), plan  # the user's call, not the copy
+    assert _rows(spark.sql(q)) == plain_rows and plain_rows
+    # a conjunct that is not a copy stays
+    other = _plan(spark.sql("SELECT id FROM reviews WHERE beer = 'beer1' AND llm_filter('Positive?', concat(review, "
+                            "beer)) AND llm_filter('Negative?', concat(review, beer))"))
+    assert other.count("llm_filter(") == 2, other
+
+
 def test_rules_are_idempotent(spark):
     df = spark.sql(LLM_QUERIES["filter_and_projection"])
     analyzed = df._jdf.queryExecution().analyzed()
