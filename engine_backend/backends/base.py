@@ -5,7 +5,7 @@ import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from engine_backend.sampling_params import SamplingParams
@@ -91,7 +91,7 @@ def params_kind(params: SamplingParams) -> str:
     if params.choices is not None:
         kind = f"choices:{digest(params.choices)}"
     elif params.json_schema is not None:
-        kind = f"json:{digest(params.json_schema)}"
+        kind = f"json:{digest(_schema_value(params.json_schema))}"
     elif params.regex is not None:
         kind = f"regex:{digest(params.regex)}"
     else:
@@ -104,6 +104,17 @@ def params_kind(params: SamplingParams) -> str:
     if params.reasoning:
         kind += f" reasoning={params.max_reasoning_tokens}"
     return kind
+
+
+def _schema_value(schema: Any) -> Any:
+    """A JSON schema as the object it names: ``SamplingParams.json_schema`` may be the dict or its JSON text (the
+    same schema either way; an OpenAI-compatible request carries the object, so a server sees the dict)."""
+    if isinstance(schema, str):
+        try:
+            return json.loads(schema)
+        except ValueError:  # not JSON: the engine refuses it; as a kind it is its text
+            return schema
+    return schema
 
 
 @dataclass
@@ -120,11 +131,15 @@ class BatchRecord:
 class BatchHistory:
     """A small record of a backend's past batches (the last ``size``) and, per kind of request
     (``params_kind``), how many tokens its requests generated: what ``llm_sql.estimate`` fits its time model
-    and its expected output lengths on."""
+    and its expected output lengths on.
+
+    ``to_json`` / ``from_json``: the form ``GET /v1/llm_sql/cost`` of our server carries it in
+    (``{"batches": [{BatchRecord's fields}, ...], "generated": {kind: [requests, tokens]}}``)."""
 
     MAX_KINDS = 256
+    SIZE = 64
 
-    def __init__(self, size: int = 64) -> None:
+    def __init__(self, size: int = SIZE) -> None:
         self.batches: deque[BatchRecord] = deque(maxlen=size)
         self.generated: dict[str, list[int]] = {}  # kind -> [requests that succeeded, tokens they generated]
 
@@ -139,13 +154,18 @@ class BatchHistory:
         if requests is None or len(requests) != len(results):
             return
         for req, res in zip(requests, results):
-            if not res.ok:
-                continue
-            kind = params_kind(req.params)
-            entry = self.generated.pop(kind, None) or [0, 0]  # re-inserted last: the newest kinds are kept
-            entry[0] += 1
-            entry[1] += res.completion_tokens
-            self.generated[kind] = entry
+            self.count_generated(req.params, res)
+
+    def count_generated(self, params: SamplingParams, result: GenerationResult) -> None:
+        """Count one finished request's generated tokens under its kind; a failed or aborted one says nothing
+        about how long answers of its kind are, and is not counted."""
+        if not result.ok:
+            return
+        kind = params_kind(params)
+        entry = self.generated.pop(kind, None) or [0, 0]  # re-inserted last: the newest kinds are kept
+        entry[0] += 1
+        entry[1] += result.completion_tokens
+        self.generated[kind] = entry
         while len(self.generated) > self.MAX_KINDS:
             del self.generated[next(iter(self.generated))]
 
@@ -153,6 +173,27 @@ class BatchHistory:
         """(mean generated tokens per request, requests measured) for ``kind``, or None if never seen."""
         entry = self.generated.get(kind)
         return (entry[1] / entry[0], entry[0]) if entry and entry[0] else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"batches": [asdict(b) for b in self.batches],
+                "generated": {k: list(v) for k, v in self.generated.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], size: int | None = None) -> "BatchHistory":
+        """The history ``to_json`` wrote, keeping ``size`` batches (default: ``SIZE``, or all of ``data``'s if it
+        has more). Raises ``ValueError`` for anything else."""
+        try:
+            records = [BatchRecord(requests=int(b["requests"]), uncached_prompt_tokens=int(b["uncached_prompt_tokens"]),
+                                   generated_tokens=int(b["generated_tokens"]), seconds=float(b["seconds"]),
+                                   steps=None if b.get("steps") is None else int(b["steps"]))
+                       for b in data.get("batches") or []]
+            generated = {str(k): [int(v[0]), int(v[1])] for k, v in (data.get("generated") or {}).items()}
+        except (TypeError, KeyError, IndexError, ValueError, AttributeError) as exc:
+            raise ValueError(f"not a batch history: {exc!r}") from None
+        history = cls(size if size is not None else max(cls.SIZE, len(records)))
+        history.batches.extend(records)
+        history.generated = generated
+        return history
 
 
 class _Totals:
