@@ -31,10 +31,11 @@ def result_from_output(out: Any, tokenizer: Any = None) -> GenerationResult:
     )
 
 
-def simulate_steps(token_lists: list[list[int]], cached: list[int], generated: list[int], block_size: int,
+def simulate_steps(token_lists: list[list[int]], cached: list[int], generated: list[int], block_size: int | None,
                    max_num_seqs: int, max_num_batched_tokens: int) -> int:
     """How many scheduler steps the engine takes for these requests, sent in this order: ``cached[i]`` prompt
     tokens of request ``i`` served by the prefix cache, ``generated[i]`` tokens generated (at least one).
+    ``block_size``: the prefix cache's (None: no prefix cache, nothing is cached).
 
     The scheduler's rules (``engine_backend.scheduler``) without its memory: each step first gives every
     running request its next chunk of prompt (or its one decoding token) within ``max_num_batched_tokens``,
@@ -47,7 +48,7 @@ def simulate_steps(token_lists: list[list[int]], cached: list[int], generated: l
     n = len(token_lists)
     owner: dict[tuple, tuple[int, int]] = {}  # (parent block id, block tokens) -> (block id, request computing it)
     dep: list[tuple[int, int] | None] = [None] * n  # (request, tokens it must have computed) before admission
-    for i, toks in enumerate(token_lists):
+    for i, toks in enumerate(token_lists if block_size else ()):
         hit_blocks = min(cached[i], max(0, len(toks) - 1)) // block_size
         parent = -1
         for k in range(len(toks) // block_size):
@@ -101,6 +102,46 @@ def simulate_steps(token_lists: list[list[int]], cached: list[int], generated: l
     return steps
 
 
+# -- facts of an engine, shared by everything that runs one (this backend, the server's AsyncLLMEngine) -------------
+def engine_block_size(engine: Any) -> int | None:
+    """The engine's prefix-cache block size; None when its prefix cache is off."""
+    kv = engine.kv
+    return int(kv.block_size) if kv.enable_prefix_caching else None
+
+
+def engine_steps(engine: Any, token_lists: list[list[int]], cached: list[int], generated: list[int]) -> int:
+    """``simulate_steps`` of these requests (prompt token ids, cached prompt tokens, generated tokens, in the order
+    admitted) with this engine's block size and scheduler limits: how its batch history counts steps."""
+    s = engine.scheduler
+    return simulate_steps(token_lists, cached, generated, engine_block_size(engine), s.max_num_seqs,
+                          s.max_num_batched_tokens)
+
+
+def engine_cached_prefix_blocks(engine: Any, token_lists: list[list[int]]) -> list[int]:
+    """For each prompt (token ids), how many of its leading full blocks the engine's prefix cache could serve
+    now (every layer type, device or host tier; at least one token left to compute), as ``match_prefix``
+    would find them. Nothing is allocated, attached or touched; no request is made. Not thread-safe: call it
+    where the engine runs (under its lock, on its thread)."""
+    from types import SimpleNamespace
+
+    from engine_backend.sequence import Sequence
+
+    kv = engine.kv
+    if not kv.enable_prefix_caching:
+        return [0] * len(token_lists)
+    tiers = [a for m in kv.managers.values() for a in (m.device, m.host) if a is not None]
+    if not any(a.cached for a in tiers):
+        return [0] * len(token_lists)
+    out = []
+    for ids in token_lists:
+        keys = Sequence.block_keys(SimpleNamespace(token_ids=list(ids), _block_keys=[]), kv.block_size,
+                                   max(0, len(ids) - 1) // kv.block_size)
+        present = {name: [m.device.lookup(k) is not None or (m.host is not None and m.host.lookup(k) is not None)
+                          for k in keys] for name, m in kv.managers.items()}
+        out.append(kv._aligned_hit(present, len(keys)) if keys else 0)
+    return out
+
+
 class EmbeddedBackend(Backend):
     """``EmbeddedBackend(model=DIR, device="cpu", ...)``: keyword arguments go to ``LLMEngine``.
 
@@ -138,10 +179,12 @@ class EmbeddedBackend(Backend):
         return results
 
     def steps_for(self, token_lists: list[list[int]], cached: list[int], generated: list[int]) -> int:
-        """``simulate_steps`` with this engine's block size and scheduler limits."""
-        s = self.engine.scheduler
-        return simulate_steps(token_lists, cached, generated, self.engine.kv.block_size, s.max_num_seqs,
-                              s.max_num_batched_tokens)
+        """``simulate_steps`` with this engine's block size and scheduler limits (``engine_steps``)."""
+        return engine_steps(self.engine, token_lists, cached, generated)
+
+    def prefix_block_size(self) -> int | None:
+        """The engine's prefix-cache block size; None when its prefix cache is off."""
+        return engine_block_size(self.engine)
 
     def check(self, params: Any) -> None:
         if params.reasoning:
@@ -150,28 +193,10 @@ class EmbeddedBackend(Backend):
             require_format(self.engine.tokenizer, self.engine.model_name)
 
     def cached_prefix_blocks(self, token_lists: list[list[int]]) -> list[int]:
-        """For each prompt (token ids), how many of its leading full blocks the engine's prefix cache could serve
-        now (every layer type, device or host tier; at least one token left to compute), as ``match_prefix``
-        would find them. Nothing is allocated, attached or touched; no request is made."""
-        from types import SimpleNamespace
-
-        from engine_backend.sequence import Sequence
-
-        kv = self.engine.kv
-        if not kv.enable_prefix_caching:
-            return [0] * len(token_lists)
+        """Per prompt, the leading full blocks the engine's prefix cache could serve now
+        (``engine_cached_prefix_blocks``); nothing is allocated."""
         with self._lock:
-            tiers = [a for m in kv.managers.values() for a in (m.device, m.host) if a is not None]
-            if not any(a.cached for a in tiers):
-                return [0] * len(token_lists)
-            out = []
-            for ids in token_lists:
-                keys = Sequence.block_keys(SimpleNamespace(token_ids=list(ids), _block_keys=[]), kv.block_size,
-                                           max(0, len(ids) - 1) // kv.block_size)
-                present = {name: [m.device.lookup(k) is not None or (m.host is not None and m.host.lookup(k) is not None)
-                                  for k in keys] for name, m in kv.managers.items()}
-                out.append(kv._aligned_hit(present, len(keys)) if keys else 0)
-            return out
+            return engine_cached_prefix_blocks(self.engine, token_lists)
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
