@@ -5,6 +5,17 @@ put commands on a queue (add a batch, abort, read stats, stop) and wait on a han
 The thread drains the queue between ``step()`` calls, so a batch is admitted whole and
 in order (the prefix cache sees the optimiser's order), and it blocks on the queue
 while there is no work, so an idle engine costs nothing.
+
+It measures the engine as ``EmbeddedBackend`` does, but per *busy period* rather than per
+caller's batch, since batches from many callers run together: a period opens when requests
+are admitted to an idle engine and closes when none is left unfinished. ``history()`` (a
+``BatchHistory``) holds one record per period: the requests that ran (not those rejected at
+admission), their uncached prompt and generated tokens, its wall seconds and its engine steps
+(``engine_steps``: ``simulate_steps`` over the period's requests in admission order), and the
+generated tokens per kind of request. A period in which a request was aborted or the engine
+failed is not recorded (its counts would not be the work done), nor one larger than
+``PERIOD_MAX_REQUESTS`` / ``PERIOD_MAX_PROMPT_TOKENS`` (kept in memory until it closes); the
+finished requests of either still count towards their kind's generated tokens.
 """
 from __future__ import annotations
 
@@ -13,10 +24,15 @@ import itertools
 import logging
 import queue
 import threading
+import time
 import traceback
+from array import array
 from collections.abc import Sequence
 from typing import Any, Callable
 
+from engine_backend.backends.base import BatchHistory, GenerationResult
+from engine_backend.backends.embedded import (engine_block_size, engine_cached_prefix_blocks, engine_steps,
+                                              result_from_output)
 from engine_backend.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -182,6 +198,57 @@ class BatchStream(BatchHandle):
             left -= event[0] == "done"
 
 
+PERIOD_MAX_REQUESTS = 100_000  # a busy period longer than these is not recorded: its prompts are kept till it ends
+PERIOD_MAX_PROMPT_TOKENS = 20_000_000
+
+
+class _BusyPeriod:
+    """The engine's current busy period (the engine thread's alone): its requests in admission order and, as each
+    finishes, what its record needs of it (prompt token ids for ``engine_steps``, the result's counts)."""
+
+    def __init__(self, start: float):
+        self.start = start
+        self.admitted: dict[str, tuple[int, SamplingParams]] = {}  # unfinished request -> (its slot, its params)
+        self.ran: list[tuple[array, GenerationResult] | None] = []  # per slot, once finished
+        self.prompt_tokens = 0
+        self.measurable = True  # False once over the limits
+
+    def admit(self, rid: str, params: SamplingParams) -> None:
+        if self.measurable and len(self.ran) >= PERIOD_MAX_REQUESTS:
+            self._too_large()
+        self.admitted[rid] = (len(self.ran), params)
+        if self.measurable:
+            self.ran.append(None)
+
+    def finish(self, out: Any) -> tuple[SamplingParams, GenerationResult] | None:
+        """Note a request's output; its params and result, or None if it is not one of this period's."""
+        entry = self.admitted.pop(out.request_id, None)
+        if entry is None:
+            return None
+        slot, params = entry
+        result = result_from_output(out)
+        if self.measurable:
+            self.prompt_tokens += len(out.prompt_token_ids)
+            if self.prompt_tokens > PERIOD_MAX_PROMPT_TOKENS:
+                self._too_large()
+            else:
+                self.ran[slot] = (array("q", out.prompt_token_ids), result)
+        return params, result
+
+    def _too_large(self) -> None:
+        self.measurable, self.ran = False, []
+
+    def measured(self, engine: Any, end: float) -> tuple[list[GenerationResult], float, int] | None:
+        """(results in admission order, wall seconds, engine steps) for the period's record, or None when it is
+        not one: a request it admitted did not finish in a step (aborted), or it grew past the limits."""
+        if not self.measurable or self.admitted or not self.ran:
+            return None
+        results = [r for _, r in self.ran]
+        steps = engine_steps(engine, [p for p, _ in self.ran], [r.cached_prompt_tokens for r in results],
+                             [r.completion_tokens for r in results])
+        return results, end - self.start, steps
+
+
 class AsyncLLMEngine:
     """Owns an ``LLMEngine`` on a background thread and serves callers on any thread or loop.
 
@@ -202,6 +269,9 @@ class AsyncLLMEngine:
         self._dead: BaseException | None = None
         self._counters = {"requests_submitted": 0, "requests_rejected": 0, "requests_aborted": 0,
                           "engine_errors": 0}
+        self._period: _BusyPeriod | None = None  # the engine thread's; None while the engine is idle
+        self._history = BatchHistory()  # written by the engine thread under _history_lock
+        self._history_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -223,6 +293,23 @@ class AsyncLLMEngine:
     @property
     def max_model_len(self) -> int:
         return self.engine.max_model_len
+
+    @property
+    def vocab_size(self) -> int:
+        return self.engine.config.vocab_size
+
+    @property
+    def prefix_block_size(self) -> int | None:
+        """The prefix cache's block size; None when it is off."""
+        return engine_block_size(self.engine)
+
+    @property
+    def max_num_seqs(self) -> int:
+        return self.engine.scheduler.max_num_seqs
+
+    @property
+    def max_num_batched_tokens(self) -> int:
+        return self.engine.scheduler.max_num_batched_tokens
 
     @property
     def is_running(self) -> bool:
@@ -320,6 +407,21 @@ class AsyncLLMEngine:
     async def stats_async(self) -> dict:
         return await asyncio.get_running_loop().run_in_executor(None, self.stats)
 
+    def history(self) -> BatchHistory:
+        """A copy of the busy periods' history (see the module's doc), safe to read from any thread."""
+        with self._history_lock:
+            return BatchHistory.from_json(self._history.to_json(), size=self._history.batches.maxlen)
+
+    def cached_prefix_blocks(self, token_lists: Sequence[Sequence[int]], timeout: float | None = 30.0) -> list[int]:
+        """Per prompt (token ids), the leading full blocks the prefix cache could serve now
+        (``engine_cached_prefix_blocks``), looked up on the engine thread between steps; nothing is allocated."""
+        return self.call(lambda eng: engine_cached_prefix_blocks(eng, token_lists), timeout)
+
+    async def cached_prefix_blocks_async(self, token_lists: Sequence[Sequence[int]],
+                                         timeout: float | None = 30.0) -> list[int]:
+        return await asyncio.get_running_loop().run_in_executor(
+            None, lambda: self.cached_prefix_blocks(token_lists, timeout))
+
     def shutdown(self, timeout: float | None = 30.0) -> None:
         """Stop the thread; requests still pending fail with ``EngineClosedError``."""
         with self._gate:
@@ -347,6 +449,8 @@ class AsyncLLMEngine:
                 busy = self.engine.has_unfinished_requests()
                 if not busy and self._pending:  # the engine lost requests: never leave callers hanging
                     self._fail_all(EngineError("the engine dropped requests without finishing them"), abort=False)
+                if not busy and self._period is not None:  # the last request of a busy period finished
+                    self._close_period()
                 try:
                     cmd = self._commands.get() if not busy else self._commands.get_nowait()
                 except queue.Empty:
@@ -373,6 +477,7 @@ class AsyncLLMEngine:
         kind = cmd[0]
         if kind == "add":
             _, handle, prompts, params_list = cmd
+            start = time.perf_counter()  # a period this batch opens counts its admission (tokenising) too
             for i, (rid, prompt, params) in enumerate(zip(handle.request_ids, prompts, params_list)):
                 self._counters["requests_submitted"] += 1
                 try:
@@ -393,6 +498,9 @@ class AsyncLLMEngine:
                     self._pending[rid] = (handle, i)
                     if isinstance(handle, BatchStream):
                         self._streams[rid] = (handle, i)
+                    if self._period is None:
+                        self._period = _BusyPeriod(start)
+                    self._period.admit(rid, params)
         elif kind == "abort":
             self._abort_pending(cmd[1])
         elif kind == "call":
@@ -430,6 +538,19 @@ class AsyncLLMEngine:
             if entry is not None:
                 entry[0]._set(entry[1], out)
         self._report_progress()
+        if self._period is not None and outputs:
+            finished = [f for f in map(self._period.finish, outputs) if f is not None]
+            with self._history_lock:
+                for params, result in finished:
+                    self._history.count_generated(params, result)
+
+    def _close_period(self) -> None:
+        period, self._period = self._period, None
+        record = period.measured(self.engine, time.perf_counter())
+        if record is not None:
+            results, seconds, steps = record
+            with self._history_lock:
+                self._history.add(results, seconds, steps=steps)
 
     def _report_progress(self) -> None:
         """Hand each streamed request's new tokens to its caller; forget the ones no longer pending."""
@@ -441,6 +562,7 @@ class AsyncLLMEngine:
                 stream._progress(i, *part)
 
     def _fail_all(self, error: BaseException, abort: bool) -> None:
+        self._period = None  # its requests did not all finish: not a measurement
         pending, self._pending = self._pending, {}
         for rid, (handle, _) in pending.items():
             if abort:
