@@ -5,6 +5,20 @@ they share one engine and one prefix cache. It binds loopback by default and dem
 bearer token on everything but ``/health``. A list ``prompt`` is one ordered batch: the
 engine admits it in that order, which is what lets the optimiser's row order pay off.
 
+Endpoints: ``POST /v1/completions``, ``POST /v1/chat/completions``, ``GET /v1/models``,
+``GET /metrics`` (Prometheus text), ``GET /health`` (open), and two of our own for
+``llm_sql.explain``'s estimates, measured where the engine runs:
+
+* ``GET /v1/llm_sql/cost``: ``{"model", "block_size" (null when prefix caching is off),
+  "max_num_seqs", "max_num_batched_tokens", "batches": [{"requests", "uncached_prompt_tokens",
+  "generated_tokens", "seconds", "steps"}, ...], "generated": {kind: [requests, tokens]}}``: the
+  engine's limits and its busy periods' history (``AsyncLLMEngine.history``: one record per
+  period, however many clients' batches ran in it);
+* ``POST /v1/llm_sql/cached_prefix_blocks`` with ``{"token_ids": [[int, ...], ...]}``:
+  ``{"blocks": [int, ...]}``, per prompt the leading full blocks the prefix cache could serve
+  now (looked up on the engine thread; nothing is allocated). At most ``MAX_PREFIX_PROMPTS``
+  prompts and ``MAX_PREFIX_TOKENS`` tokens, ids in ``[0, vocab)``.
+
 Errors: a bad field, or a single prompt the engine rejects, is a 400 in OpenAI's error
 shape; inside a list, a prompt that fails on its own gets ``finish_reason: "error"`` and
 an ``error`` string while the others complete. A client that disconnects has its
@@ -40,7 +54,13 @@ from engine_backend.server_stream import ChunkWriter, sse
 
 OPEN_PATHS = frozenset({"/health"})
 MAX_N = 16  # choices per prompt: each is a request of its own
-_KNOWN_PATHS = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics"})
+COST_PATH = "/v1/llm_sql/cost"
+PREFIX_BLOCKS_PATH = "/v1/llm_sql/cached_prefix_blocks"
+MAX_PREFIX_PROMPTS = 100_000  # one cached_prefix_blocks request: the lookup holds the engine thread
+MAX_PREFIX_TOKENS = 20_000_000
+MAX_PREFIX_BODY_BYTES = 256 * 2**20
+_KNOWN_PATHS = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics",
+                          COST_PATH, PREFIX_BLOCKS_PATH})
 
 
 # --- errors ------------------------------------------------------------------------------
@@ -281,6 +301,45 @@ def _message_text(content: str | list[dict[str, Any]] | None) -> str:
             raise APIError(400, "only text content parts are supported", param="messages")
         texts.append(part["text"])
     return "".join(texts)
+
+
+def _prefix_token_lists(body: bytes, vocab_size: int) -> list[list[int]]:
+    """The prompts of a ``cached_prefix_blocks`` request, checked: a JSON object ``{"token_ids": [[id, ...], ...]}``
+    with ids in ``[0, vocab_size)``, within the size bounds; anything else is a 400."""
+    shape = 'the body must be a JSON object {"token_ids": [[token id, ...], ...]}'
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise APIError(400, f"{shape}: {exc}") from None
+    if not isinstance(data, dict) or "token_ids" not in data:
+        raise APIError(400, shape, param="token_ids")
+    lists = data["token_ids"]
+    if not isinstance(lists, list) or not all(type(ids) is list for ids in lists):
+        raise APIError(400, "token_ids must be a list of token-id lists", param="token_ids")
+    if len(lists) > MAX_PREFIX_PROMPTS:
+        raise APIError(400, f"token_ids has {len(lists)} prompts; at most {MAX_PREFIX_PROMPTS} per request",
+                       param="token_ids")
+    total = sum(map(len, lists))
+    if total > MAX_PREFIX_TOKENS:
+        raise APIError(400, f"token_ids has {total} tokens; at most {MAX_PREFIX_TOKENS} per request",
+                       param="token_ids")
+    for ids in lists:  # type(t) is int: neither a bool nor a float
+        if not all(type(t) is int for t in ids) or (ids and (min(ids) < 0 or max(ids) >= vocab_size)):
+            raise APIError(400, f"token ids must be integers in [0, {vocab_size})", param="token_ids")
+    return lists
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request's body, refused with a 413 once it passes ``limit`` bytes (before reading it all)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise APIError(413, f"the body is {declared} bytes; at most {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise APIError(413, f"the body is over {limit} bytes")
+    return bytes(body)
 
 
 # --- responses -------------------------------------------------------------------------------
@@ -602,6 +661,22 @@ def create_app(engine: AsyncLLMEngine, api_key: str, model_name: str) -> FastAPI
         except EngineClosedError:
             stats = {}
         return PlainTextResponse(render_metrics(stats, counts), media_type="text/plain; version=0.0.4")
+
+    @app.get(COST_PATH)
+    async def cost() -> dict:
+        return {"model": model_name, "block_size": engine.prefix_block_size, "max_num_seqs": engine.max_num_seqs,
+                "max_num_batched_tokens": engine.max_num_batched_tokens, **engine.history().to_json()}
+
+    @app.post(PREFIX_BLOCKS_PATH)
+    async def cached_prefix_blocks(request: Request) -> dict:
+        body = await _read_body(request, MAX_PREFIX_BODY_BYTES)
+        loop = asyncio.get_running_loop()
+        token_lists = await loop.run_in_executor(None, _prefix_token_lists, body, engine.vocab_size)
+        try:
+            blocks = await engine.cached_prefix_blocks_async(token_lists, timeout=300.0)
+        except (EngineClosedError, TimeoutError) as exc:
+            raise APIError(503, str(exc), type="server_error") from None
+        return {"blocks": blocks}
 
     async def respond(request: Request, body: _SamplingFields, prompts: list, params: SamplingParams,
                       single: bool, chat: bool) -> Any:
