@@ -5,6 +5,14 @@ cache on the server sees the optimiser's order. Transient failures (connection e
 429, 5xx) are retried with exponential backoff and jitter; a batch the server rejects
 with a 400 is split until the offending prompts are isolated, so one bad row never
 costs the others.
+
+Against our own server (``llm-sql serve``), the facts ``llm_sql.explain`` estimates with come
+from where the engine runs, so batches that several workers sent at once are measured as they
+ran: ``history()`` is the server's busy-period history (``GET /v1/llm_sql/cost``, with engine
+steps), ``prefix_block_size()`` and ``steps_for()`` use its block size and scheduler limits, and
+``cached_prefix_blocks()`` asks its prefix cache (``POST /v1/llm_sql/cached_prefix_blocks``).
+A server without these endpoints (vLLM, a hosted API: a 404, remembered) gets None from each,
+and ``history()`` is then what this client measured on its own batches.
 """
 from __future__ import annotations
 
@@ -20,8 +28,15 @@ from typing import Any
 
 import httpx
 
-from engine_backend.backends.base import Backend, BackendError, GenerationRequest, GenerationResult, _Totals
+from engine_backend.backends.base import (Backend, BackendError, BatchHistory, GenerationRequest, GenerationResult,
+                                          _Totals)
+from engine_backend.backends.embedded import simulate_steps
 from engine_backend.sampling_params import SamplingParams
+
+COST_PATH = "/llm_sql/cost"  # under base_url (…/v1): our server's, see engine_backend.server
+PREFIX_BLOCKS_PATH = "/llm_sql/cached_prefix_blocks"
+PREFIX_CHUNK_PROMPTS = 10_000  # one cached_prefix_blocks request, well within the server's bounds
+PREFIX_CHUNK_TOKENS = 1_000_000
 
 
 class _Rejected(Exception):
@@ -45,6 +60,21 @@ def _normalise_base_url(base_url: str) -> str:
     if httpx.URL(url).path in ("", "/"):
         url += "/v1"  # a bare "http://host:port" means the standard prefix
     return url
+
+
+def _chunks(token_lists: list[list[int]]):
+    """The prompts in consecutive runs of at most ``PREFIX_CHUNK_PROMPTS`` prompts and ``PREFIX_CHUNK_TOKENS``
+    tokens (a longer prompt alone), as JSON-ready int lists."""
+    chunk: list[list[int]] = []
+    tokens = 0
+    for ids in token_lists:
+        if chunk and (len(chunk) >= PREFIX_CHUNK_PROMPTS or tokens + len(ids) > PREFIX_CHUNK_TOKENS):
+            yield chunk
+            chunk, tokens = [], 0
+        chunk.append([int(t) for t in ids])
+        tokens += len(ids)
+    if chunk:
+        yield chunk
 
 
 class OpenAIBackend(Backend):
@@ -75,6 +105,8 @@ class OpenAIBackend(Backend):
         self._totals = _Totals()
         self._retries = 0
         self._lock = threading.Lock()
+        self._not_ours = False  # the server answered 404 for /llm_sql/cost: not ours, not asked again
+        self._limits: tuple[int | None, int, int] | None = None  # our server's (block_size, max_num_seqs, tokens)
 
     # --- HTTP with retries -------------------------------------------------------------------
     def _delay(self, attempt: int, retry_after: str | None) -> float:
@@ -86,7 +118,8 @@ class OpenAIBackend(Backend):
             pass
         return delay
 
-    def _request(self, method: str, path: str, body: dict | None = None) -> Any:
+    def _request(self, method: str, path: str, body: dict | None = None, missing_ok: bool = False) -> Any:
+        """The JSON answer; None for a 404 when ``missing_ok`` (an endpoint this server does not have)."""
         url = self.base_url + path
         last, retry_after = "no attempt made", None
         for attempt in range(self.max_retries + 1):
@@ -108,6 +141,8 @@ class OpenAIBackend(Backend):
                 raise BackendError(f"{url} refused the API key (HTTP {status}): {_error_message(resp)}")
             if status in (400, 413, 422):
                 raise _Rejected(_error_message(resp))
+            if status == 404 and missing_ok:
+                return None
             if status >= 300:
                 raise BackendError(f"{url} answered HTTP {status}: {_error_message(resp)}")
             try:
@@ -236,6 +271,78 @@ class OpenAIBackend(Backend):
         with self._lock:
             self._totals.add(results, time.perf_counter() - start)
         return results
+
+    # --- our server's cost facts (llm_sql.explain's estimates) ----------------------------------------------
+    def _ask(self, method: str, path: str, body: dict | None = None) -> Any:
+        try:
+            return self._request(method, path, body, missing_ok=True)
+        except _Rejected as exc:
+            raise BackendError(f"{self.base_url}{path}: {exc}") from None
+
+    def server_cost(self) -> dict[str, Any] | None:
+        """A fresh ``GET /v1/llm_sql/cost`` of our server (``engine_backend.server``: its model, prefix-cache
+        block size, scheduler limits and busy-period history); None when the server has no such endpoint (a 404:
+        vLLM, a hosted API), which is remembered so that it is not asked again. ``BackendError`` otherwise."""
+        if self._not_ours:
+            return None
+        data = self._ask("GET", COST_PATH)
+        if data is None:
+            self._not_ours = True
+            return None
+        try:
+            block = data["block_size"]
+            self._limits = (None if block is None else int(block), int(data["max_num_seqs"]),
+                            int(data["max_num_batched_tokens"]))
+        except (KeyError, TypeError, ValueError):
+            raise BackendError(f"{self.base_url}{COST_PATH} answered without the engine's limits: "
+                               f"{str(data)[:200]}") from None
+        return data
+
+    def _server_limits(self) -> tuple[int | None, int, int] | None:
+        if self._limits is None:
+            self.server_cost()  # fixed for a server: asked once
+        return self._limits
+
+    def history(self) -> BatchHistory:
+        """Our server's busy-period history (engine steps included) when it has one (``server_cost``), else what
+        this client measured on its own batches."""
+        cost = self.server_cost()
+        if cost is None:
+            return self._totals.history
+        try:
+            return BatchHistory.from_json(cost)
+        except ValueError as exc:
+            raise BackendError(f"{self.base_url}{COST_PATH}: {exc}") from None
+
+    def prefix_block_size(self) -> int | None:
+        """Our server's prefix-cache block size; None when its prefix cache is off or the server is not ours."""
+        limits = self._server_limits()
+        return limits[0] if limits is not None else None
+
+    def steps_for(self, token_lists: list[list[int]], cached: list[int], generated: list[int]) -> int | None:
+        """``simulate_steps`` with our server's block size and scheduler limits; None when the server is not ours."""
+        limits = self._server_limits()
+        return simulate_steps(token_lists, cached, generated, *limits) if limits is not None else None
+
+    def cached_prefix_blocks(self, token_lists: list[list[int]]) -> list[int] | None:
+        """Per prompt (token ids), the leading full blocks our server's prefix cache could serve now (nothing is
+        allocated there); None when the server is not ours. Sent in requests within the server's bounds."""
+        limits = self._server_limits()
+        if limits is None:
+            return None
+        if limits[0] is None:  # no prefix cache there
+            return [0] * len(token_lists)
+        blocks: list[int] = []
+        for chunk in _chunks(token_lists):
+            data = self._ask("POST", PREFIX_BLOCKS_PATH, {"token_ids": chunk})
+            if data is None:
+                return None
+            got = data.get("blocks") if isinstance(data, dict) else None
+            if not isinstance(got, list) or len(got) != len(chunk):
+                raise BackendError(f"{self.base_url}{PREFIX_BLOCKS_PATH} answered {str(data)[:200]} "
+                                   f"for {len(chunk)} prompts")
+            blocks.extend(int(b) for b in got)
+        return blocks
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
