@@ -269,7 +269,7 @@ class OpenAIBackend(Backend):
                         results.extend(future.result())
                         bar.update(len(batch))
         with self._lock:
-            self._totals.add(results, time.perf_counter() - start)
+            self._totals.add(results, time.perf_counter() - start, list(requests))  # per-kind output lengths too
         return results
 
     # --- our server's cost facts (llm_sql.explain's estimates) ----------------------------------------------
