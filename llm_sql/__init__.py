@@ -57,10 +57,17 @@ def last_stats(con):
     return _last_stats(con)
 
 
-def explain(con, query: str, count: bool = True, analyze: bool = False):
+def explain(con, query: str | None = None, count: bool = True, analyze: bool = False):
     """The rewritten SQL and the stages with their estimates: rows, distinct inputs, tokenised prompt tokens,
     expected prefix hits, generated tokens and seconds (no LLM call). ``analyze=True`` runs the query and puts
-    the actual figures beside the estimates (``llm_sql.estimate``)."""
+    the actual figures beside the estimates (``llm_sql.estimate``). ``con`` may also be a SparkSession (the plan
+    through the Catalyst rules, ``llm_sql.spark_explain``) or a Spark DataFrame (``query`` left out)."""
+    if _is_spark(con) or type(con).__module__.startswith("pyspark.sql") and hasattr(con, "_jdf"):
+        from llm_sql.spark_explain import explain as _spark_explain
+
+        return _spark_explain(con, query, analyze=analyze)
+    if query is None:
+        raise TypeError("llm_sql.explain(con, query): give the SQL to explain")
     from llm_sql.duckdb_mode import explain as _explain
 
     return _explain(con, query, count=count, analyze=analyze)

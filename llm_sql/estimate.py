@@ -1,17 +1,21 @@
 """What an LLM stage will cost, before it runs: the estimates ``llm_sql.explain`` prints.
 
-For one stage of the rewritten query (``estimate_stage``), without calling the model:
+For one LLM call over its rows (``estimate_call``; a DuckDB stage: ``estimate_stage``; Spark:
+``llm_sql.spark_explain``), without calling the model:
 
-* **prompts**: exactly those the batch path (``udf.batch.evaluate``) will send: the stage's distinct inputs
-  rendered in ``udf.prompts``' layout, in ``udf.batch.plan_order``'s order, less those the persistent result
-  cache already answers (they are not sent);
-* **prompt tokens**: tokenised with the backend's own tokenizer when it has one (the embedded engine's
-  ``engine.tokenizer.encode_batch``, special tokens added as ``LLMEngine.add_request`` adds them); a backend
-  without one (an OpenAI-compatible server) gets characters / 4, and the plan says it is a guess;
+* **prompts**: exactly those the batch path (``udf.batch.evaluate``) will send: the distinct inputs (every row
+  when dedup is off) rendered in ``udf.prompts``' layout, in ``udf.batch.plan_order``'s order, less those the
+  persistent result cache already answers (they are not sent);
+* **prompt tokens**: tokenised with the model's tokenizer where it is here (the embedded engine's, or the
+  checkpoint a node engine server runs: ``udf.agg.tokenizer_of``), special tokens added as
+  ``LLMEngine.add_request`` adds them; a backend without one (an external OpenAI-compatible server) gets
+  characters / 4, and the plan says it is a guess;
 * **cached share**: the engine's block-level prefix cache simulated over those token lists in the planned order
   (``simulate_prefix_cache``): a full block of ``block_size`` tokens is served from the cache when its whole
   prefix chain was seen before, by an earlier prompt of the stage or already in the engine's cache now, and
-  the last prompt token is always computed. The cache is assumed not to evict within the stage;
+  the last prompt token is always computed. The cache is assumed not to evict within the stage. The block size
+  and what the cache holds now come from the backend (``prefix_block_size``, ``cached_prefix_blocks``: the
+  embedded engine, or our engine server's ``/v1/llm_sql/*`` endpoints through ``OpenAIBackend``);
 * **generated tokens**: a call with choices generates one of them: their mean token length (plus the EOS a
   choice needs when it is the prefix of another) where the tokenizer is here; otherwise (``llm`` /
   ``llm_extract``, or choices on a backend without a tokenizer) the mean the backend measured on earlier
@@ -19,10 +23,12 @@ For one stage of the rewritten query (``estimate_stage``), without calling the m
   ``max_tokens``; the plan says which;
 * **seconds**: from the backend's measured throughput: ``TimeModel``, a non-negative linear fit of its past
   batches' seconds on (uncached prompt tokens, generated tokens, requests, and engine steps where the backend
-  counts them), weighted so that each batch's relative error counts alike. The embedded engine's steps, for the
-  history and for the stage alike, come from ``engine_backend.backends.embedded.simulate_steps`` (its
-  scheduler's rules over the prompts' tokens, cached prefixes and output lengths). With no batch measured yet
-  the time is unknown; ``explain(..., analyze=True)`` then runs a short ``probe`` first.
+  counts them), weighted so that each batch's relative error counts alike. The history is the embedded
+  backend's batches, or our engine server's busy periods (measured where the engine runs, so that batches
+  several Spark workers send at once are one period); steps, for the history and for the stage alike, come from
+  ``engine_backend.backends.embedded.simulate_steps`` (the scheduler's rules over the prompts' tokens, cached
+  prefixes and output lengths). With no batch measured yet the time is unknown; ``explain(..., analyze=True)``
+  then runs a short ``probe`` first.
 """
 from __future__ import annotations
 
@@ -35,20 +41,13 @@ FEATURES = ("uncached prompt tokens", "generated tokens", "requests")
 
 
 # -- tokens and the prefix cache ----------------------------------------------------------------------------------
-def tokenizer_of(backend: Any) -> Any:
-    """The backend's own tokenizer (``engine.tokenizer`` with ``encode_batch``), or None."""
-    tok = getattr(getattr(backend, "engine", None), "tokenizer", None)
-    return tok if callable(getattr(tok, "encode_batch", None)) else None
-
-
 def block_size_of(backend: Any) -> int | None:
-    """The engine's prefix-cache block size (``engine.kv.block_size``), None when the backend has no engine
-    here or its prefix cache is off."""
-    kv = getattr(getattr(backend, "engine", None), "kv", None)
-    if kv is None or not getattr(kv, "enable_prefix_caching", True):
-        return None
-    size = getattr(kv, "block_size", None)
-    return int(size) if size else None
+    """The engine's prefix-cache block size (``prefix_block_size()``: the embedded engine's, or our engine server's),
+    None when the prefix cache is off or the backend cannot say (an external server)."""
+    ask = getattr(backend, "prefix_block_size", None)
+    if ask is None:  # a wrapper (a bench's recording backend) around a real one
+        ask = getattr(getattr(backend, "inner", None), "prefix_block_size", None)
+    return ask() if callable(ask) else None
 
 
 def simulate_prefix_cache(token_lists: Sequence[Sequence[int]], block_size: int,
@@ -87,11 +86,10 @@ def choice_lengths(choices: Sequence[str], tokenizer: Any) -> list[int]:
     return [len(a) + (1 if any(len(b) > len(a) and b[:len(a)] == a for b in ids) else 0) for a in ids]
 
 
-def expected_generated(params: Any, backend: Any) -> tuple[float, str]:
-    """(expected generated tokens per request, where the figure comes from)."""
+def expected_generated(params: Any, backend: Any, tokenizer: Any = None) -> tuple[float, str]:
+    """(expected generated tokens per request, where the figure comes from); ``tokenizer``: the model's, if known."""
     from engine_backend.backends.base import params_kind
 
-    tokenizer = tokenizer_of(backend)
     if params.choices and tokenizer is not None:
         lengths = choice_lengths(params.choices, tokenizer)
         return sum(lengths) / len(lengths), "the choices' token lengths"
@@ -214,32 +212,44 @@ def _call_and_options(session: Any, stage: Any) -> tuple[Any, dict[str, Any]]:
     return call, merge_options(session.defaults, call.options)
 
 
-def _target(session: Any, opts: dict[str, Any]) -> Any:
+def call_target(route: Any, opts: dict[str, Any]) -> Any:
+    """The ``udf.arrow_calls.Target`` a call's (first) requests go to: ``route(model)`` of the model its merged
+    options name (a cascade starts on its first)."""
     models = opts.get("model")
-    return session.route(models[0] if isinstance(models, tuple) else models)  # a cascade starts on its first
+    return route(models[0] if isinstance(models, tuple) else models)
 
 
 def stage_backend(session: Any, stage: Any) -> Any:
-    """The backend the stage's (first) requests go to."""
-    return _target(session, _call_and_options(session, stage)[1]).backend
+    """The backend a DuckDB stage's (first) requests go to."""
+    return call_target(session.route, _call_and_options(session, stage)[1]).backend
 
 
 def estimate_stage(con: Any, session: Any, stage: Any, info: dict[str, Any]) -> None:
-    """Fill ``info`` (``explain``'s record of ``stage``) with the stage's counts and estimates; no LLM call.
+    """Fill ``info`` (``explain``'s record of a DuckDB ``stage``) with the stage's counts and estimates; no LLM call.
 
     ``con``: the DuckDB connection the stage's SQL runs on; ``session``: ``llm_sql.session.Session``."""
+    call, opts = _call_and_options(session, stage)
+    info["rows_in"] = int(con.sql(stage.count_sql).fetchall()[0][0])
+    # the rows the batch path gets: the distinct tuples (dedup) or every row (dedup off, each its own request)
+    rows = con.sql(stage.sql if session.settings.dedup else stage.rows_sql).fetchall()
+    estimate_call(call, opts, rows, call_target(session.route, opts), session.settings, session.result_cache, info,
+                  multi_label=bool(stage.join_sides and opts.get("multi_label")))
+
+
+def estimate_call(call: Any, opts: dict[str, Any], rows: Sequence[tuple], target: Any, settings: Any,
+                  result_cache: Any, info: dict[str, Any], multi_label: bool = False) -> None:
+    """Fill ``info`` with the estimates of answering ``call`` (its options merged with the session's: ``opts``)
+    for ``rows`` (field tuples, duplicates included where the plan keeps them) on ``target``
+    (``udf.arrow_calls.Target``), as ``udf.batch.evaluate`` would with ``settings`` (``EvalSettings``) and
+    ``result_cache``: distinct inputs, requests, prompt tokens, prefix hits, generated tokens, seconds."""
     from optimizer.metrics import trie_hit_rate
+    from udf.agg import tokenizer_of
     from udf.batch import _cache_key, backend_model_id, plan_order
     from udf.functions import params_key, sampling_params
     from udf.options import DEFAULT_MAX_FIELD_CHARS, DEFAULT_REORDER_FIELDS
     from udf.prompts import build_prompt, prompt_head, render_value
 
-    call, opts = _call_and_options(session, stage)
-    settings = session.settings
     max_chars = int(opts.get("max_field_chars", DEFAULT_MAX_FIELD_CHARS))
-    info["rows_in"] = int(con.sql(stage.count_sql).fetchall()[0][0])
-    # the rows the batch path gets: the distinct tuples (dedup) or every row (dedup off, each its own request)
-    rows = con.sql(stage.sql if settings.dedup else stage.rows_sql).fetchall()
     multiplicity: Counter[tuple[str, ...]] = Counter(
         tuple(render_value(v, max_chars) for v in r) for r in rows if not (r and all(v is None for v in r)))
     rendered = list(multiplicity)
@@ -249,18 +259,18 @@ def estimate_stage(con: Any, session: Any, stage: Any, info: dict[str, Any]) -> 
                                   bool(opts.get("reorder_fields", DEFAULT_REORDER_FIELDS)))
     planned = [build_prompt(head, call.function, [call.field_names[i] for i in fo], [rendered[g][i] for i in fo])
                for g, fo in zip(order, fields)]
-    counts = [multiplicity[rendered[g]] for g in order]
+    # dedup sends each distinct tuple once; without it, every row is its own request
+    counts = [1 if settings.dedup else multiplicity[rendered[g]] for g in order]
     original = [build_prompt(head, call.function, list(call.field_names), list(r)) for r in rendered]
     if fields:
         info["field_order"] = [call.field_names[i] for i in Counter(fields).most_common(1)[0][0]]
-    if stage.join_sides and opts.get("multi_label"):
+    if multi_label:
         info["est_note"] = "multi-label: the prompts are built per value at run time; tokens and time not estimated"
         info["est_hit_rate"] = trie_hit_rate(planned) if planned else 0.0
         info["est_hit_rate_original"] = trie_hit_rate(original) if original else 0.0
         info["est_prompt_tokens"] = sum(len(p) for p in planned) // CHARS_PER_TOKEN
         return
 
-    target = _target(session, opts)
     backend = target.backend
     routed = opts.get("reasoning", "off") == "auto" or isinstance(opts.get("model"), tuple)
     if routed:
@@ -274,20 +284,20 @@ def estimate_stage(con: Any, session: Any, stage: Any, info: dict[str, Any]) -> 
     # the persistent result cache answers some prompts: they are not sent
     answered: set[str] = set()
     reproducible = params.greedy or params.seed is not None
-    if settings.result_cache and session.result_cache is not None and reproducible and planned:
+    if settings.result_cache and result_cache is not None and reproducible and planned:
         pkey = params_key(params)
         if opts.get("return_reasoning"):
             pkey["record"] = 1
         model_id = target.model_id or backend_model_id(backend)
         keys = {p: _cache_key(model_id, pkey, p) for p in planned}
-        hits = session.result_cache.get_many(list(dict.fromkeys(keys.values())))
+        hits = result_cache.get_many(list(dict.fromkeys(keys.values())))
         answered = {p for p, k in keys.items() if k in hits}
     info["est_result_cache_hits"] = sum(c for p, c in zip(planned, counts) if p in answered)
     # the requests in the order sent: dedup off sends a tuple's duplicates one after another
     sent = [p for p, c in zip(planned, counts) if p not in answered for _ in range(c)]
     info["est_requests"] = len(sent)
 
-    tokenizer = tokenizer_of(backend)
+    tokenizer = tokenizer_of(target)[0]
     block = block_size_of(backend)
     sent_ids: list[list[int]] = []
     per_cached: list[int] | None = None
@@ -321,7 +331,7 @@ def estimate_stage(con: Any, session: Any, stage: Any, info: dict[str, Any]) -> 
         info["est_cached_prompt_tokens"] = int(info["est_hit_rate"] * info["est_prompt_tokens"])
         info["est_hit_source"] = "characters shared with an earlier prompt (no tokenizer)"
 
-    per_request, source = expected_generated(params, backend)
+    per_request, source = expected_generated(params, backend, tokenizer)
     info["est_generated_tokens"] = round(per_request * len(sent))
     info["est_generated_source"] = source
     model = time_model(backend)
@@ -330,6 +340,7 @@ def estimate_stage(con: Any, session: Any, stage: Any, info: dict[str, Any]) -> 
         steps_for = getattr(backend, "steps_for", None)
         if callable(steps_for) and per_cached is not None:
             steps = steps_for(sent_ids, per_cached, [max(1, round(per_request))] * len(sent))
+        if steps is not None:
             info["est_steps"] = steps
         else:  # the history has steps but this backend cannot count them for the stage: the terms without
             model = TimeModel.fit([_without_steps(r) for r in _history(backend).batches])

@@ -121,6 +121,9 @@ class SparkStats(QueryStats):
     batches: int = 0  # Arrow batches (x call groups) the UDFs evaluated
     worker_pids: list[int] = field(default_factory=list)  # Python workers that evaluated them
     server_pids: list[int] = field(default_factory=list)  # engine servers they were sent to
+    # per LLM call (udf.spark_udf.call_key): its figures, and llm_wall_seconds, the wall time during which at
+    # least one of its batches was being answered (concurrent workers' batches overlap: their sum would not be)
+    by_call: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -128,6 +131,7 @@ class _Registration:
     route: WorkerRoute
     settings: EvalSettings
     accumulator: Any
+    result_cache: Any = None  # what the workers read and write (llm_sql.cache.ResultCache), None when off
     baseline: dict[str, Any] = field(default_factory=dict)
 
 
@@ -220,7 +224,8 @@ def register(spark, *, optimize: bool | None = None, progress: bool = False, sta
 
     for name, agg_udf in make_agg_udfs(route, config.udf_settings, acc, result_cache=result_cache).items():
         spark.udf.register(name, agg_udf)
-    _REGISTRY[app_id] = _Registration(route=route, settings=config.udf_settings, accumulator=acc)
+    _REGISTRY[app_id] = _Registration(route=route, settings=config.udf_settings, accumulator=acc,
+                                      result_cache=result_cache)
     if not extension_loaded(spark):
         _warn_no_extension()
     return spark
@@ -330,7 +335,25 @@ def last_stats(spark) -> SparkStats:
     for name in ("worker_pids", "server_pids"):  # the processes that evaluated batches since the baseline
         cur, old = now.get(name, {}), base.get(name, {})
         setattr(s, name, sorted(p for p, n in cur.items() if n > old.get(p, 0)))
+    old_calls = base.get("by_call", {})
+    for key, cur in now.get("by_call", {}).items():
+        old = old_calls.get(key, {})
+        if cur.get("batches", 0) <= old.get("batches", 0):
+            continue
+        figures = {k: v - old.get(k, 0) for k, v in cur.items() if isinstance(v, (int, float))}
+        figures["llm_wall_seconds"] = _covered(cur.get("intervals", [])[len(old.get("intervals", [])):])
+        s.by_call[key] = figures
     return s
+
+
+def _covered(intervals: list) -> float:
+    """Seconds covered by the union of (start, end) intervals."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
 
 
 def server_info(spark, model: str | None = None) -> dict[str, Any] | None:

@@ -50,18 +50,33 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Any, Callable
 
 from udf.api import EvalSettings, ResultCache, StageStats
 
 MAX_REASONS = 20
+MAX_INTERVALS = 4096  # a call's batch intervals kept for last_stats' wall time (explain's actual LLM seconds)
 _STAT_FIELDS = ("rows_in", "distinct_inputs", "llm_calls", "cache_hits", "null_inputs", "errors", "prompt_tokens",
                 "cached_prompt_tokens", "generated_tokens", "solve_seconds", "llm_seconds", "rows_reasoned",
                 "reasoning_tokens", "generated_tokens_saved", "llm_seconds_saved")
 
 
-def stats_delta(s: StageStats, reasons: list[str], worker_pid: int, server_pid: int | None) -> dict[str, Any]:
+def call_key(call: Any) -> str:
+    """A short name of an ``LLMCall`` (function, instruction, labels, fields, options), the same in every process:
+    ``last_stats`` keeps each call's figures under it, and ``llm_sql.explain`` finds a stage's actuals by it."""
+    import hashlib
+
+    return hashlib.sha256(repr(call).encode()).hexdigest()[:16]
+
+
+def stats_delta(s: StageStats, reasons: list[str], worker_pid: int, server_pid: int | None,
+                call: Any = None) -> dict[str, Any]:
     d: dict[str, Any] = {name: getattr(s, name) for name in _STAT_FIELDS}
+    if call is not None:  # the call's own figures, and when its LLM work ran (wall clock: start, end)
+        end = time.time()
+        d["by_call"] = {call_key(call): {**{name: getattr(s, name) for name in _STAT_FIELDS}, "batches": 1,
+                                         "intervals": [(end - s.llm_seconds, end)]}}
     d["batches"] = 1
     d["error_reasons"] = reasons[:MAX_REASONS]
     d["worker_pids"] = {worker_pid: 1}  # pid -> batches, so that a later snapshot can tell who worked since
@@ -74,20 +89,18 @@ def _accumulator_param():
     from pyspark.accumulators import AccumulatorParam
 
     class StatsParam(AccumulatorParam):
-        """Sums numbers and per-pid counts; concatenates ``error_reasons`` (capped)."""
+        """Sums numbers, per-pid counts and per-call figures; concatenates lists (``error_reasons``, a call's
+        ``intervals``), each capped."""
 
         def zero(self, value: dict) -> dict:
             return {}
 
         def addInPlace(self, a: dict, b: dict) -> dict:
             for k, v in b.items():
-                if k == "error_reasons":
-                    a[k] = (a.get(k, []) + list(v))[:MAX_REASONS]
+                if isinstance(v, list):
+                    a[k] = (a.get(k, []) + list(v))[:MAX_INTERVALS if k == "intervals" else MAX_REASONS]
                 elif isinstance(v, dict):
-                    merged = dict(a.get(k, {}))
-                    for pid, n in v.items():
-                        merged[pid] = merged.get(pid, 0) + n
-                    a[k] = merged
+                    a[k] = self.addInPlace(dict(a.get(k, {})), v)
                 else:
                     a[k] = a.get(k, 0) + v
             return a
@@ -140,7 +153,7 @@ def make_arrow_udf(function: str, route: Callable[[str | None], Any], settings: 
         for e in reasons[:5]:
             print(f"llm-sql: {function}: row failed: {e}", file=sys.stderr)
         if accumulator is not None:
-            accumulator.add(stats_delta(out.stats, reasons, os.getpid(), target.server_pid))
+            accumulator.add(stats_delta(out.stats, reasons, os.getpid(), target.server_pid, call))
 
     def run(*args: pa.Array) -> pa.Array:
         from udf.arrow_calls import answer_batch
@@ -175,7 +188,7 @@ def make_agg_udfs(route: Callable[[str | None], Any], settings: EvalSettings, ac
         for e in reasons[:5]:
             print(f"llm-sql: {spec.name}: group failed: {e}", file=sys.stderr)
         if accumulator is not None:
-            accumulator.add(stats_delta(out.stats, reasons, os.getpid(), getattr(target, "server_pid", None)))
+            accumulator.add(stats_delta(out.stats, reasons, os.getpid(), getattr(target, "server_pid", None), call))
 
     def run_lists(*args: pa.Array) -> pa.Array:
         from udf.agg import answer_list_batch

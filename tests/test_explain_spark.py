@@ -1,0 +1,120 @@
+"""``llm_sql.explain`` in Spark on a real local[2] session with the Catalyst extension and a tiny engine: the plan
+through the rules, each countable LLM call's rows and estimates made on the driver without calling the LLM, and
+with ``analyze`` the estimates beside what the workers reported for the same call."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+pyspark = pytest.importorskip("pyspark")
+if shutil.which("javac") is None or shutil.which("java") is None:
+    pytest.skip("the Catalyst extension needs java and javac", allow_module_level=True)
+from pyspark.sql import functions as F  # noqa: E402
+
+if not hasattr(F, "arrow_udf"):
+    pytest.skip("llm-sql's Spark UDFs need pyspark >= 4.1", allow_module_level=True)
+
+import llm_sql  # noqa: E402
+from llm_sql import spark_mode  # noqa: E402
+from llm_sql.functions import llm  # noqa: E402
+
+BEERS = [("Simcoe IPA", "India Pale Ale", "Crisp and clean, lovely hops."),
+         ("Grand Cru", "Belgian Ale", "Tasted like wet cardboard."),
+         ("Night Stout", "Stout", "Rich coffee notes, great stout."),
+         ("Summer Lager", "Lager", "Flat and overly sweet."),
+         ("Hazy Days", "India Pale Ale", "Bright citrus, juicy and balanced."),
+         ("Old Ale", "English Ale", None)]
+ROWS = [(i, f"{BEERS[i % 6][0]} {i % 4}", BEERS[i % 6][1], BEERS[i % 6][2]) for i in range(24)]
+ROWS += [(24, None, None, None), (25, "Mystery", None, None)]  # all-NULL inputs: no call
+FILTER = ("SELECT name FROM beers WHERE id > 1 AND llm_filter('Is this beer strong?', struct(style, review))")
+MULTI = ("SELECT name, llm('Describe the beer', struct(style, review)) AS d FROM beers "
+         "WHERE llm_filter('Is this beer strong?', struct(style, review))")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from engine_backend.testing import make_tiny_model
+
+    return str(make_tiny_model(tmp_path_factory.mktemp("explain_spark") / "tiny", arch="llama"))
+
+
+@pytest.fixture(scope="module")
+def spark(model_dir):
+    session = llm_sql.spark_session(model=model_dir, master="local[2]", app_name="llm-sql-explain-test",
+                                    skystore=False, cache=False, progress=False, max_tokens=3,
+                                    conf={"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
+                                          "spark.sql.shuffle.partitions": "2"})
+    if not spark_mode.extension_loaded(session):
+        pytest.skip("another SparkSession without the llm-sql extension is still running in this process")
+    session.createDataFrame(ROWS, "id int, name string, style string, review string").repartition(2) \
+        .createOrReplaceTempView("beers")
+    yield session
+    spark_mode.stop(session)
+    session.stop()
+
+
+@pytest.fixture(scope="module")
+def server(spark):
+    """A client of the session's node engine server, to see what it ran."""
+    from engine_backend.backends import make_backend
+
+    info = spark_mode.server_info(spark)
+    backend = make_backend("openai", base_url=info["url"], api_key=info["token"])
+    yield backend
+    backend.close()
+
+
+def served_requests(server) -> int:
+    return sum(b["requests"] for b in server.server_cost()["batches"])
+
+
+def test_explain_counts_and_estimates_without_calling_the_llm(spark, server):
+    before = served_requests(server)
+    ex = llm_sql.explain(spark, FILTER)
+    assert served_requests(server) == before  # counting ran Spark jobs below the call, never the model
+    (s,) = ex.stages
+    assert s["function"] == "llm_filter" and s["deduplicated"]
+    assert s["rows_in"] == 24  # id > 1: the cheap predicate runs first
+    assert s["distinct_inputs"] == 6  # (style, review) pairs of those rows, the all-NULL ones not asked
+    assert s["fields"] == ["style", "review"]
+    assert s["est_requests"] == 6 and s["est_tokens_source"] == "tokenised" and s["est_prompt_tokens"] > 0
+    assert s["est_hit_source"].startswith("block-level prefix cache")  # the server's block size
+    assert s["est_generated_tokens"] == 6 and "choices" in s["est_generated_source"]
+    text = str(ex)
+    assert "rows in / distinct:  24 / 6 (the rules deduplicate)" in text
+    assert "optimised plan (after the llm-sql Catalyst rules)" in text and "Aggregate" in text
+
+
+def test_analyze_puts_the_workers_figures_beside_the_estimates(spark):
+    ex = llm_sql.explain(spark, MULTI, analyze=True)
+    assert ex.analyzed and ex.run_seconds > 0
+    first, second = sorted(ex.stages, key=lambda s: s["function"] != "llm_filter")
+    # the filter reads the table: estimated before the run, its actuals from the workers' reports of the same call
+    a = first["actual"]
+    assert (first["est_requests"], first["est_prompt_tokens"], first["est_generated_tokens"]) == \
+        (a["llm_calls"], a["prompt_tokens"], a["generated_tokens"]) == (6, a["prompt_tokens"], 6)
+    # two partitions reach the engine together: the second batch's first prompt may miss what the first is computing
+    assert abs(first["est_cached_prompt_tokens"] - a["cached_prompt_tokens"]) <= 0.1 * a["prompt_tokens"]
+    assert first["est_seconds"] is not None and a["llm_seconds"] > 0
+    # the projection reads the filter's output: listed, not counted (counting would call the model)
+    assert "inputs come from another LLM call" in second["not_counted"]
+    assert second["actual"]["llm_calls"] > 0
+    text = str(ex)
+    assert "est/actual" in text and "ran in" in text
+
+
+def test_a_dataframe_is_explained_too(spark):
+    df = spark.table("beers").where("id < 12").select(llm("Describe the beer", "style"))
+    (s,) = llm_sql.explain(df).stages
+    assert (s["rows_in"], s["distinct_inputs"], s["fields"]) == (12, 5, ["style"])  # the API names its struct
+    with pytest.raises(TypeError, match="DataFrame"):
+        llm_sql.explain(df, "SELECT 1")
+
+
+def test_calls_that_cannot_be_counted_say_why(spark):
+    ex = llm_sql.explain(spark, "SELECT style, llm_agg('Summarise', review) AS s FROM beers GROUP BY style")
+    (s,) = ex.stages
+    assert "LLM aggregate" in s["not_counted"]
+    assert "not counted" in str(ex)
+    assert llm_sql.explain(spark, "SELECT name FROM beers WHERE id < 3").stages == []
