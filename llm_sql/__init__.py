@@ -10,7 +10,7 @@ statistics and the persistent result cache live here; inference is in
     llm_sql.last_stats(con); print(llm_sql.explain(con, "SELECT ..."))
 
     spark = llm_sql.spark_session(model="/path/to/model")        # Spark: see llm_sql.spark_mode
-    llm_sql.register(spark, model=...); llm_sql.last_stats(spark)
+    llm_sql.register(spark, model=...); llm_sql.last_stats(spark); print(llm_sql.explain(spark, "SELECT ..."))
 """
 
 __version__ = "0.1.0"

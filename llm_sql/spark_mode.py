@@ -43,10 +43,13 @@ or a URL in ``models``) sends its batches to that external OpenAI-compatible end
 Interpreter: local mode's Python workers run the driver's interpreter unless ``PYSPARK_PYTHON`` or
 ``spark.pyspark.python`` says otherwise; see ``workers_run_this_python``.
 
+Explain: ``llm_sql.explain(spark, sql)`` / ``llm_sql.explain(df)`` (``llm_sql.spark_explain``) prints the plan after
+the rules and each LLM call's estimates; ``analyze=True`` runs it and sets the actuals beside them.
+
 Statistics: ``last_stats(spark)`` sums what every UDF batch reported through a Spark accumulator since
 ``register`` or the last ``reset_stats(spark)`` (rows in, distinct inputs, LLM calls, NULL inputs, errors with
 their first reasons, prompt / cached prompt / generated tokens as the engine reported them per request, the
-Python worker pids and the server pids they used). Accumulators are updated when a task finishes, so the
+Python worker pids and the server pids they used, and the same figures per LLM call in ``by_call``). Accumulators are updated when a task finishes, so the
 numbers are complete once an action has returned; a retried task counts twice.
 
 Result cache: as in DuckDB mode (``llm_sql.cache``), on by default, one SQLite file per node

@@ -3,7 +3,11 @@ through the rules, each countable LLM call's rows and estimates made on the driv
 with ``analyze`` the estimates beside what the workers reported for the same call."""
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -118,3 +122,18 @@ def test_calls_that_cannot_be_counted_say_why(spark):
     assert "LLM aggregate" in s["not_counted"]
     assert "not counted" in str(ex)
     assert llm_sql.explain(spark, "SELECT name FROM beers WHERE id < 3").stages == []
+
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "llmsql"
+
+
+@pytest.mark.skipif(not (DATA / "beer.csv").is_file(), reason="the shipped tables are not here")
+def test_bench_quick(model_dir, tmp_path):
+    """The Spark bench on the shipped tables in its own process (its own Spark session and engine server)."""
+    proc = subprocess.run([sys.executable, "bench/explain_estimates_spark.py", "--quick", "--rows", "12", "--model",
+                           model_dir, "--queries", "beer_filter,beer_multi", "--out", str(tmp_path)],
+                          cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    s = json.loads((tmp_path / "explain_estimates_spark.json").read_text())["summary"]
+    assert s["queries"] == 2 and s["requests_exact"] and s["tokens_exact"] and s["generated_exact"]
