@@ -22,13 +22,8 @@ if not hasattr(F, "arrow_udf"):
 import llm_sql  # noqa: E402
 from llm_sql import spark_mode  # noqa: E402
 from llm_sql.functions import llm  # noqa: E402
+from test_explain_estimates import BEERS  # noqa: E402 - the same beers as DuckDB mode's explain tests
 
-BEERS = [("Simcoe IPA", "India Pale Ale", "Crisp and clean, lovely hops."),
-         ("Grand Cru", "Belgian Ale", "Tasted like wet cardboard."),
-         ("Night Stout", "Stout", "Rich coffee notes, great stout."),
-         ("Summer Lager", "Lager", "Flat and overly sweet."),
-         ("Hazy Days", "India Pale Ale", "Bright citrus, juicy and balanced."),
-         ("Old Ale", "English Ale", None)]
 ROWS = [(i, f"{BEERS[i % 6][0]} {i % 4}", BEERS[i % 6][1], BEERS[i % 6][2]) for i in range(24)]
 ROWS += [(24, None, None, None), (25, "Mystery", None, None)]  # all-NULL inputs: no call
 FILTER = ("SELECT name FROM beers WHERE id > 1 AND llm_filter('Is this beer strong?', struct(style, review))")
