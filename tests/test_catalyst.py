@@ -139,6 +139,10 @@ LLM_QUERIES = {
         "SELECT a.id, llm('Compare', a.review, b.beer) AS c FROM reviews a JOIN reviews b "
         "ON a.id = b.id + 1 WHERE llm_filter('Positive?', a.review)"
     ),
+    "llm_join_condition": (
+        "SELECT a.id, b.id AS other FROM reviews a JOIN reviews b ON a.stars = b.stars AND a.id < b.id "
+        "AND llm_filter('Same beer?', concat(a.beer, b.beer))"
+    ),
     "duplicates_only_constant_args": "SELECT id, llm_score('Rate', 'same text') AS s FROM reviews",
     "struct_fields_and_options": (
         "SELECT id, llm_struct('Summarise', struct(review, stars), named_struct('max_tokens', 8)) AS s "
@@ -284,6 +288,15 @@ def test_dedup_aggregate_and_null_safe_join_in_plan(spark):
     assert re.search(r"RepartitionByExpression \[review#\d+ ASC NULLS FIRST, beer#\d+ ASC NULLS FIRST\]", plan)
     explain = spark.sql("EXPLAIN " + LLM_QUERIES["projection"]).collect()[0][0]
     assert "HashAggregate" in explain and "Sort [" in explain and "rangepartitioning" in explain, explain
+
+
+def test_llm_join_condition_is_lifted_and_its_pairs_deduplicated(spark):
+    """The LLM conjunct of an inner join's ON runs over the pairs the cheap keys match, once per distinct pair
+    (Spark refuses a Python UDF in an outer join's ON)."""
+    plan = _plan(spark.sql(LLM_QUERIES["llm_join_condition"]))
+    assert plan.count("llm_filter(") == 1, plan
+    agg = plan.index("Aggregate [concat(beer#")
+    assert re.search(r"Join Inner, \(\(?stars#\d+ = stars#\d+", plan[agg:]), plan  # the pairs: the cheap keys only
 
 
 def test_llm_projection_over_an_llm_filter_is_colocated_not_joined(spark):

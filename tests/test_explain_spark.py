@@ -103,6 +103,26 @@ def test_analyze_puts_the_workers_figures_beside_the_estimates(spark):
     assert "est/actual" in text and "ran in" in text
 
 
+def test_an_llm_join_asks_each_distinct_pair_once(spark):
+    """JOIN ... ON cheap keys AND llm_filter(pair): the rules lift the LLM conjunct over the pairs the keys match and
+    ask each distinct pair once; the rows equal the rules-off plan's (Spark's own per-pair evaluation)."""
+    flavours = [("India Pale Ale", "hops"), ("India Pale Ale", "citrus"), ("Stout", "coffee"), ("Lager", "grain")]
+    spark.createDataFrame(flavours, "style string, flavour string").createOrReplaceTempView("flavours")
+    pairs = [(review, flavour) for _, _, style, review in ROWS for s2, flavour in flavours if style == s2]
+    q = ("SELECT b.id, f.flavour FROM beers b JOIN flavours f ON b.style = f.style AND "
+         "llm_filter('Does the review mention the flavour?', struct(b.review, f.flavour))")
+    ex = llm_sql.explain(spark, q, analyze=True)
+    (s,) = ex.stages
+    assert s["deduplicated"] and s["rows_in"] == len(pairs) == 24
+    assert s["distinct_inputs"] == s["est_requests"] == s["actual"]["llm_calls"] == len(set(pairs)) == 6
+    got = sorted(spark.sql(q).collect())
+    spark.conf.set(spark_mode.OPTIMIZE_CONF, "false")
+    try:
+        assert sorted(spark.sql(q).collect()) == got
+    finally:
+        spark.conf.set(spark_mode.OPTIMIZE_CONF, "true")
+
+
 def test_a_dataframe_is_explained_too(spark):
     df = spark.table("beers").where("id < 12").select(llm("Describe the beer", "style"))
     (s,) = llm_sql.explain(df).stages

@@ -30,6 +30,7 @@ public class LLMSQLExtensions extends AbstractFunction1<SparkSessionExtensions, 
   /** The rules, in the order they run within the pre-CBO batch. */
   private static final List<Function<SparkSession, Rule<LogicalPlan>>> RULES = List.of(
       DropInferredLLMPredicates::new,
+      LiftLLMJoinConditions::new,
       ChooseFieldOrder::new,
       CheapPredicatesFirst::new,
       PullLLMOutOfAggregates::new,
