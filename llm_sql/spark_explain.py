@@ -38,6 +38,7 @@ class SparkExplanation:
 
     plan: str
     stages: list[dict[str, Any]]
+    bounded: bool = False  # a LIMIT / OFFSET: the model is called on fewer rows than counted
     actual: Any = None
     probe_seconds: float = 0.0
     run_seconds: float | None = None
@@ -47,7 +48,7 @@ class SparkExplanation:
         return self.actual is not None
 
     def as_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"plan": self.plan, "stages": self.stages}
+        d: dict[str, Any] = {"plan": self.plan, "stages": self.stages, "bounded": self.bounded}
         if self.actual is not None:
             d.update(actual=self.actual.as_dict(), probe_seconds=self.probe_seconds, run_seconds=self.run_seconds)
         return d
@@ -68,6 +69,9 @@ class SparkExplanation:
                 lines.append(f"  inputs:              not counted ({s['not_counted']})")
             if s.get("routing"):
                 lines.append(f"  routing:             {routing_line(s['routing'])}")
+        if self.bounded:
+            lines.append("note: the query has a LIMIT: Spark stops calling the model once it has its rows, so the "
+                         "counts above are upper bounds (and the workers' reports of a task cut short can be lost)")
         lines.append("optimised plan (after the llm-sql Catalyst rules):")
         lines.extend("  " + line for line in self.plan.rstrip().splitlines())
         if self.actual is not None:
@@ -104,8 +108,9 @@ def explain(spark_or_df: Any, query: str | None = None, analyze: bool = False) -
     optimized = df._jdf.queryExecution().optimizedPlan()
     probed: dict[int, float] | None = {} if analyze else None  # backend -> seconds its probe took
     stages = [_stage_record(spark, reg, i + 1, j, probed) for i, j in enumerate(_stages(spark).find(optimized))]
+    bounded = bool(_stages(spark).bounded(optimized))
     if not analyze:
-        return SparkExplanation(optimized.toString(), stages)
+        return SparkExplanation(optimized.toString(), stages, bounded)
     spark_mode.reset_stats(spark)
     start = time.perf_counter()
     df.write.format("noop").mode("overwrite").save()  # runs every stage; the rows go nowhere
@@ -115,7 +120,7 @@ def explain(spark_or_df: Any, query: str | None = None, analyze: bool = False) -
         ran = actual.by_call.get(info.get("call_key", ""))
         if ran is not None:
             info["actual"] = dict(ran, llm_seconds=ran["llm_wall_seconds"])
-    return SparkExplanation(optimized.toString(), stages, actual=actual, probe_seconds=sum(probed.values()),
+    return SparkExplanation(optimized.toString(), stages, bounded, actual=actual, probe_seconds=sum(probed.values()),
                             run_seconds=run_seconds)
 
 

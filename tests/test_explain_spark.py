@@ -137,6 +137,8 @@ def test_calls_that_cannot_be_counted_say_why(spark):
     assert "LLM aggregate" in s["not_counted"]
     assert "not counted" in str(ex)
     assert llm_sql.explain(spark, "SELECT name FROM beers WHERE id < 3").stages == []
+    limited = llm_sql.explain(spark, "SELECT llm('Describe the beer', struct(style)) FROM beers LIMIT 3")
+    assert limited.bounded and "counts above are upper bounds" in str(limited)
 
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "llmsql"

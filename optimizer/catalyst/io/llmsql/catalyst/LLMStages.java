@@ -104,6 +104,11 @@ public final class LLMStages {
     return out;
   }
 
+  /** Whether the plan is row-bounded (LIMIT / OFFSET / TAIL): Spark stops calling the LLM once it has its rows. */
+  public static boolean bounded(LogicalPlan plan) {
+    return LLMPlans.containsLimit(plan);
+  }
+
   /** A DataFrame over {@code plan} in {@code session} (a classic, not a Connect, session). */
   public static Dataset<Row> dataFrame(SparkSession session, LogicalPlan plan) {
     return org.apache.spark.sql.classic.Dataset.ofRows((org.apache.spark.sql.classic.SparkSession) session, plan);
