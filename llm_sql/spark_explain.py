@@ -200,5 +200,8 @@ def _estimate(spark: Any, reg: Any, stage: Any, info: dict[str, Any], probed: di
             probed[id(target.backend)] = time.perf_counter() - start
     note = info.pop("est_note", None)
     estimate_call(call, opts, [rows[i] for i in idx], target, reg.settings, reg.result_cache, info)
+    if info.get("est_seconds"):
+        info["est_seconds_source"] += ("; the engine's time: each Arrow batch's HTTP and worker time (tens of ms "
+                                       "here) comes on top")
     if note:
         info["est_note"] = f"{note}; {info['est_note']}" if info.get("est_note") else note
