@@ -44,3 +44,37 @@ def own_answers():
             backend.close()
 
     return answers
+
+
+@pytest.fixture(scope="session")
+def extension_spark():
+    """``with extension_spark(model_dir, app_name, **options) as spark``: a local[2] Spark session with the Catalyst
+    extension and the LLM functions registered on ``model_dir`` (no result cache, no progress bar, two shuffle
+    partitions; ``options`` go to ``register``), whose node server is stopped and session ended afterwards. Skips
+    where pyspark >= 4.1, java or javac is missing, or another session without the extension runs in this process."""
+    import contextlib
+    import shutil
+
+    @contextlib.contextmanager
+    def session(model_dir: str, app_name: str, **options):
+        pytest.importorskip("pyspark")
+        from pyspark.sql import functions as F
+
+        if not hasattr(F, "arrow_udf") or shutil.which("javac") is None or shutil.which("java") is None:
+            pytest.skip("needs pyspark >= 4.1, java and javac")
+        import llm_sql
+        from llm_sql import spark_mode
+
+        spark = llm_sql.spark_session(model=model_dir, master="local[2]", app_name=app_name, skystore=False,
+                                      **{"cache": False, "progress": False, **options},
+                                      conf={"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
+                                            "spark.sql.shuffle.partitions": "2"})
+        if not spark_mode.extension_loaded(spark):
+            pytest.skip("another SparkSession without the llm-sql extension is still running in this process")
+        try:
+            yield spark
+        finally:
+            spark_mode.stop(spark)
+            spark.stop()
+
+    return session

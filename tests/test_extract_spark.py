@@ -46,17 +46,10 @@ def model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def spark(model_dir):
-    session = llm_sql.spark_session(model=model_dir, master="local[2]", app_name="llm-sql-extract-test",
-                                    skystore=False, cache=False, progress=False,
-                                    conf={"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
-                                          "spark.sql.shuffle.partitions": "2"})
-    if not spark_mode.extension_loaded(session):
-        pytest.skip("another SparkSession without the llm-sql extension is still running in this process")
-    session.createDataFrame(ROWS, "id int, review string").repartition(2).createOrReplaceTempView("reviews")
-    yield session
-    spark_mode.stop(session)
-    session.stop()
+def spark(model_dir, extension_spark):
+    with extension_spark(model_dir, "llm-sql-extract-test") as session:
+        session.createDataFrame(ROWS, "id int, review string").repartition(2).createOrReplaceTempView("reviews")
+        yield session
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ NULL with its reason while the others are answered. Fault injection (``_Faulty``
 from __future__ import annotations
 
 import random
-import shutil
 
 import duckdb
 import pandas as pd
@@ -220,7 +219,7 @@ def test_errors_per_group(backend, faulty):
         assert all(v is None for v in got.values())
         assert "the prompt without any value" in llm_sql.last_stats(con).error_reasons[0]
         with pytest.raises(Exception, match="cascade"):
-            con.sql(f"SELECT llm_agg('x', review, {{'model': ['a', 'b']}}) FROM beers").fetchall()
+            con.sql("SELECT llm_agg('x', review, {'model': ['a', 'b']}) FROM beers").fetchall()
     finally:
         con.close()
 
@@ -277,24 +276,10 @@ def test_pandas_agg_equals_sql(backend, model_dir, duck):
 
 # -- Spark ----------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def spark(model_dir):
-    pytest.importorskip("pyspark")
-    from pyspark.sql import functions as F
-
-    if not hasattr(F, "arrow_udf") or shutil.which("javac") is None or shutil.which("java") is None:
-        pytest.skip("needs pyspark >= 4.1, java and javac")
-    from llm_sql import spark_mode
-
-    session = llm_sql.spark_session(model=model_dir, master="local[2]", app_name="llm-sql-agg-test", skystore=False,
-                                    cache=False, progress=False, max_tokens=MAX_TOKENS,
-                                    conf={"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
-                                          "spark.sql.shuffle.partitions": "2"})
-    if not spark_mode.extension_loaded(session):
-        pytest.skip("another SparkSession without the llm-sql extension is still running in this process")
-    session.createDataFrame(ROWS, "style string, review string").repartition(3).createOrReplaceTempView("beers")
-    yield session
-    spark_mode.stop(session)
-    session.stop()
+def spark(model_dir, extension_spark):
+    with extension_spark(model_dir, "llm-sql-agg-test", max_tokens=MAX_TOKENS) as session:
+        session.createDataFrame(ROWS, "style string, review string").repartition(3).createOrReplaceTempView("beers")
+        yield session
 
 
 def test_spark_agrees_with_duckdb(spark, duck):
