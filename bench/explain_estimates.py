@@ -62,18 +62,24 @@ def stage_rows(name: str, ex, run: int) -> list[dict]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def arguments(description: str) -> argparse.ArgumentParser:
+    """The options this bench and ``explain_estimates_spark.py`` share: the tables, the queries, the model."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--quick", action="store_true", help="24 rows a table: a smoke run")
     ap.add_argument("--rows", type=int, default=None, help="rows of beer.csv (default 240)")
     ap.add_argument("--movie-rows", type=int, default=None, help="rows of movies_small.csv (default 120)")
     ap.add_argument("--queries", default=None, help="comma-separated names (default: all eight)")
     ap.add_argument("--model", default=None, metavar="DIR", help="a model directory (default: the tiny random Llama)")
     ap.add_argument("--max-tokens", type=int, default=8, help="llm()'s max_tokens (default 8)")
+    ap.add_argument("--out", default="bench/results")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = arguments(__doc__.split("\n")[0])
     ap.add_argument("--passes", type=int, default=1, help="run the queries this many times (default 1)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (default 1: see the module doc; 0 keeps torch's own default)")
-    ap.add_argument("--out", default="bench/results")
     args = ap.parse_args(argv)
     if args.threads:
         import torch

@@ -19,7 +19,6 @@ The model is ``bench/llm_sql_queries.py``'s random-weight Llama with Qwen2's voc
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -29,9 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import log, print_table, write_json  # noqa: E402
+from explain_estimates import AIM, arguments  # noqa: E402
 from llm_sql_queries import BEER_FIELDS, DATA, MOVIE_FIELDS, model_dir, queries  # noqa: E402
-
-AIM = 0.30  # the issue's aim: estimated time within 30% of the actual
 
 
 def spark_sql(sql: str) -> str:
@@ -74,15 +72,8 @@ def call_rows(name: str, ex) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="24 rows a table: a smoke run")
-    ap.add_argument("--rows", type=int, default=None, help="rows of beer.csv (default 240)")
-    ap.add_argument("--movie-rows", type=int, default=None, help="rows of movies_small.csv (default 120)")
-    ap.add_argument("--queries", default=None, help="comma-separated names (default: all eight)")
-    ap.add_argument("--model", default=None, metavar="DIR", help="a model directory (default: the tiny random Llama)")
-    ap.add_argument("--max-tokens", type=int, default=8, help="llm()'s max_tokens (default 8)")
+    ap = arguments(__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the engine server (default 1)")
-    ap.add_argument("--out", default="bench/results")
     args = ap.parse_args(argv)
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the node server inherits it
