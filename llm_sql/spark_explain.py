@@ -6,17 +6,18 @@
 
 The plan is Spark's optimised logical plan, after the llm-sql rules (``optimizer/catalyst``): the cheap predicates
 split off, the distinct-tuple ``Aggregate``, its ``Sort`` and the ``Join ... <=>`` back. The rules' stages come from
-``io.llmsql.catalyst.LLMStages``: for each LLM call in a ``Project`` or ``Filter`` whose child calls no LLM, a plan of
-the rows the UDF will be invoked on (its own argument columns) and, for a deduplicated call, the rows before
-deduplication. The driver runs those two small plans (no LLM: they stop below the call), decodes the arguments as
+``io.llmsql.catalyst.LLMStages``: for each LLM call in a ``Project``, a ``Filter`` or the ``ArrowEvalPython`` node
+Spark moves it into, whose child calls no LLM, a plan of the rows the UDF will be invoked on (its own argument
+columns) and, for a deduplicated call, the rows before deduplication. The driver runs those two small plans (no LLM: they stop below the call), decodes the arguments as
 the UDF does (``udf.arrow_calls.calls_of_batch``) and estimates the call with ``llm_sql.estimate.estimate_call``:
 the same figures as DuckDB mode's (requests, tokenised prompt tokens, prefix hits, generated tokens, seconds), on
 the backend the workers use. For the node's engine server (``llm_sql.node_engine``) the tokenizer is the
 checkpoint's, and the prefix cache, scheduler limits and measured batches are the server's own
 (``OpenAIBackend.server_cost``); in local mode that is every worker's server, on a cluster the driver's node's.
 
-A call that reads another LLM call's output, or sits in an aggregate or a join condition, is listed without
-estimates: counting its inputs would call the LLM.
+A call that reads another LLM call's output is listed without estimates (counting its inputs would call the LLM),
+and so is ``llm_agg`` (how each group is chunked is decided when it runs). A row-bounded plan (LIMIT) says that its
+counts are upper bounds.
 
 ``analyze=True`` estimates first (probing a backend that has measured too few batches), then runs the query to a
 ``noop`` sink and puts each call's actual figures beside its estimates: requests, tokens and hits as the workers
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llm_sql.explain_text import estimate_lines, routing_line
+
 
 @dataclass
 class SparkExplanation:
