@@ -95,7 +95,8 @@ def test_budget_is_never_exceeded_and_constraints_bind_the_answer(engine, budget
         assert "</think>" not in out.text and "</think>" not in out.reasoning
         if out.num_reasoning_tokens == budget and budget:  # closed by the engine at the budget
             assert out.token_ids[budget:budget + len(close)] == close
-        assert out.token_ids[len(out.token_ids) - len(engine.tokenizer.encode(out.text, add_special_tokens=False)):]
+        answer = engine.tokenizer.encode(out.text, add_special_tokens=False)
+        assert out.token_ids[len(out.token_ids) - len(answer):] == answer == out.answer_logprobs()[0]
 
 
 def hf_reasoning_greedy(hf, prompt_ids, budget, close_ids, end_id, max_answer):
