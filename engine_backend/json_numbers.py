@@ -146,11 +146,19 @@ def _grid_low(bound, inclusive: bool) -> int:
 
 def integer_regex(lo: int, hi: int) -> str:
     """The JSON integers lo..hi (inclusive, lo <= hi): negatives as "-" and their absolute values, never "-0"."""
-    if lo < 0 and lo == -hi:  # symmetric: one regex for both signs
-        return "(?:0|-?" + _group(_naturals(1, hi)) + ")"
-    alts = _naturals(max(lo, 0), hi) if hi >= 0 else []
+    return _signed(lo, hi, _naturals, least_negative=1)
+
+
+def _signed(lo: int, hi: int, nonnegative, least_negative: int) -> str:
+    """lo..hi as one group: ``nonnegative(a, b)``'s alternatives for the values >= 0, and "-" before theirs for the
+    absolute values of the negatives from ``least_negative`` on (1 for integers: no "-0"; 0 for numbers, where "-0"
+    is 0); a symmetric range as one "-?" for both signs."""
+    if lo < 0 and lo == -hi:
+        zero = "0|" if least_negative else ""  # the unsigned values below least_negative: "0" for integers
+        return "(?:" + zero + "-?" + _group(nonnegative(least_negative, hi)) + ")"
+    alts = nonnegative(max(lo, 0), hi) if hi >= 0 else []
     if lo < 0:
-        alts.append("-" + _group(_naturals(max(-hi, 1), -lo)))
+        alts.append("-" + _group(nonnegative(max(-hi, least_negative), -lo)))
     return "(?:" + "|".join(alts) + ")"
 
 
@@ -223,12 +231,7 @@ def number_regex(lo: int, hi: int) -> str:
     """The JSON numbers of the grid from lo to hi (inclusive, lo <= hi, in units of 10**-15): the values >= 0, and
     where negatives are allowed, "-" and the absolute values of those <= 0 (so "-0" where 0 is also allowed: one
     regex for both signs then)."""
-    if lo < 0 and lo == -hi:
-        return "(?:-?" + _group(_nonnegative(0, hi)) + ")"
-    alts = _nonnegative(max(lo, 0), hi) if hi >= 0 else []
-    if lo < 0:
-        alts.append("-" + _group(_nonnegative(max(-hi, 0), -lo)))
-    return "(?:" + "|".join(alts) + ")"
+    return _signed(lo, hi, _nonnegative, least_negative=0)
 
 
 def _nonnegative(lo: int, hi: int) -> list[str]:
