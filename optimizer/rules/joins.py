@@ -4,7 +4,9 @@ An inner join's ON conjunct filters the joined rows exactly as a WHERE conjunct 
 inner joins move to WHERE, where the other rules lift them: the stage asks each distinct (a value, b value)
 pair once, after the cheap conditions (the join's own equality keys included), instead of the UDF being called
 on every pair of the nested loop. It is done only when every join of the scope is inner, cross or a comma:
-a later RIGHT or FULL join would keep rows that the moved condition must still drop.
+a later RIGHT or FULL join would keep rows that the moved condition must still drop, an ASOF join picks each row's
+nearest match among those its whole ON accepts, and a POSITIONAL join pairs rows by their position after the
+earlier joins.
 """
 from __future__ import annotations
 
@@ -13,11 +15,17 @@ from typing import Iterable
 from sqlglot import exp
 
 from optimizer.rules.calls import contains_llm_call
-from optimizer.rules.predicates import conjoin, split_conjuncts
+from optimizer.rules.predicates import split_conjuncts
 
 
 def _inner(join: exp.Join) -> bool:
-    return not join.side and (join.kind or "").upper() in ("", "INNER", "CROSS") and not join.args.get("using")
+    return (not join.side and (join.kind or "").upper() in ("", "INNER", "CROSS") and not join.args.get("using")
+            and (join.method or "").upper() in ("", "NATURAL"))
+
+
+def _and(terms: list[exp.Expression]) -> exp.Expression:
+    # the nodes themselves, not copies (conjoin's exp.and_ copies): the planner knows the moved calls by identity
+    return terms[0] if len(terms) == 1 else exp.and_(*terms, copy=False)
 
 
 def hoist_join_predicates(select: exp.Select, names: Iterable[str]) -> list[exp.Expression]:
@@ -32,11 +40,12 @@ def hoist_join_predicates(select: exp.Select, names: Iterable[str]) -> list[exp.
             continue
         terms = split_conjuncts(on)
         llm = [t for t in terms if contains_llm_call(t, names)]
-        join.set("on", conjoin([t for t in terms if t not in llm]) or exp.true())
+        rest = [t for t in terms if t not in llm]
+        join.set("on", _and(rest) if rest else exp.true())
         moved += llm
     if moved:
         where = select.args.get("where")
-        select.set("where", exp.Where(this=conjoin(split_conjuncts(where) + moved)))
+        select.set("where", exp.Where(this=_and(split_conjuncts(where) + moved)))
     return moved
 
 

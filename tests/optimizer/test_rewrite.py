@@ -129,6 +129,9 @@ def test_unliftable_shapes_fall_back():
         "SELECT list_transform(l, v -> llm('a', v)) FROM t": "lambda",
         "SELECT * FROM t LEFT JOIN u ON llm_filter('same?', t.a, u.b)": "joins",
         "SELECT * FROM t JOIN u ON llm_filter('same?', t.a, u.b) FULL JOIN v ON v.c = t.a": "joins",
+        # ASOF keeps each row's nearest match among those its whole ON accepts: the condition must stay there
+        "SELECT * FROM t ASOF JOIN u ON t.ts >= u.ts AND llm_filter('same?', t.a, u.b)": "joins",
+        "SELECT * FROM t JOIN u ON llm_filter('same?', t.a, u.b) POSITIONAL JOIN v": "joins",
         "SELECT x FROM t GROUP BY x HAVING llm_filter('a', MAX(y))": "aggregate",
         "SELECT llm(instr, x) FROM t": "literal",
         "SELECT x FROM t UNION SELECT y FROM u ORDER BY llm('a', x)": "SELECT scope",
@@ -147,6 +150,7 @@ def test_inner_join_llm_condition_becomes_a_filter_stage():
     plan = plan_query("SELECT t.id FROM t JOIN u ON llm_filter('same?', t.a, u.b) AND t.k = u.k, v WHERE v.x > 1")
     (stage,) = plan.stages
     assert stage.role == "filter" and stage.field_names == ("a", "b")
+    assert stage.join_sides == ("t", "u")  # known as a join condition beside the WHERE's own terms (multi_label)
     assert stage.sql == norm("SELECT DISTINCT t.a AS __llm_in_0, u.b AS __llm_in_1 FROM t JOIN u ON t.k = u.k, v "
                              "WHERE v.x > 1")
     assert "ON t.k = u.k" in plan.sql and "LLM_FILTER" not in plan.sql.upper()
