@@ -212,6 +212,29 @@ def closed_costs(ttls: np.ndarray, gaps: np.ndarray, weights: np.ndarray, classe
     return storage, missed
 
 
+class Tally:
+    """What the learned TTL has counted per region and class of reads, and when it next re-decides: the same
+    state for the read-by-read policy and its batch form (``learned_batch``)."""
+
+    def __init__(self, model: Model):
+        self.model = model
+        n, k = len(model.regions), model.k
+        self.a = np.zeros((n, CLASSES, k))   # GB-seconds at risk up to each candidate TTL, of closed gaps
+        self.ms = np.zeros((n, CLASSES, k))  # GB of closed gaps longer than each candidate
+        self.f = np.zeros((n, CLASSES))      # reads entering the class (an object's 1st, 2nd or 3rd read)
+        self.w = np.zeros((n, CLASSES))      # GB read
+        self.n = np.zeros((n, CLASSES))      # reads
+        self.count = 0                       # reads recorded
+        self.boundary = next_boundary(None)  # the read count of the next re-decision
+        self.table = model.t_even_table()    # TTLs [region, class (the region's pool last), source]
+
+    def close_gaps(self, d: int, gaps: np.ndarray, weights: np.ndarray, classes: np.ndarray) -> None:
+        """Re-read gaps that closed in region ``d``, after reads of the given GB and classes."""
+        storage, missed = closed_costs(self.model.ttls[d], gaps, weights, classes)
+        self.a[d] += storage
+        self.ms[d] += missed
+
+
 class LearnedTTLPolicy(Policy):
     """See the module docstring. Thread-safe; reads in the object's base region are not recorded (they never
     need a copy). Reads recorded without a size weigh as 1 GB."""
@@ -224,16 +247,8 @@ class LearnedTTLPolicy(Policy):
         self._index = {r: i for i, r in enumerate(self.model.regions)}
         self.max_tracked_keys = max_tracked_keys
         self._lock = threading.Lock()
-        n, k = len(self.model.regions), self.model.k
-        self._last = [OrderedDict() for _ in range(n)]  # (bucket, key) -> (time, GB, reads, class)
-        self._a = np.zeros((n, CLASSES, k))
-        self._ms = np.zeros((n, CLASSES, k))
-        self._f = np.zeros((n, CLASSES))
-        self._w = np.zeros((n, CLASSES))
-        self._n = np.zeros((n, CLASSES))
-        self._count = 0
-        self._boundary = next_boundary(None)
-        self._table = self.model.t_even_table()
+        self._last = [OrderedDict() for _ in self.model.regions]  # (bucket, key) -> (time, GB, reads, class)
+        self._tally = Tally(self.model)
         self._batch = None
 
     def record_read(self, region: str, bucket: str, key: str, now: float, size: int | None = None,
@@ -242,30 +257,29 @@ class LearnedTTLPolicy(Policy):
         if d is None or region == base:
             return
         weight = size / GB if size is not None else 1.0
+        tally = self._tally
         with self._lock:
-            if self._count == self._boundary:
+            if tally.count == tally.boundary:
                 self._refresh(now)
-                self._boundary = next_boundary(self._boundary)
-            self._count += 1
+                tally.boundary = next_boundary(tally.boundary)
+            tally.count += 1
             last = self._last[d]
             previous = last.pop((bucket, key), None)
             reads_before = 0
             if previous is not None:
                 t0, w0, reads_before, c0 = previous
-                storage, missed = closed_costs(self.model.ttls[d], np.array([max(0.0, now - t0)]),
-                                               np.array([w0]), np.array([c0]))
-                self._a[d] += storage
-                self._ms[d] += missed
+                tally.close_gaps(d, np.array([max(0.0, now - t0)]), np.array([w0]), np.array([c0]))
             c = int(read_class(size if size is not None else GB, reads_before))
-            self._n[d, c] += 1
-            self._w[d, c] += weight
+            tally.n[d, c] += 1
+            tally.w[d, c] += weight
             if reads_before < READ_CLASSES:  # the read that enters its class (the 1st, 2nd or 3rd)
-                self._f[d, c] += 1
+                tally.f[d, c] += 1
             last[(bucket, key)] = (now, weight, reads_before + 1, c)
             while len(last) > self.max_tracked_keys:
                 last.popitem(last=False)
 
     def _refresh(self, now: float) -> None:
+        tally = self._tally
         tables = []
         for d, last in enumerate(self._last):
             if last:
@@ -273,9 +287,9 @@ class LearnedTTLPolicy(Policy):
                 a_open = open_storage(self.model.ttls[d], np.maximum(0.0, now - t), w, c.astype(np.int64))
             else:
                 a_open = 0.0
-            tables.append(self.model.decide(d, self._a[d] + a_open, self._ms[d], self._f[d], self._n[d],
-                                            self._w[d]))
-        self._table = np.array(tables)
+            tables.append(self.model.decide(d, tally.a[d] + a_open, tally.ms[d], tally.f[d], tally.n[d],
+                                            tally.w[d]))
+        tally.table = np.array(tables)
 
     def ttl(self, region: str, source: str, now: float, bucket: str | None = None, key: str | None = None) -> float:
         d, s = self._index.get(region), self._index.get(source)
@@ -284,7 +298,7 @@ class LearnedTTLPolicy(Policy):
         with self._lock:
             seen = self._last[d].get((bucket, key)) if key is not None else None
             c = seen[3] if seen is not None else CLASSES  # unknown: the region's pooled choice
-            return float(self._table[d, c, s])
+            return float(self._tally.table[d, c, s])
 
     def batch_ttls(self, batch) -> np.ndarray:
         from .learned_batch import BatchLearner

@@ -10,29 +10,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from .learned import CLASSES, READ_CLASSES, Model, next_boundary, read_class
+from .learned import CLASSES, READ_CLASSES, Model, Tally, next_boundary, read_class
 from .pricing import GB
 from .trace_arrays import stable_order
 
 NEVER = np.iinfo(np.int64).max
 
 
-class BatchLearner:
+class BatchLearner(Tally):
+    """The policy's tally, plus the last read of every key in every region (by key id, grown as ids come)."""
+
     def __init__(self, model: Model):
-        self.model = model
-        n, k = len(model.regions), model.k
+        super().__init__(model)
+        n = len(model.regions)
         self.last_t = np.full((0, n), np.nan)
         self.last_w = np.zeros((0, n))
         self.last_n = np.zeros((0, n), np.int64)
         self.last_c = np.zeros((0, n), np.int64)
-        self.a = np.zeros((n, CLASSES, k))
-        self.ms = np.zeros((n, CLASSES, k))
-        self.f = np.zeros((n, CLASSES))
-        self.w = np.zeros((n, CLASSES))
-        self.n = np.zeros((n, CLASSES))
-        self.count = 0
-        self.boundary = next_boundary(None)
-        self.table = model.t_even_table()
 
     def _grow(self, n_keys: int) -> None:
         have = len(self.last_t)
@@ -122,14 +116,9 @@ class BatchLearner:
 
         # carry: closed gaps, counts and the last read of every key
         done = np.isfinite(ig)
-        k1 = model.k + 1
-        cells = (ir[done] * CLASSES + ic[done]) * k1 + jj[done]
-        shape = (len(model.regions), CLASSES, k1)
-        s = np.bincount(cells, iw[done], minlength=np.prod(shape)).reshape(shape)
-        sg = np.bincount(cells, iw[done] * ig[done], minlength=np.prod(shape)).reshape(shape)
-        missed = s[..., ::-1].cumsum(-1)[..., ::-1][..., 1:]  # as learned.closed_costs, every region at once
-        self.a += model.ttls[:, None, :] * missed + sg.cumsum(-1)[..., :-1]
-        self.ms += missed
+        for d in range(len(model.regions)):
+            sel = done & (ir == d)
+            self.close_gaps(d, ig[sel], iw[sel], ic[sel])
         self.n += np.bincount(r * CLASSES + cls, minlength=self.n.size).reshape(self.n.shape)
         self.w += np.bincount(r * CLASSES + cls, w, minlength=self.w.size).reshape(self.w.shape)
         self.f += np.bincount((r * CLASSES + cls)[first_read], minlength=self.f.size).reshape(self.f.shape)
