@@ -24,7 +24,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .policy import Policy
+from .policy import Policy, PriceTables
 from .pricing import GB, Prices
 from .trace_arrays import OP_DELETE, OP_HEAD, OP_READ, OP_WRITE, TraceArrays, stable_order
 
@@ -46,25 +46,17 @@ class ReadBatch:
     next_gap: np.ndarray | None = None  # seconds to the next read of this version in this region (optimum only)
 
 
-class _Prices:
-    """Per-region price vectors and per-pair matrices by region index."""
-
-    def __init__(self, prices: Prices, clouds: Mapping[str, str], regions: Sequence[str]):
-        ids = [clouds.get(r, r) for r in regions]
-        n = len(ids)
-        self.storage = np.array([prices.storage_gb_second(c) for c in ids])
-        self.get = np.array([prices.get_request(c) for c in ids])
-        self.put = np.array([prices.put_request(c) for c in ids])
-        self.egress = np.array([[prices.egress_gb(s, d) for d in ids] for s in ids])  # [src, dst]
-        self.t_even = np.array([[prices.t_even(s, d) for d in ids] for s in ids])
-        # source preference into dst when the base is b: cheapest egress, then the base, then by name
-        names = np.argsort(np.argsort(list(regions)))
-        rank = np.zeros((n, n, n), np.int16)  # [dst, base, src]
-        for d in range(n):
-            dense = np.unique(self.egress[:, d], return_inverse=True)[1]
-            for b in range(n):
-                rank[d, b] = dense * 4 * n + (np.arange(n) != b) * 2 * n + names
-        self.source_rank = rank
+def source_rank(egress: np.ndarray, regions: Sequence[str]) -> np.ndarray:
+    """[dst, base, src]: the preference among sources into dst when the base is b, as the event replay's
+    ``_cheapest_source``: cheapest egress, then the base, then by name."""
+    n = len(regions)
+    names = np.argsort(np.argsort(list(regions)))
+    rank = np.zeros((n, n, n), np.int16)
+    for d in range(n):
+        dense = np.unique(egress[:, d], return_inverse=True)[1]
+        for b in range(n):
+            rank[d, b] = dense * 4 * n + (np.arange(n) != b) * 2 * n + names
+    return rank
 
 
 class FastReplay:
@@ -77,7 +69,8 @@ class FastReplay:
         self.policy = policy
         self.regions = list(regions)
         self.R = len(self.regions)
-        self.p = _Prices(prices, clouds, self.regions)
+        self.p = PriceTables(prices, clouds, self.regions)
+        self.source_rank = source_rank(self.p.egress, self.regions)
         self.report = CostReport(policy.name)
         self.storage = np.zeros(self.R)  # GB-seconds per region, priced at the end (fewer roundings)
         # copies a write makes besides the base, and their TTLs (by writer, region)
@@ -127,7 +120,7 @@ class FastReplay:
     # ---- one chunk ------------------------------------------------------------------------------------------
 
     def _chunk(self, c: TraceArrays) -> None:
-        rep, p, R = self.report, self.p, self.R
+        rep, p = self.report, self.p
         heads = c.op == OP_HEAD
         rep.heads += int(np.count_nonzero(heads))
         if heads.any():  # answered from the metadata: they change nothing
@@ -329,12 +322,12 @@ class _Chains:
         if not self.m:
             self.tau = np.zeros(0)
             return
-        R, p, m = self.sim.R, self.sim.p, self.m
+        R, m = self.sim.R, self.m
         # liveness of other regions' copies is read in version order, where "the version's latest read in
         # region r before this one" is a running maximum; those positions do not change between passes
         vo, idx = self.vorder, np.arange(m)
         t_v, reg_v, base_v = self.t[vo], self.reg[vo], self.base[vo]
-        rank_v = p.source_rank[reg_v, base_v]  # (m, R)
+        rank_v = self.sim.source_rank[reg_v, base_v]  # (m, R)
         in_chain = np.empty(m, np.int64)
         in_chain[self.order] = idx
         chain_row = in_chain[vo]

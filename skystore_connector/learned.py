@@ -37,7 +37,8 @@ from typing import Mapping
 
 import numpy as np
 
-from .policy import GB, Policy, Prices, _CloudPrices
+from .policy import Policy, PriceTables, _CloudPrices
+from .pricing import GB, Prices
 
 SIZE_CLASSES = 7
 READ_CLASSES = 3
@@ -52,6 +53,7 @@ TTLS_PER_DECADE = 4
 MAX_TRACKED_KEYS = 1_000_000  # per region: the oldest are forgotten (memory of a long-running gateway)
 MARGIN = 0.1  # the share of T_even's expected cost a shorter TTL must save to be chosen
 NEAR = 1e-9  # costs this close (relative) count as equal; the longest TTL among them wins
+DEFAULT_HORIZON_S = 365 * 86400.0  # the longest TTL into a region no other region gives a finite T_even into
 
 
 def size_class(size_bytes) -> np.ndarray:
@@ -71,17 +73,14 @@ def next_boundary(n: int | None) -> int:
 class Model:
     """Candidate TTLs and prices by region index; turns accumulated costs into TTLs per source."""
 
-    def __init__(self, costs: _CloudPrices, regions: list[str]):
-        self.regions = list(regions)
+    def __init__(self, prices: PriceTables):
+        self.regions = prices.regions
         n = len(self.regions)
-        self.storage = np.array([costs.storage_per_second(r) for r in self.regions])
-        self.put = np.array([costs.prices.put_request(costs.cloud(r)) for r in self.regions])
-        self.egress = np.array([[costs.egress(s, d) for d in self.regions] for s in self.regions]).reshape(n, n)
-        self.t_even = np.array([[costs.t_even(s, d) for d in self.regions] for s in self.regions]).reshape(n, n)
+        self.storage, self.put, self.egress, self.t_even = prices.storage, prices.put, prices.egress, prices.t_even
         grids = []
         for d in range(n):
             finite = [self.t_even[s, d] for s in range(n) if s != d and math.isfinite(self.t_even[s, d])]
-            horizon = max(finite, default=365 * 86400.0)
+            horizon = max(finite, default=DEFAULT_HORIZON_S)
             decades = max(1, math.ceil(math.log10(max(horizon, SMALLEST_TTL_S * 10) / SMALLEST_TTL_S)))
             grid = np.geomspace(SMALLEST_TTL_S, SMALLEST_TTL_S * 10 ** decades, decades * TTLS_PER_DECADE + 1)
             grids.append(np.unique(np.r_[0.0, grid[grid < horizon], finite, horizon]))
@@ -242,8 +241,8 @@ class LearnedTTLPolicy(Policy):
     name = "learned"
 
     def __init__(self, prices: Prices, clouds: Mapping[str, str], max_tracked_keys: int = MAX_TRACKED_KEYS):
-        self._costs = _CloudPrices(prices, clouds)
-        self.model = Model(self._costs, list(clouds))
+        self._costs = _CloudPrices(prices, clouds)  # T_even for regions outside ``clouds``
+        self.model = Model(PriceTables(prices, clouds, list(clouds)))
         self._index = {r: i for i, r in enumerate(self.model.regions)}
         self.max_tracked_keys = max_tracked_keys
         self._lock = threading.Lock()

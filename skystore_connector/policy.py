@@ -27,14 +27,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .pricing import GB, Prices
+from .pricing import Prices
 
 DEFAULT_POLICY = "learned"
 POLICY_NAMES = ("learned", "t_even", "fixed:SECONDS", "always-store", "always-evict", "replicate-all")
-
-# The horizon into a region when no other configured region gives a finite T_even (one region, free storage).
-DEFAULT_HORIZON_S = 365 * 86400.0
-
 
 class Policy:
     """Base class: one base copy where the client wrote, no replicas (subclasses override ``ttl``)."""
@@ -110,16 +106,20 @@ class _CloudPrices:
             value = self._t_even[key] = self.prices.t_even(self.cloud(source), self.cloud(region))
         return value
 
-    def storage_per_second(self, region: str) -> float:
-        return self.prices.storage_gb_second(self.cloud(region))
 
-    def egress(self, source: str, region: str) -> float:
-        return self.prices.egress_gb(self.cloud(source), self.cloud(region))
+class PriceTables:
+    """Prices by region index (what the array code needs): vectors per region, matrices [source, destination].
+    ``clouds`` maps region names to cloud identities."""
 
-    def horizon(self, region: str) -> float:
-        """The longest T_even into ``region`` from any configured region: no TTL ever exceeds it."""
-        finite = [t for t in (self.t_even(s, region) for s in self.clouds if s != region) if math.isfinite(t)]
-        return max(finite, default=DEFAULT_HORIZON_S)
+    def __init__(self, prices: Prices, clouds: Mapping[str, str], regions: Sequence[str]):
+        self.regions = list(regions)
+        ids = [clouds.get(r, r) for r in self.regions]
+        n = len(ids)
+        self.storage = np.array([prices.storage_gb_second(c) for c in ids])  # $ per GB-second
+        self.get = np.array([prices.get_request(c) for c in ids])
+        self.put = np.array([prices.put_request(c) for c in ids])
+        self.egress = np.array([[prices.egress_gb(s, d) for d in ids] for s in ids]).reshape(n, n)  # $ per GB
+        self.t_even = np.array([[prices.t_even(s, d) for d in ids] for s in ids]).reshape(n, n)
 
 
 class TEvenPolicy(Policy):

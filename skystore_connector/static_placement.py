@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .fastsim import _Prices
+from .policy import PriceTables
 from .pricing import GB, Prices
 from .trace_arrays import OP_DELETE, OP_HEAD, OP_READ, OP_WRITE, TraceArrays, stable_order
 
@@ -24,7 +24,7 @@ def static_placement(trace: TraceArrays, prices: Prices, clouds: Mapping[str, st
     from .simulator import CostReport
 
     regions = list(regions) if regions is not None else list(trace.regions)
-    p = _Prices(prices, dict(clouds) if clouds is not None else {r: r for r in regions}, regions)
+    p = PriceTables(prices, dict(clouds) if clouds is not None else {r: r for r in regions}, regions)
     nr = len(regions)
     report = CostReport("static")
     keep = trace.op != OP_HEAD
