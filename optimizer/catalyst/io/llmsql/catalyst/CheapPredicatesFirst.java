@@ -7,7 +7,6 @@ import org.apache.spark.sql.SparkSession;
 import org.apache.spark.sql.catalyst.expressions.Expression;
 import org.apache.spark.sql.catalyst.plans.logical.Filter;
 import org.apache.spark.sql.catalyst.plans.logical.LogicalPlan;
-import org.apache.spark.sql.catalyst.rules.Rule;
 
 /**
  * Cheap predicates before LLM predicates: a {@code Filter(c1 AND llm_filter(..) AND c2)} becomes
@@ -15,23 +14,11 @@ import org.apache.spark.sql.catalyst.rules.Rule;
  * cheap conjuncts (Spark would otherwise evaluate the Python UDF on every row of the child).
  * Conjuncts keep their relative order; a filter whose conjuncts are all cheap or all LLM is left alone.
  */
-public class CheapPredicatesFirst extends Rule<LogicalPlan> {
+public class CheapPredicatesFirst extends LLMRule {
   public CheapPredicatesFirst(SparkSession session) {}
 
   @Override
-  public String ruleName() {
-    return "io.llmsql.catalyst.CheapPredicatesFirst";
-  }
-
-  @Override
-  public LogicalPlan apply(LogicalPlan plan) {
-    if (!LLMPlans.enabled() || !LLMPlans.planContainsLLM(plan)) {
-      return plan;
-    }
-    return LLMPlans.transformUp(plan, CheapPredicatesFirst::rewrite);
-  }
-
-  private static LogicalPlan rewrite(LogicalPlan p) {
+  LogicalPlan rewrite(LogicalPlan p) {
     if (!(p instanceof Filter)) {
       return p;
     }

@@ -19,7 +19,6 @@ import org.apache.spark.sql.catalyst.plans.logical.Join;
 import org.apache.spark.sql.catalyst.plans.logical.JoinHint;
 import org.apache.spark.sql.catalyst.plans.logical.LogicalPlan;
 import org.apache.spark.sql.catalyst.plans.logical.Project;
-import org.apache.spark.sql.catalyst.rules.Rule;
 
 /**
  * Deduplicate LLM calls: each LLM UDF of a {@code Project} / {@code Filter} runs once per distinct
@@ -48,28 +47,20 @@ import org.apache.spark.sql.catalyst.rules.Rule;
  * deduplicated (the plain plan stops calling the LLM early); {@code llm_sql.range_partition=false}
  * drops the range repartitioning of the distinct tuples.
  */
-public class DeduplicateLLMCalls extends Rule<LogicalPlan> {
+public class DeduplicateLLMCalls extends LLMRule {
   static final String DEDUP_KEY = "llm_sql.dedup";
   static final String RANGE_KEY = "llm_sql.range_partition";
 
   public DeduplicateLLMCalls(SparkSession session) {}
 
   @Override
-  public String ruleName() {
-    return "io.llmsql.catalyst.DeduplicateLLMCalls";
+  boolean applies(LogicalPlan plan) {
+    // Under a LIMIT the plain plan stops calling the LLM early; the distinct-tuple stage would not.
+    return super.applies(plan) && LLMPlans.flag(DEDUP_KEY) && !plan.isStreaming() && !LLMPlans.containsLimit(plan);
   }
 
   @Override
-  public LogicalPlan apply(LogicalPlan plan) {
-    // Under a LIMIT the plain plan stops calling the LLM early; the distinct-tuple stage would not.
-    if (!LLMPlans.enabled() || !LLMPlans.flag(DEDUP_KEY) || plan.isStreaming()
-        || !LLMPlans.planContainsLLM(plan) || LLMPlans.containsLimit(plan)) {
-      return plan;
-    }
-    return LLMPlans.transformUp(plan, DeduplicateLLMCalls::rewrite);
-  }
-
-  private static LogicalPlan rewrite(LogicalPlan p) {
+  LogicalPlan rewrite(LogicalPlan p) {
     List<Expression> exprs = new ArrayList<>();
     if (p instanceof Filter) {
       exprs.add(((Filter) p).condition());

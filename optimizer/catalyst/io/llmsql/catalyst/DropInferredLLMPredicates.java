@@ -14,7 +14,6 @@ import org.apache.spark.sql.catalyst.expressions.Expression;
 import org.apache.spark.sql.catalyst.expressions.Literal;
 import org.apache.spark.sql.catalyst.plans.logical.Filter;
 import org.apache.spark.sql.catalyst.plans.logical.LogicalPlan;
-import org.apache.spark.sql.catalyst.rules.Rule;
 
 /**
  * Drop the copies of an LLM predicate that Catalyst infers from the user's own.
@@ -27,23 +26,11 @@ import org.apache.spark.sql.catalyst.rules.Rule;
  * row that passes the other conjuncts, and the filter is false on the rows that do not: one of them is enough. The
  * one kept is the one with the most attribute references, the user's.
  */
-public class DropInferredLLMPredicates extends Rule<LogicalPlan> {
+public class DropInferredLLMPredicates extends LLMRule {
   public DropInferredLLMPredicates(SparkSession session) {}
 
   @Override
-  public String ruleName() {
-    return "io.llmsql.catalyst.DropInferredLLMPredicates";
-  }
-
-  @Override
-  public LogicalPlan apply(LogicalPlan plan) {
-    if (!LLMPlans.enabled() || !LLMPlans.planContainsLLM(plan)) {
-      return plan;
-    }
-    return LLMPlans.transformUp(plan, DropInferredLLMPredicates::rewrite);
-  }
-
-  private static LogicalPlan rewrite(LogicalPlan p) {
+  LogicalPlan rewrite(LogicalPlan p) {
     if (!(p instanceof Filter)) {
       return p;
     }

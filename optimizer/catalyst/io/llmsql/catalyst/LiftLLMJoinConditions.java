@@ -9,7 +9,6 @@ import org.apache.spark.sql.catalyst.plans.Inner$;
 import org.apache.spark.sql.catalyst.plans.logical.Filter;
 import org.apache.spark.sql.catalyst.plans.logical.Join;
 import org.apache.spark.sql.catalyst.plans.logical.LogicalPlan;
-import org.apache.spark.sql.catalyst.rules.Rule;
 
 /**
  * An LLM predicate in an inner join's condition becomes a filter over the join on the other conjuncts:
@@ -26,23 +25,11 @@ import org.apache.spark.sql.catalyst.rules.Rule;
  * each distinct pair once and {@link OrderRowsForPrefixes} orders them. Outer and semi joins are left alone: there
  * the condition decides which rows are kept, not only which pairs match.
  */
-public class LiftLLMJoinConditions extends Rule<LogicalPlan> {
+public class LiftLLMJoinConditions extends LLMRule {
   public LiftLLMJoinConditions(SparkSession session) {}
 
   @Override
-  public String ruleName() {
-    return "io.llmsql.catalyst.LiftLLMJoinConditions";
-  }
-
-  @Override
-  public LogicalPlan apply(LogicalPlan plan) {
-    if (!LLMPlans.enabled() || !LLMPlans.planContainsLLM(plan)) {
-      return plan;
-    }
-    return LLMPlans.transformUp(plan, LiftLLMJoinConditions::rewrite);
-  }
-
-  private static LogicalPlan rewrite(LogicalPlan p) {
+  LogicalPlan rewrite(LogicalPlan p) {
     if (!(p instanceof Join) || ((Join) p).joinType() != Inner$.MODULE$ || ((Join) p).condition().isEmpty()) {
       return p;
     }

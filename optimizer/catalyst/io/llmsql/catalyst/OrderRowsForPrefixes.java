@@ -12,7 +12,6 @@ import org.apache.spark.sql.catalyst.expressions.PythonUDF;
 import org.apache.spark.sql.catalyst.plans.logical.Filter;
 import org.apache.spark.sql.catalyst.plans.logical.LogicalPlan;
 import org.apache.spark.sql.catalyst.plans.logical.Project;
-import org.apache.spark.sql.catalyst.rules.Rule;
 
 /**
  * Order rows so that prompts sharing prefixes are adjacent inside each partition.
@@ -28,26 +27,18 @@ import org.apache.spark.sql.catalyst.rules.Rule;
  * is only rewritten while it holds a deterministic LLM UDF. Results are unchanged: the UDF is the
  * same function over the same rows.
  */
-public class OrderRowsForPrefixes extends Rule<LogicalPlan> {
+public class OrderRowsForPrefixes extends LLMRule {
   public OrderRowsForPrefixes(SparkSession session) {}
 
   @Override
-  public String ruleName() {
-    return "io.llmsql.catalyst.OrderRowsForPrefixes";
+  boolean applies(LogicalPlan plan) {
+    // Streaming plans are left alone (a sort is not supported on a non-aggregated stream), and so
+    // are plans with a LIMIT: the LLM runs on a few rows there, and a sort would change which.
+    return super.applies(plan) && !plan.isStreaming() && !LLMPlans.containsLimit(plan);
   }
 
   @Override
-  public LogicalPlan apply(LogicalPlan plan) {
-    // Streaming plans are left alone (a sort is not supported on a non-aggregated stream), and so
-    // are plans with a LIMIT: the LLM runs on a few rows there, and a sort would change which.
-    if (!LLMPlans.enabled() || plan.isStreaming() || LLMPlans.containsLimit(plan)
-        || !LLMPlans.planContainsLLM(plan)) {
-      return plan;
-    }
-    return LLMPlans.transformUp(plan, OrderRowsForPrefixes::rewrite);
-  }
-
-  private static LogicalPlan rewrite(LogicalPlan p) {
+  LogicalPlan rewrite(LogicalPlan p) {
     List<Expression> exprs;
     if (p instanceof Filter) {
       exprs = List.of(((Filter) p).condition());

@@ -14,7 +14,6 @@ import org.apache.spark.sql.catalyst.expressions.aggregate.AggregateExpression;
 import org.apache.spark.sql.catalyst.plans.logical.Aggregate;
 import org.apache.spark.sql.catalyst.plans.logical.LogicalPlan;
 import org.apache.spark.sql.catalyst.plans.logical.Project;
-import org.apache.spark.sql.catalyst.rules.Rule;
 
 /**
  * Moves LLM calls that are arguments of aggregate functions ({@code AVG(llm_score(..))}) out of the
@@ -23,23 +22,11 @@ import org.apache.spark.sql.catalyst.rules.Rule;
  * function whose inputs are columns of the aggregate's child move; calls over grouping keys stay
  * (they run once per group already).
  */
-public class PullLLMOutOfAggregates extends Rule<LogicalPlan> {
+public class PullLLMOutOfAggregates extends LLMRule {
   public PullLLMOutOfAggregates(SparkSession session) {}
 
   @Override
-  public String ruleName() {
-    return "io.llmsql.catalyst.PullLLMOutOfAggregates";
-  }
-
-  @Override
-  public LogicalPlan apply(LogicalPlan plan) {
-    if (!LLMPlans.enabled() || !LLMPlans.planContainsLLM(plan)) {
-      return plan;
-    }
-    return LLMPlans.transformUp(plan, PullLLMOutOfAggregates::rewrite);
-  }
-
-  private static LogicalPlan rewrite(LogicalPlan p) {
+  LogicalPlan rewrite(LogicalPlan p) {
     if (!(p instanceof Aggregate)) {
       return p;
     }

@@ -11,7 +11,6 @@ import org.apache.spark.sql.catalyst.expressions.aggregate.AggregateExpression;
 import org.apache.spark.sql.catalyst.expressions.aggregate.CollectList;
 import org.apache.spark.sql.catalyst.plans.logical.Aggregate;
 import org.apache.spark.sql.catalyst.plans.logical.LogicalPlan;
-import org.apache.spark.sql.catalyst.rules.Rule;
 
 import scala.runtime.AbstractFunction1;
 
@@ -31,7 +30,7 @@ import scala.runtime.AbstractFunction1;
  * session's functions ({@code llm_sql.register} registers both); where it is missing, or with
  * {@code llm_sql.optimize=false}, the call is left as it is. Other LLM calls are untouched.
  */
-public class ResolveLLMAggregates extends Rule<LogicalPlan> {
+public class ResolveLLMAggregates extends LLMRule {
   static final String FUNCTION = "llm_agg";
   static final String LIST_FUNCTION = "llm_agg_list";
 
@@ -42,16 +41,13 @@ public class ResolveLLMAggregates extends Rule<LogicalPlan> {
   }
 
   @Override
-  public String ruleName() {
-    return "io.llmsql.catalyst.ResolveLLMAggregates";
+  boolean applies(LogicalPlan plan) {
+    return LLMPlans.enabled() && has(plan);
   }
 
   @Override
-  public LogicalPlan apply(LogicalPlan plan) {
-    if (!LLMPlans.enabled() || !has(plan)) {
-      return plan;
-    }
-    return LLMPlans.transformUp(plan, p -> p instanceof Aggregate ? rewrite((Aggregate) p) : p);
+  LogicalPlan rewrite(LogicalPlan p) {
+    return p instanceof Aggregate ? rewrite((Aggregate) p) : p;
   }
 
   /** {@code llm_agg(...)} as the analyzer resolves a grouped-aggregate Python UDF: a PythonUDAF in an

@@ -12,7 +12,6 @@ import org.apache.spark.sql.catalyst.expressions.JsonToStructs;
 import org.apache.spark.sql.catalyst.expressions.JsonToStructs$;
 import org.apache.spark.sql.catalyst.expressions.PythonUDF;
 import org.apache.spark.sql.catalyst.plans.logical.LogicalPlan;
-import org.apache.spark.sql.catalyst.rules.Rule;
 import org.apache.spark.sql.internal.SQLConf;
 import org.apache.spark.sql.types.DataTypes;
 import org.apache.spark.sql.types.StructType;
@@ -38,28 +37,25 @@ import scala.runtime.AbstractFunction1;
  * options must be constants (the schema decides the query's types); a missing or malformed schema
  * fails the analysis, naming what is wrong.
  */
-public class TypeExtractCalls extends Rule<LogicalPlan> {
+public class TypeExtractCalls extends LLMRule {
   static final String FUNCTION = "llm_extract";
   static final String TYPED = "llm_extract_json";
 
   public TypeExtractCalls(SparkSession session) {}
 
   @Override
-  public String ruleName() {
-    return "io.llmsql.catalyst.TypeExtractCalls";
+  boolean applies(LogicalPlan plan) {
+    return hasUntyped(plan); // whatever llm_sql.optimize says: it gives the function its type
   }
 
   @Override
-  public LogicalPlan apply(LogicalPlan plan) {
-    if (!hasUntyped(plan)) {
-      return plan;
-    }
-    return LLMPlans.transformUp(plan, p -> p.mapExpressions(new AbstractFunction1<Expression, Expression>() {
+  LogicalPlan rewrite(LogicalPlan p) {
+    return p.mapExpressions(new AbstractFunction1<Expression, Expression>() {
       @Override
       public Expression apply(Expression e) {
         return typed(e);
       }
-    }));
+    });
   }
 
   private static boolean isUntyped(Expression e) {
