@@ -26,9 +26,9 @@ import pandas as pd
 
 from .policy import Policy, PriceTables
 from .pricing import GB, Prices
+from .simulator import EXPIRY_SLACK_S, CostReport  # the event replay's slack: both call the same reads hits
 from .trace_arrays import OP_DELETE, OP_HEAD, OP_READ, OP_WRITE, TraceArrays, stable_order
 
-SLACK = 1e-6  # as simulator.EXPIRY_SLACK_S: float rounding in now + ttl must not turn a planned hit into a miss
 CHUNK = 1_000_000
 MAX_PASSES = 200
 
@@ -64,8 +64,6 @@ class FastReplay:
 
     def __init__(self, policy: Policy, prices: Prices, clouds: Mapping[str, str], regions: Sequence[str],
                  n_keys: int):
-        from .simulator import CostReport  # the report type is the event-by-event simulator's
-
         self.policy = policy
         self.regions = list(regions)
         self.R = len(self.regions)
@@ -338,11 +336,11 @@ class _Chains:
         for _ in range(MAX_PASSES):
             tau, after, before = self._expiries()
             hit = np.empty(m, bool)
-            hit[self.order] = self.t[self.order] <= before + SLACK
+            hit[self.order] = self.t[self.order] <= before + EXPIRY_SLACK_S
             after_v = after[chain_row]
             live = np.empty((m, R), bool)
             for r in range(R):
-                live[:, r] = np.where(found[r], after_v[latest[r]], initial_v[:, r]) + SLACK >= t_v
+                live[:, r] = np.where(found[r], after_v[latest[r]], initial_v[:, r]) + EXPIRY_SLACK_S >= t_v
             live[idx, base_v] = True
             live[idx, reg_v] = False
             src = np.empty(m, np.int64)

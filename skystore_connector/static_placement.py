@@ -15,14 +15,13 @@ import numpy as np
 
 from .policy import PriceTables
 from .pricing import GB, Prices
+from .simulator import CostReport
 from .trace_arrays import OP_DELETE, OP_HEAD, OP_READ, OP_WRITE, TraceArrays, stable_order
 
 
 def static_placement(trace: TraceArrays, prices: Prices, clouds: Mapping[str, str] | None = None,
                      regions: Sequence[str] | None = None):
     """The cost (a ``simulator.CostReport`` named ``static``) of the best fixed set of copies per version."""
-    from .simulator import CostReport
-
     regions = list(regions) if regions is not None else list(trace.regions)
     p = PriceTables(prices, dict(clouds) if clouds is not None else {r: r for r in regions}, regions)
     nr = len(regions)
