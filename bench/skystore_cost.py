@@ -160,7 +160,7 @@ def main() -> int:
                                   **costs(TraceArrays.from_events(events, names), prices)}
                 log(label, {k: round(v, 3) for k, v in configs[label]["ratios"].items()})
     # the speed figure: a generated week of about 1.4 million operations (HEADs left out), and 1,000 objects
-    # of the same part (about 50,000) for the event-by-event replay
+    # of the same part (about 35,000) for the event-by-event replay
     stats = load_stats(data / "ibm_trace_stats.csv", SPEED_PART)
     largest = without_heads(synthesize(stats, regions, 7, "uniform", args.seed, 2_000 if args.quick else 40_000))
     small = without_heads(synthesize(stats, regions, 7, "uniform", args.seed, 100 if args.quick else 1_000))
@@ -195,16 +195,15 @@ def main() -> int:
                  for p, s in speeds.items()],
                 title=f"simulator speed (CPU time, one core; {len(largest):,} ops, no HEADs)")
     print(f"\nsummary: {summary}")
-    plot(configs, args.out)
+    plot(configs, args.scale, args.out)
     return 0
 
 
-def plot(configs: dict, out: str) -> None:
-    """Cost per policy relative to the optimum, one group of bars per trace (log scale: always-evict and
-    replicate-all can be many times the rest)."""
+def plot(configs: dict, scale: float, out: str) -> None:
+    """Cost per policy relative to the optimum, one group of bars per trace (shipped traces at ``scale`` only;
+    log scale: always-evict and replicate-all can be many times the rest)."""
     plt = pyplot()
-    shown = {label: c for label, c in configs.items() if c["kind"] != "shipped" or "x1e+04" in label
-             or label.endswith(f"x{10000:g}")}
+    shown = {label: c for label, c in configs.items() if c["kind"] != "shipped" or label.endswith(f"x{scale:g}")}
     columns = [*POLICIES, "static"]
     fig, ax = plt.subplots(figsize=(max(8.0, 1.3 * len(shown)), 4.5))
     width = 0.8 / len(columns)
