@@ -449,7 +449,7 @@ class AsyncLLMEngine:
                 busy = self.engine.has_unfinished_requests()
                 if not busy and self._pending:  # the engine lost requests: never leave callers hanging
                     self._fail_all(EngineError("the engine dropped requests without finishing them"), abort=False)
-                if not busy and self._period is not None:  # the last request of a busy period finished
+                if not busy and self._period is not None:  # a busy period ended by aborts (steps close the others)
                     self._close_period()
                 try:
                     cmd = self._commands.get() if not busy else self._commands.get_nowait()
@@ -533,16 +533,18 @@ class AsyncLLMEngine:
             err.__cause__ = exc
             self._fail_all(err, abort=True)
             return
-        for out in outputs:
-            entry = self._pending.pop(out.request_id, None)
-            if entry is not None:
-                entry[0]._set(entry[1], out)
-        self._report_progress()
         if self._period is not None and outputs:
             finished = [f for f in map(self._period.finish, outputs) if f is not None]
             with self._history_lock:
                 for params, result in finished:
                     self._history.count_generated(params, result)
+            if not self.engine.has_unfinished_requests():  # recorded before its callers hear: they may read history()
+                self._close_period()
+        for out in outputs:
+            entry = self._pending.pop(out.request_id, None)
+            if entry is not None:
+                entry[0]._set(entry[1], out)
+        self._report_progress()
 
     def _close_period(self) -> None:
         period, self._period = self._period, None

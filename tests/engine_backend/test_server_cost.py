@@ -4,6 +4,7 @@ real uvicorn, real httpx."""
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 
@@ -160,6 +161,20 @@ def test_aborted_requests_leave_no_record_and_no_kind(serve):
     history.batches.clear()  # a copy: the engine's own is untouched
     assert len(aengine.history().batches) == 1
 
+
+
+def test_a_batch_is_in_the_history_once_its_answer_is_out(serve):
+    """The busy period is recorded before its last caller hears, not on the engine thread's next turn: with thread
+    switches forced often, a caller reading ``history()`` at once would otherwise miss its own batch now and then."""
+    aengine, _ = serve()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for i in range(1, 41):
+            aengine.generate_sync(prompts(1, start=400 + i), SamplingParams(max_tokens=1))
+            assert len(aengine.history().batches) == i
+    finally:
+        sys.setswitchinterval(interval)
 
 def test_cached_prefix_blocks_are_the_engines(serve, monkeypatch):
     aengine, srv = serve()
