@@ -424,21 +424,12 @@ class Explanation:
     __repr__ = __str__
 
 
-def _estimate(w: LLMConnection, stage: Stage, info: dict[str, Any]) -> None:
-    """Count the stage's inputs and estimate its requests, tokens, prefix hits and seconds (``llm_sql.estimate``;
-    no LLM call)."""
-    from llm_sql.estimate import estimate_stage
-
-    estimate_stage(w.con, w.session, stage, info)
-
-
 def _routing_plan(w: LLMConnection, stage: Stage) -> dict[str, Any] | None:
     """How the stage's rows will be routed: reasoning, the router, a cascade (``udf.routing.describe``)."""
     from udf.functions import make_call
-    from udf.routing import describe
-
     from udf.multi_label import MAX_VALUES
     from udf.options import merge_options
+    from udf.routing import describe
 
     call = make_call(stage.function, instruction=stage.instruction, field_names=stage.field_names,
                      labels=stage.labels, options=stage.options)
@@ -457,8 +448,12 @@ def _stage_info(w: LLMConnection, s: Stage) -> dict[str, Any]:
 
 
 def _count_and_estimate(w: LLMConnection, s: Stage, info: dict[str, Any]) -> None:
+    """Count the stage's inputs and estimate its requests, tokens, prefix hits and seconds (``llm_sql.estimate``;
+    no LLM call)."""
+    from llm_sql.estimate import estimate_stage
+
     try:
-        _estimate(w, s, info)
+        estimate_stage(w.con, w.session, s, info)
     except duckdb.Error as exc:
         info["count_error"] = str(exc).splitlines()[0]
 
@@ -475,10 +470,9 @@ def explain(con: Any, query: str, count: bool = True, analyze: bool = False) -> 
     from udf.agg import rewrite_duckdb
 
     w = _wrapper(con)
-    query = rewrite_duckdb(query)
-    if analyze:
+    if analyze:  # the query as written: .sql rewrites llm_agg itself, and so runs it as a query with LLM calls
         return _analyze(w, query)
-    plan = w.plan(query)
+    plan = w.plan(rewrite_duckdb(query))
     stages = []
     for s in plan.stages:
         info = _stage_info(w, s)
@@ -490,6 +484,7 @@ def explain(con: Any, query: str, count: bool = True, analyze: bool = False) -> 
 
 def _analyze(w: LLMConnection, query: str) -> Explanation:
     from llm_sql.estimate import probe, stage_backend, time_model
+    from udf.agg import rewrite_duckdb
 
     seen: dict[str, Any] = {"plan": None, "probe": 0.0}
     stages: list[dict[str, Any]] = []
@@ -515,6 +510,7 @@ def _analyze(w: LLMConnection, query: str) -> Explanation:
     actual = w.session.last
     plan = seen["plan"]
     if plan is None:  # no stage ran (no LLM call, or every call on the fallback UDFs): nothing to set beside
+        query = rewrite_duckdb(query)
         plan = QueryPlan(query, query, has_llm_calls=_has_calls(query))
     by_index = {s["stage"]: s for s in actual.stages}
     for info in stages:

@@ -178,6 +178,23 @@ def test_explain_shows_stages_without_calling_the_llm(dbs, backend):
     assert "no LLM calls" in str(llm_sql.explain(opt, "SELECT 1"))
 
 
+def test_explain_analyze_runs_an_aggregate_within_its_statistics(dbs, backend, monkeypatch):
+    """llm_agg is no stage, yet the run is a query with LLM calls: answered while its statistics are open."""
+    opt, _ = dbs
+    open_when_sent = []
+    generate = backend.generate
+
+    def recording(*args, **kwargs):
+        open_when_sent.append(opt.session.current is not None)
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(backend, "generate", recording)
+    ex = llm_sql.explain(opt, "SELECT style, llm_agg('Summarise the reviews', review) FROM reviews GROUP BY style",
+                         analyze=True)
+    assert ex.result_rows == 4 and ex.actual is llm_sql.last_stats(opt) and ex.actual.llm_calls > 0
+    assert open_when_sent and all(open_when_sent)
+
+
 def test_queries_without_llm_pass_through(dbs):
     opt, _ = dbs
     assert opt.sql("SELECT COUNT(*) FROM reviews").fetchall() == [(30,)]
