@@ -11,9 +11,10 @@ import pytest
 from skystore_connector.fastsim import next_read_gaps, replay_fast
 from skystore_connector.policy import make_policy
 from skystore_connector.pricing import Prices
-from skystore_connector.simulator import (ClairvoyantPolicy, Event, load_events, region_set, replay, simulate)
+from skystore_connector.simulator import (ClairvoyantPolicy, Event, load_events, load_trace, region_set, replay,
+                                          simulate)
 from skystore_connector.synth import load_stats, simple_trace, synthesize
-from skystore_connector.trace_arrays import OP_READ, TraceArrays
+from skystore_connector.trace_arrays import OP_READ, TraceArrays, write_csv
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "skystore"
 needs_shared = pytest.mark.skipif(not (SHARED / "ibm_trace_sample.ssv").is_file(),
@@ -65,6 +66,25 @@ def test_generated_traces_cost_the_same():
         for spec in POLICIES:
             slow, fast = both(trace, spec, prices, chunk=1000)
             assert_same(slow, fast, f"{trace.counts()} {spec}")
+
+
+@needs_shared
+@pytest.mark.parametrize("regions, scale", [(None, 1.0), (2, 1e4), (6, 3.0)])
+def test_column_loader_reads_what_the_event_loader_reads(tmp_path, regions, scale):
+    """``load_trace`` reads CSV traces straight into columns (pandas) and maps regions itself: the same trace as
+    the event readers plus ``map_regions``, key ids aside (they may be numbered in another order)."""
+    generic = tmp_path / "generic.csv"
+    write_csv(simple_trace(region_set(4), ops=3000, objects=300, days=0.2, seed=4), generic)
+    names = region_set(regions) if regions else None
+    for path in (SHARED / "multiregion_trace_small.csv", generic):
+        columns, by_columns = load_trace(path, None, names, None, 0, scale)
+        events, by_events = load_events(path, None, names, None, 0, scale)
+        expected = TraceArrays.from_events(events, by_events)
+        assert by_columns == by_events and columns.n_keys == expected.n_keys
+        assert np.allclose(columns.time, expected.time, rtol=1e-12, atol=0)
+        for name in ("op", "region", "size"):
+            assert np.array_equal(getattr(columns, name), getattr(expected, name)), (path.name, name)
+        assert len(set(zip(columns.key, expected.key))) == expected.n_keys  # one key id for one key id
 
 
 def test_hand_made_trace_in_chunks_of_one():
