@@ -337,6 +337,15 @@ class AsyncLLMEngine:
         A prompt the engine rejects (empty, over the context, ...) yields an output with
         ``finish_reason="error"`` and ``.error``; the others run normally.
         """
+        return self._queue(prompts, params, BatchHandle)
+
+    def stream(self, prompts: Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams]) -> BatchStream:
+        """Queue an ordered batch whose tokens are reported as they come (call on a running asyncio loop)."""
+        loop = asyncio.get_running_loop()
+        return self._queue(prompts, params, lambda owner, ids: BatchStream(owner, ids, loop))
+
+    def _queue(self, prompts: Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams],
+               make_handle: Callable[["AsyncLLMEngine", list[str]], BatchHandle]) -> Any:
         self._check_open()
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]  # one prompt given bare, as LLMEngine.generate allows
@@ -344,22 +353,10 @@ class AsyncLLMEngine:
         params_list = list(params) if isinstance(params, (list, tuple)) else [params] * len(prompts)
         if len(params_list) != len(prompts):
             raise ValueError(f"got {len(prompts)} prompts but {len(params_list)} sampling params")
-        handle = BatchHandle(self, [self._new_id() for _ in prompts])
+        handle = make_handle(self, [self._new_id() for _ in prompts])
         if prompts:
             self._put(("add", handle, prompts, params_list))
         return handle
-
-    def stream(self, prompts: Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams]) -> BatchStream:
-        """Queue an ordered batch whose tokens are reported as they come (call on a running asyncio loop)."""
-        self._check_open()
-        prompts = list(prompts)
-        params_list = list(params) if isinstance(params, (list, tuple)) else [params] * len(prompts)
-        if len(params_list) != len(prompts):
-            raise ValueError(f"got {len(prompts)} prompts but {len(params_list)} sampling params")
-        stream = BatchStream(self, [self._new_id() for _ in prompts], asyncio.get_running_loop())
-        if prompts:
-            self._put(("add", stream, prompts, params_list))
-        return stream
 
     async def generate_batch(self, prompts: Sequence[Prompt],
                              params: SamplingParams | Sequence[SamplingParams]) -> list[Any]:
