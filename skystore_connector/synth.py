@@ -221,7 +221,7 @@ def synthesize(stats: dict, regions: Sequence[str], days: float, model: str = "h
     rank = np.concatenate([np.zeros(len(w_t)), np.ones(total), np.full(len(d_t), 2), np.ones(n_heads)])
     order = np.lexsort((rank, times))  # at equal times: writes, then reads, then deletes
     times, ops, objs = times[order], ops[order], objs[order]
-    who = np.where(ops == OP_READ, 1, np.where(ops == OP_HEAD, 1, 0)).astype(bool)
+    who = (ops == OP_READ) | (ops == OP_HEAD)  # placed by the region model; writes and deletes at the home
     region = home[objs].copy()
     region[who] = _regions(model, home[objs[who]], times[who], n_reg, rng)
     # dense key ids in order of first appearance
