@@ -331,8 +331,6 @@ def register(con: duckdb.DuckDBPyConnection | LLMConnection, **options: Any) -> 
     defaults (``max_tokens``, ``temperature``, ``top_p``, ``top_k``, ``seed``, ``system``, ``max_field_chars``,
     ``reorder_fields``...). Anything else is a ``TypeError``.
     """
-    from udf.duckdb_udf import register_udfs
-
     if isinstance(con, LLMConnection):
         con = con.con
     if not isinstance(con, duckdb.DuckDBPyConnection):
@@ -340,12 +338,19 @@ def register(con: duckdb.DuckDBPyConnection | LLMConnection, **options: Any) -> 
     old = _SESSIONS.pop(id(con), None)
     if old is not None:
         old[1].close()
-    session = Session(**options)
-    register_udfs(con, session.route, session.udf_settings, result_cache=session.result_cache,
-                  on_output=session.on_output)
-    wrapper = LLMConnection(con, session)
+    wrapper = attach(con, Session(**options))
     _SESSIONS[id(con)] = (con, wrapper)
     return wrapper
+
+
+def attach(con: duckdb.DuckDBPyConnection, session: Session) -> LLMConnection:
+    """``con`` answering through ``session``: its UDFs registered on ``con`` (the fallback path calls them) and
+    the wrapper; ``register`` without a new session or the registry (``df.llm.join`` runs on a private one)."""
+    from udf.duckdb_udf import register_udfs
+
+    register_udfs(con, session.route, session.udf_settings, result_cache=session.result_cache,
+                  on_output=session.on_output)
+    return LLMConnection(con, session)
 
 
 def _wrapper(con: Any) -> LLMConnection:

@@ -164,10 +164,7 @@ def _to_arrow(series: pd.Series) -> pa.Array:
         arr = pa.array(series, from_pandas=True)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         # mixed Python types in an object column: their text, as DuckDB would read such a column as VARCHAR
-        from udf.prompts import is_null
-
-        arr = pa.array([None if is_null(v) or (isinstance(v, float) and v != v) else str(v) for v in series],
-                       type=pa.string())
+        arr = pa.array([None if _missing(v) else str(v) for v in series], type=pa.string())
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     if pa.types.is_dictionary(arr.type):  # categoricals: their values
@@ -414,8 +411,7 @@ class LLMAccessor:
         both frames have get ``suffixes``. Modin frames come to pandas: every pair may match."""
         import duckdb
 
-        from llm_sql.duckdb_mode import LLMConnection
-        from udf.duckdb_udf import register_udfs
+        from llm_sql.duckdb_mode import attach
         from udf.options import validate_options
 
         sess = session_of(session)
@@ -426,8 +422,6 @@ class LLMAccessor:
         try:
             con.register("__llm_left", left.reset_index(drop=True))
             con.register("__llm_right", right.reset_index(drop=True))
-            register_udfs(con, sess.route, sess.udf_settings, result_cache=sess.result_cache,
-                          on_output=sess.on_output)
             both = set(left.columns) & set(right.columns)
             cols = [f"l.{_quote(c)} AS {_quote(f'{c}{suffixes[0]}' if c in both else c)}" for c in left.columns]
             cols += [f"r.{_quote(c)} AS {_quote(f'{c}{suffixes[1]}' if c in both else c)}" for c in right.columns]
@@ -435,7 +429,7 @@ class LLMAccessor:
             struct = (", {" + ", ".join(f"'{k}': {_sql_literal(v)}" for k, v in opts.items()) + "}") if opts else ""
             sql = (f"SELECT {', '.join(cols)} FROM __llm_left l JOIN __llm_right r ON llm_filter("
                    f"{_sql_literal(instruction)}, l.{_quote(left_on)}, r.{_quote(right_on)}{struct})")
-            result = LLMConnection(con, sess).sql(sql).df()
+            result = attach(con, sess).sql(sql).df()
         finally:
             con.close()
         return self._done(result, sess.last)
@@ -500,7 +494,10 @@ def _quote(name: str) -> str:
 
 
 def _missing(v: Any) -> bool:
-    return v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and v != v)
+    """A missing value as pandas writes one (None, NA, NaT, NaN): NULL, as DuckDB reads a pandas frame."""
+    from udf.prompts import is_null
+
+    return is_null(v) or (isinstance(v, float) and v != v)
 
 
 def _register_accessors() -> None:
