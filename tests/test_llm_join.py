@@ -93,6 +93,8 @@ def test_multi_label_join_asks_once_per_review(con, model_dir):
     chosen = {r: set(p["matches"]) for r, p in zip(reviews, picked) if p is not None}
     expected = sorted((i, f) for i, r, _ in REVIEWS if r in chosen for f in flavours if f in chosen[r])
     assert rows == expected
+    # beside the query's own WHERE the moved condition is still the join's
+    assert db.sql(sql.replace(" ORDER BY", " WHERE r.id > 0 ORDER BY")).fetchall() == expected
 
 
 def test_multi_label_outside_a_join_is_an_error(con, model_dir):
