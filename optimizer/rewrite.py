@@ -20,9 +20,9 @@ import sqlglot
 from sqlglot import exp
 
 from optimizer.rules import (CallSpec, Unliftable, call_key, conjoin, contains_llm_call, field_names,
-                             hoist_join_predicates, is_cheap, join_sides, is_volatile, llm_calls, lookup_expr, order_llm_predicates, owner_select, parse_call,
-                             references_outside, selects_post_order, sources_of, split_conjuncts, stage_select,
-                             unliftable_reason, visible_ctes)
+                             hoist_join_predicates, is_cheap, is_volatile, join_sides, llm_calls, lookup_expr,
+                             order_llm_predicates, owner_select, parse_call, references_outside, selects_post_order,
+                             sources_of, split_conjuncts, stage_select, unliftable_reason, visible_ctes)
 
 # name -> relative cost per row (free text generates more tokens than a label); callers pass their registry's
 DEFAULT_FUNCTIONS = {"llm": 4.0, "llm_filter": 1.0, "llm_classify": 1.0, "llm_score": 1.0}

@@ -17,6 +17,6 @@ from optimizer.rules.scopes import owner_select, selects_post_order
 from optimizer.rules.stage_sql import stage_select
 
 __all__ = ["CallSpec", "Unliftable", "call_key", "contains_llm_call", "is_llm_call", "llm_calls", "parse_call",
-           "visible_ctes", "field_names", "hoist_join_predicates", "join_sides", "unliftable_reason", "IN_PREFIX", "OUT_COLUMN", "lookup_expr", "conjoin",
-           "is_cheap", "is_volatile", "order_llm_predicates", "references_outside", "split_conjuncts", "sources_of",
-           "owner_select", "selects_post_order", "stage_select"]
+           "visible_ctes", "field_names", "hoist_join_predicates", "join_sides", "unliftable_reason", "IN_PREFIX",
+           "OUT_COLUMN", "lookup_expr", "conjoin", "is_cheap", "is_volatile", "order_llm_predicates",
+           "references_outside", "split_conjuncts", "sources_of", "owner_select", "selects_post_order", "stage_select"]
