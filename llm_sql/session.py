@@ -51,16 +51,12 @@ class QueryStats:
 
     def add(self, s: StageStats) -> None:
         for name in ("rows_in", "distinct_inputs", "llm_calls", "cache_hits", "null_inputs", "errors",
-                     "prompt_tokens", "cached_prompt_tokens", "generated_tokens"):
+                     "prompt_tokens", "cached_prompt_tokens", "generated_tokens", "rows_reasoned", "reasoning_tokens"):
             setattr(self, name, getattr(self, name) + int(getattr(s, name)))
-        self.solve_seconds += float(s.solve_seconds)
-        self.llm_seconds += float(s.llm_seconds)
+        for name in ("solve_seconds", "llm_seconds", "generated_tokens_saved", "llm_seconds_saved"):
+            setattr(self, name, getattr(self, name) + float(getattr(s, name)))
         for model, rows in s.rows_by_model.items():
             self.rows_by_model[model] = self.rows_by_model.get(model, 0) + rows
-        self.rows_reasoned += s.rows_reasoned
-        self.reasoning_tokens += s.reasoning_tokens
-        self.generated_tokens_saved += s.generated_tokens_saved
-        self.llm_seconds_saved += s.llm_seconds_saved
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
