@@ -74,7 +74,7 @@ class LLMConnection:
         self.con = con
         self.session = session
         self._views: list[str] = []
-        self._typed_udfs: set[str] = set()  # llm_extract UDFs registered, one per schema
+        self._typed_udfs: set[str] = set()  # UDFs registered for a call's own SQL type (_fallback_sql), one per type
         self._before_stage = None  # explain(analyze=True): called with (plan, stage) before each stage runs
 
     # -- the optimised path ------------------------------------------------------------------------------
