@@ -169,10 +169,9 @@ def answer_batch(function: str, args: tuple[Any, ...], route: Route, settings: E
             on_output(call, out, target)
     if as_json:
         return pa.array(values, type=pa.string())
-    from udf.functions import arrow_type_of, typed_by_options
+    if not calls:  # no row was asked: NULLs of the function's type (a schema's is unknown: NULL-typed)
+        return pa.array(values, type=pa.null() if typed else ARROW_TYPES[function])
+    from udf.functions import arrow_type_of
 
-    if calls and typed_by_options(calls[0][0], settings.defaults):  # one registration per type: every call has it
-        return pa.array(values, type=arrow_type_of(calls[0][0], settings.defaults))
-    if typed:
-        return pa.array(values, type=pa.null())
-    return pa.array(values, type=ARROW_TYPES[function])
+    # one registration per type (schema, return_reasoning): every call of the batch has the first one's
+    return pa.array(values, type=arrow_type_of(calls[0][0], settings.defaults))

@@ -98,7 +98,7 @@ def duckdb_type_of(call: LLMCall, defaults: Mapping[str, Any] | None = None) -> 
     spec = spec_of(call.function)
     opts = merge_options(defaults, call.options)
     base = output_of(opts).duckdb_type if spec.typed_by_schema else spec.duckdb_type
-    return f"STRUCT(answer {base}, reasoning VARCHAR)" if opts.get("return_reasoning") else base
+    return _with_reasoning(base) if opts.get("return_reasoning") else base
 
 
 def registered_duckdb_type(function: str, defaults: Mapping[str, Any] | None = None) -> str | None:
@@ -107,15 +107,12 @@ def registered_duckdb_type(function: str, defaults: Mapping[str, Any] | None = N
     spec = spec_of(function)
     if spec.typed_by_schema:
         return None
-    return f"STRUCT(answer {spec.duckdb_type}, reasoning VARCHAR)" if (defaults or {}).get("return_reasoning") \
-        else spec.duckdb_type
+    return _with_reasoning(spec.duckdb_type) if (defaults or {}).get("return_reasoning") else spec.duckdb_type
 
 
-def typed_by_options(call: LLMCall, defaults: Mapping[str, Any] | None = None) -> bool:
-    """Whether the call's SQL type is not its function's fixed one (a schema, or return_reasoning)."""
-    from udf.options import merge_options
-
-    return spec_of(call.function).typed_by_schema or bool(merge_options(defaults, call.options).get("return_reasoning"))
+def _with_reasoning(duckdb_type: str) -> str:
+    # one spelling: llm_sql.duckdb_mode compares a call's type with its registration's as text
+    return f"STRUCT(answer {duckdb_type}, reasoning VARCHAR)"
 
 
 def choice_map(call: LLMCall) -> dict[str, Any] | None:
