@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable
@@ -67,6 +66,7 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from udf.api import EvalOutput, EvalSettings, LLMCall, ResultCache, StageStats
+from udf.arrow_calls import answer_retrying, is_list
 from udf.options import DEFAULT_MAX_FIELD_CHARS, DEFAULT_MAX_REASONING_TOKENS, merge_options, validate_options
 from udf.presets import expand
 from udf.prompts import _render, _truncate, build_prompt, is_null, prompt_head
@@ -319,11 +319,6 @@ def aggregate(instruction: str, groups: list[list[Any] | None], route: Callable[
 
 
 # -- the Arrow core of llm_agg_list, shared by DuckDB, Spark and pandas ---------------------------------------
-def _is_list(arr: Any) -> bool:
-    t = arr.type
-    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t) or pa.types.is_null(t)
-
-
 def answer_list_batch(args: tuple[Any, ...], route: Callable[[Any], Any], settings: EvalSettings, *,
                       result_cache: ResultCache | None = None,
                       on_output: Callable[[LLMCall, EvalOutput, Any], None] | None = None,
@@ -332,11 +327,9 @@ def answer_list_batch(args: tuple[Any, ...], route: Callable[[Any], Any], settin
     rows with the same instruction and options answered together by ``aggregate``. A NULL instruction or list is
     NULL. ``on_output(call, output, target)`` sees each call's output; ``retry_backend_errors`` as in
     ``udf.arrow_calls.answer_batch``."""
-    from engine_backend.backends.base import BackendError
-
     if len(args) not in (2, 3):
         raise ValueError(f"{LIST_FUNCTION}(instruction, values [, options]) takes 2 or 3 arguments, got {len(args)}")
-    if not _is_list(args[1]):
+    if not (is_list(args[1]) or pa.types.is_null(args[1].type)):
         raise ValueError(f"{LIST_FUNCTION}'s values must be a list (a group's values: list(field) in DuckDB, "
                          f"collect_list(field) in Spark), got {args[1].type}; {FUNCTION}(instruction, field) in a "
                          f"GROUP BY query builds it")
@@ -351,27 +344,17 @@ def answer_list_batch(args: tuple[Any, ...], route: Callable[[Any], Any], settin
         calls.setdefault((instructions[i], validate_options(options[i])), []).append(i)
     values: list[Any] = [None] * n
     for (instruction, opts), idx in calls.items():
-        seen: list[Any] = []
-
-        def routed(model: Any) -> Any:
-            seen.append(route(model))
-            return seen[-1]
-
         groups = [lists[i] for i in idx]
-        try:
-            out = aggregate(instruction, groups, routed, settings=settings, result_cache=result_cache, options=opts)
-        except BackendError as exc:
-            if not retry_backend_errors:
-                raise
-            print(f"llm-sql: {FUNCTION}: backend failed ({exc}); reconnecting and retrying the batch", file=sys.stderr)
-            seen.clear()
-            out = aggregate(instruction, groups, routed, settings=settings, result_cache=result_cache, options=opts)
+        out, target = answer_retrying(
+            FUNCTION, lambda routed: aggregate(instruction, groups, routed, settings=settings,
+                                               result_cache=result_cache, options=opts),
+            route, retry_backend_errors)
         for i, v in zip(idx, out.values):
             values[i] = v
         if on_output is not None:
             call = LLMCall(function=FUNCTION, instruction=instruction, labels=None, field_names=(VALUES_FIELD,),
                            options=opts)
-            on_output(call, out, seen[0] if seen else None)
+            on_output(call, out, target)
     return pa.array(values, type=AGGREGATES[FUNCTION].arrow_type)
 
 

@@ -32,7 +32,7 @@ def _is_struct(arr: Any) -> bool:
     return pa.types.is_struct(arr.type)
 
 
-def _is_list(arr: Any) -> bool:
+def is_list(arr: Any) -> bool:
     return pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) or pa.types.is_fixed_size_list(arr.type)
 
 
@@ -49,7 +49,7 @@ def split_args(function: str, args: tuple[Any, ...]) -> tuple[Any, list[Any], An
     else:
         if args and _is_struct(args[-1]) and len(args) >= 3:
             options = args.pop()
-        if len(args) < 2 or not (_is_list(args[-1]) or pa.types.is_null(args[-1].type)):
+        if len(args) < 2 or not (is_list(args[-1]) or pa.types.is_null(args[-1].type)):
             raise ValueError("llm_classify(field, ..., labels [, options]) needs at least one field and then the "
                              "labels as a list of strings, e.g. ['positive', 'negative']")
         labels = args.pop()
@@ -146,23 +146,9 @@ def answer_batch(function: str, args: tuple[Any, ...], route: Route, settings: E
             # Spark fixes a UDF's type at registration, and no rule types this one yet
             raise ValueError("return_reasoning is not available in Spark yet (DuckDB and pandas have it)")
         batch_rows = [rows[i] for i in idx]
-        seen: list[Target] = []  # the targets the call reached (statistics name the first)
-
-        def routed(model: Any) -> Target:
-            seen.append(route(model))
-            return seen[-1]
-
-        try:
-            out = answer(call, batch_rows, routed, settings=settings, result_cache=result_cache)
-        except BackendError as exc:
-            if not retry_backend_errors:
-                raise
-            # The server went away mid-batch: routing again checks its health and restarts it.
-            print(f"llm-sql: {function}: backend failed ({exc}); reconnecting and retrying the batch",
-                  file=sys.stderr)
-            seen.clear()
-            out = answer(call, batch_rows, routed, settings=settings, result_cache=result_cache)
-        target = seen[0]  # answer() routes every call at least once
+        out, target = answer_retrying(
+            function, lambda routed: answer(call, batch_rows, routed, settings=settings, result_cache=result_cache),
+            route, retry_backend_errors)
         for i, v in zip(idx, out.values):
             values[i] = json_value(v) if as_json else v
         if on_output is not None:
@@ -175,3 +161,26 @@ def answer_batch(function: str, args: tuple[Any, ...], route: Route, settings: E
 
     # one registration per type (schema, return_reasoning): every call of the batch has the first one's
     return pa.array(values, type=arrow_type_of(calls[0][0], settings.defaults))
+
+
+def answer_retrying(function: str, answer: Callable[[Route], EvalOutput], route: Route,
+                    retry_backend_errors: bool) -> tuple[EvalOutput, Target]:
+    """``answer(route)`` for one call, and the first ``Target`` it reached (the statistics name it). With
+    ``retry_backend_errors`` a backend failure (after the backend's own retries) routes again and answers once
+    more from scratch, so no row is lost or answered twice; a second failure raises."""
+    seen: list[Target] = []
+
+    def routed(model: Any) -> Target:
+        seen.append(route(model))
+        return seen[-1]
+
+    try:
+        out = answer(routed)
+    except BackendError as exc:
+        if not retry_backend_errors:
+            raise
+        # The server went away mid-batch: routing again checks its health and restarts it.
+        print(f"llm-sql: {function}: backend failed ({exc}); reconnecting and retrying the batch", file=sys.stderr)
+        seen.clear()
+        out = answer(routed)
+    return out, seen[0]  # an answer routes its call before it asks anything
