@@ -28,13 +28,13 @@ def answer_pairs(call: LLMCall, pairs: list[tuple], route: Any, *, settings: Eva
     """Values for ``pairs`` (one tuple per pair, the call's two fields in order) of a multi-label join."""
     from udf.routing import answer
 
+    if call.function != "llm_filter" or len(call.field_names) != 2:
+        raise ValueError("multi_label applies to an llm_filter join condition over two fields, one per table")
     plain = dataclasses.replace(call, options=tuple((k, v) for k, v in call.options if k != "multi_label"))
     columns = list(zip(*pairs)) if pairs else [(), ()]
     distinct = [sorted({v for v in col if not is_null(v)}, key=repr) for col in columns]
     small = 0 if len(distinct[0]) < len(distinct[1]) else 1
     large = 1 - small
-    if call.function != "llm_filter" or len(call.field_names) != 2:
-        raise ValueError("multi_label applies to an llm_filter join condition over two fields, one per table")
     if len(distinct[small]) > MAX_VALUES or not distinct[small]:
         out = answer(plain, pairs, route, settings=settings, result_cache=result_cache)
         out.stats.routing = {"kind": "pairwise join", "multi_label": f"not applied: the smaller side has "
