@@ -67,7 +67,8 @@ def answer(call: LLMCall, rows: list[tuple], route: Route, *, settings: EvalSett
         target = route(models)
         out = evaluate(call, rows, target.backend, settings=settings, result_cache=result_cache,
                        model_id=target.model_id)
-        out.stats.rows_by_model = {_name(models, target): _answered(out)}
+        # every row but an all-NULL one is answered (a value or an error): no pass over the rows
+        out.stats.rows_by_model = {_name(models, target): out.stats.rows_in - out.stats.null_inputs}
         return out
     if cascade:
         stages = [_Stage(m, _with(call, model=m), route(m)) for m in models]
@@ -181,10 +182,7 @@ def _staged(rows: list[tuple], stages: list[_Stage], threshold: float, settings:
     stats.rows_reasoned = sum(v for k, v in stats.rows_by_model.items() if k.endswith("+reasoning"))
     _savings(stats, outputs)
     stats.routing = {**plan, "threshold": threshold, "stages": [s.label for s in stages]}
-    if settings.on_error == "raise":
-        first_error = next((e for e in errors if e is not None), None)
-        if first_error is not None:
-            raise RuntimeError(f"{stages[0].call.function} failed on a row: {first_error}")
+    # on_error='raise' needs nothing here: every value and error above comes from an evaluate, which has raised
     return EvalOutput(values=values, errors=errors, stats=stats)
 
 
