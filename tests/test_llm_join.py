@@ -44,7 +44,7 @@ def test_join_equals_the_nested_loop(con, model_dir, extra):
     sql = JOIN.format(extra=extra)
     rows, stats = run(con, model_dir, sql)
     plain, plain_stats = run(con, model_dir, sql, optimize=False)
-    assert rows == plain
+    assert rows == plain and rows  # some pairs match: not two empty results alike
     assert stats.stages and stats.stages[0]["role"] == "filter"  # lifted, not the per-pair UDF
     assert plain_stats.fallback_reason and not plain_stats.stages
     pairs = con.sql(sql.replace("llm_filter('Does the review mention the flavour?', r.review, f.flavour)", "TRUE")
