@@ -26,3 +26,28 @@ def tiny_model_dir(tmp_path_factory):
         return cache[key]
 
     return make
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_model_dir) -> str:
+    """The tiny Llama checkpoint the engine tests run on (a module may define its own)."""
+    return str(tiny_model_dir("llama"))
+
+
+@pytest.fixture(scope="module")
+def aengine(model_dir):
+    """An ``AsyncLLMEngine`` on ``model_dir``, shared by the module's tests and shut down after them."""
+    from engine_backend import LLMEngine
+    from engine_backend.async_engine import AsyncLLMEngine
+
+    with AsyncLLMEngine(LLMEngine(model=model_dir)) as aengine:
+        yield aengine
+
+
+@pytest.fixture(scope="module")
+def server(aengine, request):
+    """Our OpenAI-compatible server over ``aengine`` on a free loopback port; its API key is the module's ``KEY``."""
+    from engine_backend.server import ServerThread, create_app
+
+    with ServerThread(create_app(aengine, request.module.KEY, aengine.model_name)) as srv:
+        yield srv

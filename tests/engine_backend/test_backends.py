@@ -10,12 +10,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from engine_backend import LLMEngine, SamplingParams
-from engine_backend.async_engine import AsyncLLMEngine
+from engine_backend import SamplingParams
 from engine_backend.backends import (BackendError, GenerationRequest, GenerationResult, make_backend)
 from engine_backend.backends.embedded import EmbeddedBackend
 from engine_backend.backends.openai_http import OpenAIBackend
-from engine_backend.server import ServerThread, create_app
 
 KEY = "backend-test-key"
 PREFIX = "Classify the sentiment of this beer review as positive or negative.\nReview: "
@@ -35,22 +33,9 @@ def requests_mixed() -> list[GenerationRequest]:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_model_dir):
-    return str(tiny_model_dir("llama"))  # shared with the other engine tests (conftest)
-
-
-@pytest.fixture(scope="module")
 def embedded(model_dir):
     with EmbeddedBackend(model=model_dir) as backend:
         yield backend
-
-
-@pytest.fixture(scope="module")
-def server(model_dir):
-    with AsyncLLMEngine(LLMEngine(model=model_dir)) as aengine:
-        with ServerThread(create_app(aengine, KEY, aengine.model_name)) as srv:
-            srv.model_name = aengine.model_name
-            yield srv
 
 
 def free_port() -> int:
@@ -86,7 +71,7 @@ def test_embedded_keeps_order_and_isolates_errors(embedded):
     assert stats["engine"]["generated_tokens"] == stats["generated_tokens"]
 
 
-def test_openai_backend_equals_embedded(server, embedded):
+def test_openai_backend_equals_embedded(server, aengine, embedded):
     reqs = requests_mixed()
     expected = embedded.generate(reqs)
     with make_backend("openai", base_url=server.url, api_key=KEY, batch_size=4) as backend:
@@ -96,7 +81,7 @@ def test_openai_backend_equals_embedded(server, embedded):
     assert "context" in got[4].error
     assert stats["requests"] == len(reqs) and stats["errors"] == 1 and stats["retries"] == 0
     assert stats["cached_prompt_tokens"] > 0  # the shared prefix hit the server's prefix cache
-    assert backend.model == server.model_name  # discovered from /v1/models
+    assert backend.model == aengine.model_name  # discovered from /v1/models
 
 
 def test_openai_backend_sends_grammar_constraints(server, embedded):
@@ -113,15 +98,16 @@ def test_openai_backend_sends_grammar_constraints(server, embedded):
     assert got[1].text in {"yes.", "yes!", "no.", "no!"}
 
 
-def test_openai_backend_concurrency_keeps_order(server, embedded):
+def test_openai_backend_concurrency_keeps_order(server, aengine, embedded):
     reqs = requests_mixed()
     expected = embedded.generate(reqs)
-    with OpenAIBackend(server.url + "/v1", api_key=KEY, model=server.model_name, batch_size=2, max_concurrency=3) as backend:
+    with OpenAIBackend(server.url + "/v1", api_key=KEY, model=aengine.model_name, batch_size=2,
+                       max_concurrency=3) as backend:
         assert comparable(backend.generate(reqs)) == comparable(expected)
 
 
-def test_openai_backend_wrong_key(server):
-    with OpenAIBackend(server.url, api_key="nope", model=server.model_name, max_retries=0) as backend:
+def test_openai_backend_wrong_key(server, aengine):
+    with OpenAIBackend(server.url, api_key="nope", model=aengine.model_name, max_retries=0) as backend:
         with pytest.raises(BackendError, match="API key"):
             backend.generate(requests_mixed()[:1])
 
@@ -179,12 +165,12 @@ class FlakyProxy:
         self.httpd.server_close()
 
 
-def test_openai_backend_retries_503(server, embedded):
+def test_openai_backend_retries_503(server, aengine, embedded):
     labelled = SamplingParams(max_tokens=6, choices=["positive", "negative"])
     reqs = [GenerationRequest(f"{PREFIX}{r}\nSentiment:", labelled) for r in REVIEWS[:3]]  # one batch
     proxy = FlakyProxy(server.url, failures=2)
     try:
-        with OpenAIBackend(proxy.url, api_key=KEY, model=server.model_name, backoff=0.01) as backend:
+        with OpenAIBackend(proxy.url, api_key=KEY, model=aengine.model_name, backoff=0.01) as backend:
             got = backend.generate(reqs)
             assert backend.stats()["retries"] == 2
     finally:
@@ -196,13 +182,13 @@ def test_openai_backend_retries_503(server, embedded):
     assert sent["choices"] == sent["guided_choice"] == ["positive", "negative"]
 
 
-def test_openai_backend_isolates_a_batch_level_400(server, embedded):
+def test_openai_backend_isolates_a_batch_level_400(server, aengine, embedded):
     """A server that rejects a whole batch for one bad prompt (vLLM does): only that row fails."""
     reqs = [GenerationRequest(f"{PREFIX}{r}\nSentiment:", SamplingParams(max_tokens=4)) for r in REVIEWS[:5]]
     reqs[3] = GenerationRequest(f"{PREFIX}REJECT ME\nSentiment:", SamplingParams(max_tokens=4))
     proxy = FlakyProxy(server.url, reject="REJECT ME")
     try:
-        with OpenAIBackend(proxy.url, api_key=KEY, model=server.model_name) as backend:
+        with OpenAIBackend(proxy.url, api_key=KEY, model=aengine.model_name) as backend:
             got = backend.generate(reqs)
     finally:
         proxy.close()

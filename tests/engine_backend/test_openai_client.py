@@ -14,30 +14,12 @@ openai = pytest.importorskip("openai")
 transformers = pytest.importorskip("transformers")
 
 from engine_backend import LLMEngine, SamplingParams  # noqa: E402
-from engine_backend.async_engine import AsyncLLMEngine  # noqa: E402
-from engine_backend.server import MAX_N, ServerThread, create_app  # noqa: E402
+from engine_backend.server import MAX_N  # noqa: E402
 
 KEY = "client-test-key"
 PREFIX = "Classify the sentiment of this beer review as positive or negative.\nReview: "
 PROMPTS = [PREFIX + r + "\nSentiment:" for r in ("Crisp and clean.", "Tasted like cardboard.", "Juicy citrus hops.")]
 MESSAGES = [{"role": "system", "content": "You label beer reviews."}, {"role": "user", "content": "Flat and sweet."}]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tiny_model_dir):
-    return str(tiny_model_dir("llama"))
-
-
-@pytest.fixture(scope="module")
-def aengine(model_dir):
-    with AsyncLLMEngine(LLMEngine(model=model_dir)) as aengine:
-        yield aengine
-
-
-@pytest.fixture(scope="module")
-def server(aengine):
-    with ServerThread(create_app(aengine, KEY, aengine.model_name)) as srv:
-        yield srv
 
 
 @pytest.fixture(scope="module")

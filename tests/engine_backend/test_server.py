@@ -11,7 +11,6 @@ import pytest
 
 from engine_backend import LLMEngine, SamplingParams
 from engine_backend.async_engine import AsyncLLMEngine, EngineClosedError, EngineError
-from engine_backend.server import ServerThread, create_app
 
 KEY = "test-key-123"
 PREFIX = "Classify the sentiment of this beer review as positive or negative.\nReview: "
@@ -21,26 +20,9 @@ PROMPTS = [f"{PREFIX}{r}\nSentiment:" for r in REVIEWS]
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_model_dir):
-    return str(tiny_model_dir("llama"))  # shared with the other engine tests (conftest)
-
-
-@pytest.fixture(scope="module")
 def reference(model_dir):
     """A second engine on the same checkpoint: what the server must reproduce (greedy)."""
     return LLMEngine(model=model_dir)
-
-
-@pytest.fixture(scope="module")
-def aengine(model_dir):
-    with AsyncLLMEngine(LLMEngine(model=model_dir)) as aengine:
-        yield aengine
-
-
-@pytest.fixture(scope="module")
-def server(aengine):
-    with ServerThread(create_app(aengine, KEY, aengine.model_name)) as srv:
-        yield srv
 
 
 @pytest.fixture

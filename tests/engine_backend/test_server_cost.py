@@ -30,11 +30,6 @@ def prompts(n: int, tail: int = 7, start: int = 100) -> list[list[int]]:
     return [PREFIX + [start + i] * tail for i in range(n)]
 
 
-@pytest.fixture(scope="module")
-def model_dir(tiny_model_dir):
-    return str(tiny_model_dir("llama"))
-
-
 @pytest.fixture
 def serve(model_dir):
     """``serve(**engine_kwargs) -> (AsyncLLMEngine, ServerThread)``: a fresh engine and server, closed after the test."""

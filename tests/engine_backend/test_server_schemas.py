@@ -25,9 +25,6 @@ import pytest
 openai = pytest.importorskip("openai")
 jsonschema = pytest.importorskip("jsonschema")
 
-from engine_backend import LLMEngine  # noqa: E402  (after the skips: no openai, no test)
-from engine_backend.async_engine import AsyncLLMEngine  # noqa: E402
-from engine_backend.server import ServerThread, create_app  # noqa: E402
 
 KEY = "schema-test-key"
 CASES = 200
@@ -127,19 +124,12 @@ def make_cases(seed: int = 20240614) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def aengine(tiny_model_dir):
-    with AsyncLLMEngine(LLMEngine(model=str(tiny_model_dir("llama")))) as aengine:
-        yield aengine
-
-
-@pytest.fixture(scope="module")
-def clients(aengine):
-    with ServerThread(create_app(aengine, KEY, aengine.model_name)) as srv:
-        made = [openai.OpenAI(base_url=f"{srv.url}/v1", api_key=KEY, max_retries=0, timeout=120)
-                for _ in range(CLIENTS)]
-        yield made
-        for c in made:
-            c.close()
+def clients(server):
+    made = [openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0, timeout=120)
+            for _ in range(CLIENTS)]
+    yield made
+    for c in made:
+        c.close()
 
 
 def ask(client, model: str, case: dict, constrained: bool = True) -> tuple[str, str, int]:
