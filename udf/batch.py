@@ -199,7 +199,7 @@ def evaluate(call: LLMCall, rows: list[tuple], backend: Backend, *, settings: Ev
             if record:
                 raw[u], unit_conf[u], unit_reasoning[u] = _unpack(raw[u])
     stats.cache_hits = sum(answered)
-    choices = choice_map(call)
+    choices = choice_map(call) if confidence else None  # what confidence reads
 
     # 5. one ordered batch of misses
     send = [u for u in range(n_units) if not answered[u]]
