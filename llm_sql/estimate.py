@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 CHARS_PER_TOKEN = 4  # the guess for a backend without a tokenizer
-FEATURES = ("uncached prompt tokens", "generated tokens", "requests")
 
 
 # -- tokens and the prefix cache ----------------------------------------------------------------------------------
@@ -45,8 +44,6 @@ def block_size_of(backend: Any) -> int | None:
     """The engine's prefix-cache block size (``prefix_block_size()``: the embedded engine's, or our engine server's),
     None when the prefix cache is off or the backend cannot say (an external server)."""
     ask = getattr(backend, "prefix_block_size", None)
-    if ask is None:  # a wrapper (a bench's recording backend) around a real one
-        ask = getattr(getattr(backend, "inner", None), "prefix_block_size", None)
     return ask() if callable(ask) else None
 
 
@@ -86,14 +83,14 @@ def choice_lengths(choices: Sequence[str], tokenizer: Any) -> list[int]:
     return [len(a) + (1 if any(len(b) > len(a) and b[:len(a)] == a for b in ids) else 0) for a in ids]
 
 
-def expected_generated(params: Any, backend: Any, tokenizer: Any = None) -> tuple[float, str]:
-    """(expected generated tokens per request, where the figure comes from); ``tokenizer``: the model's, if known."""
+def expected_generated(params: Any, history: Any, tokenizer: Any = None) -> tuple[float, str]:
+    """(expected generated tokens per request, where the figure comes from); ``history``: the backend's
+    ``BatchHistory`` (or None), ``tokenizer``: the model's, if known."""
     from engine_backend.backends.base import params_kind
 
     if params.choices and tokenizer is not None:
         lengths = choice_lengths(params.choices, tokenizer)
         return sum(lengths) / len(lengths), "the choices' token lengths"
-    history = _history(backend)
     seen = history.generated_per_request(params_kind(params)) if history is not None else None
     if seen is not None:
         mean, n = seen
@@ -103,9 +100,8 @@ def expected_generated(params: Any, backend: Any, tokenizer: Any = None) -> tupl
 
 
 def _history(backend: Any) -> Any:
+    """The backend's ``BatchHistory`` (our engine server's is fetched over HTTP: ask once per estimate), or None."""
     get = getattr(backend, "history", None)
-    if get is None:  # a wrapper (a bench's recording backend) around a real one
-        get = getattr(getattr(backend, "inner", None), "history", None)
     return get() if callable(get) else None
 
 
@@ -173,8 +169,9 @@ class TimeModel:
         return text + (f", {self.coef[3] * 1e3:.3g} ms per engine step" if self.uses_steps else "")
 
 
-def time_model(backend: Any) -> TimeModel | None:
-    history = _history(backend)
+def time_model(backend: Any, history: Any = None) -> TimeModel | None:
+    """``TimeModel`` fitted on the backend's history (``history`` when the caller already has it)."""
+    history = history if history is not None else _history(backend)
     return TimeModel.fit(list(history.batches)) if history is not None else None
 
 
@@ -200,6 +197,19 @@ def probe(backend: Any, seed: int = 0) -> None:
     for requests, prompt_len, out_len in ((24, 128, 1), (24, 16, 12), (48, 24, 3), (4, 16, 16)):
         params = SamplingParams(max_tokens=out_len, ignore_eos=True)
         backend.generate([GenerationRequest(prompt=prompt(prompt_len), params=params) for _ in range(requests)])
+
+
+def probe_if_unmeasured(backend: Any) -> float:
+    """``probe`` a backend that has measured fewer batches than its time model has terms (the fit would be a
+    guess); the seconds the probe took, 0.0 when none was needed."""
+    import time
+
+    model = time_model(backend)
+    if model is not None and model.batches >= len(model.coef):
+        return 0.0
+    start = time.perf_counter()
+    probe(backend)
+    return time.perf_counter() - start
 
 
 # -- one stage --------------------------------------------------------------------------------------------------------
@@ -331,10 +341,11 @@ def estimate_call(call: Any, opts: dict[str, Any], rows: Sequence[tuple], target
         info["est_cached_prompt_tokens"] = int(info["est_hit_rate"] * info["est_prompt_tokens"])
         info["est_hit_source"] = "characters shared with an earlier prompt (no tokenizer)"
 
-    per_request, source = expected_generated(params, backend, tokenizer)
+    history = _history(backend)
+    per_request, source = expected_generated(params, history, tokenizer)
     info["est_generated_tokens"] = round(per_request * len(sent))
     info["est_generated_source"] = source
-    model = time_model(backend)
+    model = time_model(backend, history)
     steps = None
     if model is not None and model.uses_steps:
         steps_for = getattr(backend, "steps_for", None)
@@ -343,7 +354,7 @@ def estimate_call(call: Any, opts: dict[str, Any], rows: Sequence[tuple], target
         if steps is not None:
             info["est_steps"] = steps
         else:  # the history has steps but this backend cannot count them for the stage: the terms without
-            model = TimeModel.fit([_without_steps(r) for r in _history(backend).batches])
+            model = TimeModel.fit([_without_steps(r) for r in history.batches])
     if not sent:
         info["est_seconds"], info["est_seconds_source"] = 0.0, "nothing to send"
     elif model is None:

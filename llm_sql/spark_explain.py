@@ -177,8 +177,8 @@ def _calls(spark: Any, plan: Any, function: str) -> tuple[list[tuple], list[tupl
 
 def _estimate(spark: Any, reg: Any, stage: Any, info: dict[str, Any], probed: dict[int, float] | None) -> None:
     """Count the stage's rows and estimate its call on the driver; no LLM call. ``probed`` (analyze): first probe a
-    backend that has measured fewer batches than its time model has terms, noting the seconds there."""
-    from llm_sql.estimate import call_target, estimate_call, probe, time_model
+    backend that has measured too little (``probe_if_unmeasured``), noting the seconds there."""
+    from llm_sql.estimate import call_target, estimate_call, probe_if_unmeasured
     from udf.options import merge_options
     from udf.spark_udf import call_key
 
@@ -190,20 +190,14 @@ def _estimate(spark: Any, reg: Any, stage: Any, info: dict[str, Any], probed: di
     # the signature's call; an instruction or options that vary by row give several: the one with the most rows
     call, idx = next((c for c in calls if call_key(c[0]) == info.get("call_key")), None) or \
         max(calls, key=lambda c: len(c[1]))
-    if len(calls) > 1:
-        info["est_note"] = f"{len(calls)} different instructions or options in one call: estimated one of them"
     opts = merge_options(reg.settings.defaults, call.options)
     target = call_target(reg.route, opts)
     if probed is not None and id(target.backend) not in probed:
-        model = time_model(target.backend)
-        if model is None or model.batches < len(model.coef):  # fewer batches than terms: the fit is a guess
-            start = time.perf_counter()
-            probe(target.backend)
-            probed[id(target.backend)] = time.perf_counter() - start
-    note = info.pop("est_note", None)
+        probed[id(target.backend)] = probe_if_unmeasured(target.backend)
     estimate_call(call, opts, [rows[i] for i in idx], target, reg.settings, reg.result_cache, info)
     if info.get("est_seconds"):
         info["est_seconds_source"] += ("; the engine's time: each Arrow batch's HTTP and worker time (tens of ms "
                                        "here) comes on top")
-    if note:
+    if len(calls) > 1:
+        note = f"{len(calls)} different instructions or options in one call: estimated one of them"
         info["est_note"] = f"{note}; {info['est_note']}" if info.get("est_note") else note

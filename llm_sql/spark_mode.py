@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import time
 import re
 import sys
 import warnings
@@ -136,6 +137,7 @@ class _Registration:
     accumulator: Any
     result_cache: Any = None  # what the workers read and write (llm_sql.cache.ResultCache), None when off
     baseline: dict[str, Any] = field(default_factory=dict)
+    since: float = 0.0  # when the baseline was taken (time.time()): a call's batch intervals after it are new
 
 
 _REGISTRY: dict[str, _Registration] = {}  # application id -> the latest registration
@@ -316,6 +318,7 @@ def _registration(spark) -> _Registration:
 def reset_stats(spark) -> None:
     reg = _registration(spark)
     reg.baseline = dict(reg.accumulator.value) if reg.accumulator is not None else {}
+    reg.since = time.time()
 
 
 def last_stats(spark) -> SparkStats:
@@ -344,7 +347,7 @@ def last_stats(spark) -> SparkStats:
         if cur.get("batches", 0) <= old.get("batches", 0):
             continue
         figures = {k: v - old.get(k, 0) for k, v in cur.items() if isinstance(v, (int, float))}
-        figures["llm_wall_seconds"] = _covered(cur.get("intervals", [])[len(old.get("intervals", [])):])
+        figures["llm_wall_seconds"] = _covered([iv for iv in cur.get("intervals", []) if iv[1] > reg.since])
         s.by_call[key] = figures
     return s
 

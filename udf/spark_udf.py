@@ -73,11 +73,10 @@ def call_key(call: Any) -> str:
 def stats_delta(s: StageStats, reasons: list[str], worker_pid: int, server_pid: int | None,
                 call: Any = None) -> dict[str, Any]:
     d: dict[str, Any] = {name: getattr(s, name) for name in _STAT_FIELDS}
+    d["batches"] = 1
     if call is not None:  # the call's own figures, and when its LLM work ran (wall clock: start, end)
         end = time.time()
-        d["by_call"] = {call_key(call): {**{name: getattr(s, name) for name in _STAT_FIELDS}, "batches": 1,
-                                         "intervals": [(end - s.llm_seconds, end)]}}
-    d["batches"] = 1
+        d["by_call"] = {call_key(call): {**d, "intervals": [(end - s.llm_seconds, end)]}}
     d["error_reasons"] = reasons[:MAX_REASONS]
     d["worker_pids"] = {worker_pid: 1}  # pid -> batches, so that a later snapshot can tell who worked since
     d["server_pids"] = {server_pid: 1} if server_pid is not None else {}
@@ -89,16 +88,18 @@ def _accumulator_param():
     from pyspark.accumulators import AccumulatorParam
 
     class StatsParam(AccumulatorParam):
-        """Sums numbers, per-pid counts and per-call figures; concatenates lists (``error_reasons``, a call's
-        ``intervals``), each capped."""
+        """Sums numbers, per-pid counts and per-call figures; concatenates lists: ``error_reasons`` (the first
+        ones kept), a call's ``intervals`` (the latest kept)."""
 
         def zero(self, value: dict) -> dict:
             return {}
 
         def addInPlace(self, a: dict, b: dict) -> dict:
             for k, v in b.items():
-                if isinstance(v, list):
-                    a[k] = (a.get(k, []) + list(v))[:MAX_INTERVALS if k == "intervals" else MAX_REASONS]
+                if k == "intervals":
+                    a[k] = (a.get(k, []) + list(v))[-MAX_INTERVALS:]
+                elif isinstance(v, list):
+                    a[k] = (a.get(k, []) + list(v))[:MAX_REASONS]
                 elif isinstance(v, dict):
                     a[k] = self.addInPlace(dict(a.get(k, {})), v)
                 else:
@@ -132,6 +133,19 @@ def usable_cache(cache: ResultCache | None) -> ResultCache | None:
 _CACHE_OK: dict[str, bool] = {}  # per worker process: repr(cache) (names its file) -> it opened
 
 
+def _reporter(function: str, what: str, accumulator) -> Callable[[Any, Any, Any], None]:
+    """``on_output`` for a UDF: each failed ``what`` (row, group) logged to the worker's stderr (the executor log,
+    the first five), and the batch's statistics added to the driver's accumulator."""
+    def report(call, out, target) -> None:
+        reasons = [e for e in out.errors if e is not None]
+        for e in reasons[:5]:
+            print(f"llm-sql: {function}: {what} failed: {e}", file=sys.stderr)
+        if accumulator is not None:
+            accumulator.add(stats_delta(out.stats, reasons, os.getpid(), getattr(target, "server_pid", None), call))
+
+    return report
+
+
 def make_arrow_udf(function: str, route: Callable[[str | None], Any], settings: EvalSettings,
                    accumulator=None, *, result_cache: ResultCache | None = None):
     """The Spark UDF for ``function`` (register it with ``spark.udf.register(name, udf)``).
@@ -148,12 +162,7 @@ def make_arrow_udf(function: str, route: Callable[[str | None], Any], settings: 
 
     spec = spec_of(function)
 
-    def report(call, out, target) -> None:
-        reasons = [e for e in out.errors if e is not None]
-        for e in reasons[:5]:
-            print(f"llm-sql: {function}: row failed: {e}", file=sys.stderr)
-        if accumulator is not None:
-            accumulator.add(stats_delta(out.stats, reasons, os.getpid(), target.server_pid, call))
+    report = _reporter(function, "row", accumulator)
 
     def run(*args: pa.Array) -> pa.Array:
         from udf.arrow_calls import answer_batch
@@ -183,12 +192,7 @@ def make_agg_udfs(route: Callable[[str | None], Any], settings: EvalSettings, ac
 
     spec = AGGREGATES["llm_agg"]
 
-    def report(call, out, target) -> None:
-        reasons = [e for e in out.errors if e is not None]
-        for e in reasons[:5]:
-            print(f"llm-sql: {spec.name}: group failed: {e}", file=sys.stderr)
-        if accumulator is not None:
-            accumulator.add(stats_delta(out.stats, reasons, os.getpid(), getattr(target, "server_pid", None), call))
+    report = _reporter(spec.name, "group", accumulator)
 
     def run_lists(*args: pa.Array) -> pa.Array:
         from udf.agg import answer_list_batch
