@@ -109,7 +109,7 @@ public class DeduplicateLLMCalls extends LLMRule {
     for (int i = 0; i < keys.size(); i++) {
       Expression k = keys.get(i);
       String name = k instanceof NamedExpression ? ((NamedExpression) k).name() : "_llm_key_" + i;
-      Alias a = alias(k, name);
+      Alias a = LLMPlans.alias(k, name);
       keyAliases.add(a);
       keyAttrs.add(a.toAttribute());
     }
@@ -127,7 +127,7 @@ public class DeduplicateLLMCalls extends LLMRule {
       }
       PythonUDF moved = u.copy(u.name(), u.func(), u.dataType(), LLMPlans.seq(args), u.evalType(),
           false, u.resultId());
-      Alias out = alias(moved, "_llm_out_" + j++);
+      Alias out = LLMPlans.alias(moved, "_llm_out_" + j++);
       rightList.add(out);
       results.put(u, out.toAttribute());
     }
@@ -180,12 +180,6 @@ public class DeduplicateLLMCalls extends LLMRule {
       }
     }
     return -1;
-  }
-
-  private static Alias alias(Expression e, String name) {
-    return new Alias(e, name, org.apache.spark.sql.catalyst.expressions.NamedExpression$.MODULE$
-        .newExprId(), LLMPlans.<String>seq(new ArrayList<>()), scala.Option.empty(),
-        LLMPlans.<String>seq(new ArrayList<>()));
   }
 
   private static Expression replace(Expression e, Map<PythonUDF, Attribute> results) {

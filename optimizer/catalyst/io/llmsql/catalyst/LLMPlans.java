@@ -3,6 +3,7 @@ package io.llmsql.catalyst;
 import java.util.ArrayList;
 import java.util.List;
 
+import org.apache.spark.sql.catalyst.expressions.Alias;
 import org.apache.spark.sql.catalyst.expressions.And;
 import org.apache.spark.sql.catalyst.expressions.Ascending$;
 import org.apache.spark.sql.catalyst.expressions.Expression;
@@ -57,6 +58,12 @@ final class LLMPlans {
     for (Expression c : list(e.children())) {
       collectLLM(c, out);
     }
+  }
+
+  /** {@code e AS name}, with a fresh expression id. */
+  static Alias alias(Expression e, String name) {
+    return new Alias(e, name, org.apache.spark.sql.catalyst.expressions.NamedExpression$.MODULE$.newExprId(),
+        LLMPlans.<String>seq(new ArrayList<>()), scala.Option.empty(), LLMPlans.<String>seq(new ArrayList<>()));
   }
 
   static boolean containsLLM(Expression e) {

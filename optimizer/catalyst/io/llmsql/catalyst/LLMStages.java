@@ -50,12 +50,7 @@ public final class LLMStages {
      * field names (a struct's type), the labels and options, which name the call, for any stage.
      */
     public LogicalPlan signature() {
-      List<NamedExpression> args = new ArrayList<>();
-      int i = 0;
-      for (Expression arg : LLMPlans.list(call.children())) {
-        args.add(alias(arg.foldable() ? arg : Literal.create(null, arg.dataType()), "arg" + i++));
-      }
-      return new Project(LLMPlans.seq(args), new OneRowRelation());
+      return arguments(call, true, new OneRowRelation());
     }
 
     Stage(PythonUDF call, String node, LogicalPlan inputs, LogicalPlan rowsIn, boolean deduplicated) {
@@ -143,12 +138,7 @@ public final class LLMStages {
     if (!scalarNode || readsLLM) {
       return new Stage(u, p.nodeName(), null, null, false);
     }
-    List<NamedExpression> args = new ArrayList<>();
-    int i = 0;
-    for (Expression arg : LLMPlans.list(u.children())) {
-      args.add(alias(arg, "arg" + i++));
-    }
-    LogicalPlan inputs = new Project(LLMPlans.seq(args), child);
+    LogicalPlan inputs = arguments(u, false, child);
     // DeduplicateLLMCalls marks the call it moves above the distinct tuples non-deterministic
     Aggregate distinct = u.udfDeterministic() ? null : distinctTuples(child);
     return distinct == null
@@ -156,9 +146,16 @@ public final class LLMStages {
         : new Stage(u, p.nodeName(), inputs, distinct.child(), true);
   }
 
-  private static Alias alias(Expression e, String name) {
-    return new Alias(e, name, org.apache.spark.sql.catalyst.expressions.NamedExpression$.MODULE$.newExprId(),
-        LLMPlans.<String>seq(new ArrayList<>()), scala.Option.empty(), LLMPlans.<String>seq(new ArrayList<>()));
+  /** The call's arguments as columns arg0, arg1, ... over {@code child}; {@code fieldsNull}: the non-constant ones
+   * NULL (of their type). */
+  private static LogicalPlan arguments(PythonUDF u, boolean fieldsNull, LogicalPlan child) {
+    List<NamedExpression> args = new ArrayList<>();
+    int i = 0;
+    for (Expression arg : LLMPlans.list(u.children())) {
+      Expression value = fieldsNull && !arg.foldable() ? Literal.create(null, arg.dataType()) : arg;
+      args.add(LLMPlans.alias(value, "arg" + i++));
+    }
+    return new Project(LLMPlans.seq(args), child);
   }
 
   /**
