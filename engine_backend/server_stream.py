@@ -25,7 +25,7 @@ class ChunkWriter:
         self.tokenizer, self.chat, self.model, self.id = tokenizer, chat, model, response_id
         self.created = int(time.time())
         self.include_usage, self.n = include_usage, n
-        # a reasoning request's block streams as delta.reasoning_content, apart from the answer
+        # a reasoning request's block streams as reasoning_content (chat: in the delta), apart from the answer
         self.pieces = [TextPieces(tokenizer, p.stop, reasoning if p.reasoning else None) for p in params]
         self.want_logprobs = [p.logprobs is not None for p in params]
         self.outputs: list[Any] = [None] * len(params)
@@ -56,6 +56,8 @@ class ChunkWriter:
             choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
         else:
             choice = {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish_reason}
+            if thought:  # as the whole completion's choice carries it
+                choice["reasoning_content"] = thought
         if error is not None:
             choice["error"] = error
         return choice

@@ -95,6 +95,24 @@ def test_chat_stream(client, model):
     assert all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks)
 
 
+
+def test_completion_stream_carries_the_reasoning_as_the_plain_answer_does(tiny_model_dir):
+    """Our ``reasoning`` extension on /v1/completions: streamed, the block comes as ``reasoning_content`` pieces."""
+    from engine_backend.async_engine import AsyncLLMEngine
+    from engine_backend.server import ServerThread, create_app
+
+    with AsyncLLMEngine(LLMEngine(str(tiny_model_dir("qwen3")))) as aengine, \
+            ServerThread(create_app(aengine, KEY, aengine.model_name)) as srv, \
+            openai.OpenAI(base_url=srv.url + "/v1", api_key=KEY, max_retries=0, timeout=120) as c:
+        kwargs = dict(model=aengine.model_name, prompt=PROMPTS[0], max_tokens=6,
+                      extra_body={"reasoning": True, "max_reasoning_tokens": 10})
+        plain = c.completions.create(**kwargs).choices[0]
+        chunks = list(c.completions.create(**kwargs, stream=True))
+    assert plain.model_extra["reasoning_content"]
+    thought = "".join((ch.model_extra or {}).get("reasoning_content") or "" for k in chunks for ch in k.choices)
+    assert (thought, "".join(ch.text for k in chunks for ch in k.choices)) == \
+        (plain.model_extra["reasoning_content"], plain.text)
+
 def test_stream_of_a_rejected_prompt_is_a_400(client, model):
     with pytest.raises(openai.BadRequestError, match="context"):
         client.completions.create(model=model, prompt="word " * 3000, max_tokens=4, stream=True)
