@@ -33,7 +33,8 @@ engine's prefix cache still makes a repeated prompt cheap):
 
 Per setting: accuracy against the labels, agreement with the large model, LLM seconds (the fastest of
 ``--repeats`` runs; for the calibrated cascade the median over the seeds, one run each), prompt / generated
-tokens, LLM calls and ``last_stats(con).rows_by_model``. The cascade rows need the cascade options
+tokens, LLM calls and ``last_stats(con).rows_by_model``; LLM seconds and prompt tokens also as a ratio to the
+large model alone (the baseline, measured in the same run). The cascade rows need the cascade options
 (``udf.routing``); a build without them is detected (the option is refused as unknown) and those rows are
 skipped with a note.
 
@@ -279,8 +280,13 @@ def main() -> None:
                                             "thresholds": [c["threshold"] for c in calibrated]}
         report["calibrated_seeds"] = calibrated
 
-    headers = ["setting", "accuracy", "agreement_with_large", "llm_seconds", "seconds", "prompt_tokens",
-               "generated_tokens", "llm_calls", "rows_by_model"]
+    # every setting against the large model alone, measured above in this run
+    large = report["settings"]["large"]
+    for v in report["settings"].values():
+        v.update({f"{k}_vs_large": round(v[k] / large[k], 3) if large[k] else None
+                  for k in ("llm_seconds", "prompt_tokens")})
+    headers = ["setting", "accuracy", "agreement_with_large", "llm_seconds", "llm_seconds_vs_large", "seconds",
+               "prompt_tokens", "prompt_tokens_vs_large", "generated_tokens", "llm_calls", "rows_by_model"]
     table_rows = [{"setting": k, **v, "rows_by_model": by_model(v.get("rows_by_model")) or
                    (f"small={v['small_rows_mean']} (mean)" if "small_rows_mean" in v else "")}
                   for k, v in report["settings"].items()]
