@@ -199,7 +199,7 @@ def _logprobs_asked(req: _SamplingFields) -> int | None:
 def _logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:
     if not bias:
         return None
-    if any(not k.isdigit() for k in bias):
+    if any(not (k.isascii() and k.isdigit()) for k in bias):  # str.isdigit alone passes "²" (int() fails) and "١"
         raise APIError(400, "logit_bias keys must be token ids written as strings, e.g. {\"50256\": -100}",
                        param="logit_bias")
     return {int(k): float(v) for k, v in bias.items()}

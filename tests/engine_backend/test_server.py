@@ -166,6 +166,8 @@ def test_bad_output_constraints_are_400(client, body, needle):
     ({"prompt": "hi", "choices": []}, "choices"),
     ({"prompt": "hi", "stop": 5}, "stop"),
     ({"prompt": "hi", "seed": 2**70}, "seed must be a 64-bit integer"),
+    ({"prompt": "hi", "logit_bias": {"\u00b2": 1}}, "logit_bias keys"),  # a digit to str.isdigit, not to int()
+    ({"prompt": "hi", "logit_bias": {"\u0661": 1}}, "logit_bias keys"),  # Arabic-Indic one: int() reads it as 1
     ({"prompt": ""}, "empty"),
     ({"prompt": []}, "empty"),
     ({"prompt": [1, "a"]}, "prompt must be"),

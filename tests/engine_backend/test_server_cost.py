@@ -171,6 +171,7 @@ def test_a_batch_is_in_the_history_once_its_answer_is_out(serve):
     finally:
         sys.setswitchinterval(interval)
 
+
 def test_cached_prefix_blocks_are_the_engines(serve, monkeypatch):
     aengine, srv = serve()
     probe = prompts(2) + [PREFIX + [7] * 30, PREFIX[:20] + [9] * 20, [5] * 50, [], [1]]
