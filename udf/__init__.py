@@ -5,6 +5,9 @@
 * ``udf.options``: the options struct and session defaults; ``udf.presets``: task presets;
 * ``udf.prompts``: prompt layout and field serialisation;
 * ``udf.batch.evaluate``: dedup, reorder, result cache, one ordered batch to the backend, parsing;
+* ``udf.routing.answer``: how the SQL layers answer a call: one ``evaluate``, or stages (reasoning router, model
+  cascades) that read each answer's confidence (``udf.confidence``); ``udf.multi_label``: the one-call-per-row join;
+* ``udf.arrow_calls``: one Arrow batch of a function's arguments to its calls and back (DuckDB, Spark, pandas);
 * ``udf.duckdb_udf.register_udfs``: the vectorised DuckDB UDFs (the fallback path);
 * ``udf.agg``: the aggregate ``llm_agg`` (hierarchical folding of a group's values, its SQL rewrite for DuckDB).
 """
