@@ -99,9 +99,7 @@ class LLMConnection:
         self._views = []
 
     def _run_stage(self, stage: Stage, stats: QueryStats) -> None:
-        from udf.functions import make_call
         from udf.multi_label import answer_pairs
-        from udf.options import merge_options
         from udf.routing import answer
 
         dedup = self.session.settings.dedup
@@ -109,9 +107,8 @@ class LLMConnection:
         inputs = self.con.sql(stage.sql if dedup else stage.rows_sql).to_arrow_table()
         columns = [inputs.column(i).to_pylist() for i in range(inputs.num_columns)]
         rows = list(zip(*columns)) if columns else []
-        call = make_call(stage.function, instruction=stage.instruction, field_names=stage.field_names,
-                         labels=stage.labels, options=stage.options)
-        if merge_options(self.session.defaults, call.options).get("multi_label"):
+        call, opts = stage_call(self.session, stage)
+        if opts.get("multi_label"):
             if stage.join_sides is None:
                 raise ValueError("multi_label applies to an llm_filter condition of an inner join between two "
                                  f"tables (one field from each): {stage.call_sql}")
@@ -429,16 +426,23 @@ class Explanation:
     __repr__ = __str__
 
 
-def _routing_plan(w: LLMConnection, stage: Stage) -> dict[str, Any] | None:
-    """How the stage's rows will be routed: reasoning, the router, a cascade (``udf.routing.describe``)."""
+def stage_call(session: Session, stage: Stage) -> tuple[Any, dict[str, Any]]:
+    """The stage's ``LLMCall`` and its options merged with the session's defaults."""
     from udf.functions import make_call
-    from udf.multi_label import MAX_VALUES
     from udf.options import merge_options
-    from udf.routing import describe
 
     call = make_call(stage.function, instruction=stage.instruction, field_names=stage.field_names,
                      labels=stage.labels, options=stage.options)
-    if stage.join_sides and merge_options(w.session.defaults, call.options).get("multi_label"):
+    return call, merge_options(session.defaults, call.options)
+
+
+def _routing_plan(w: LLMConnection, stage: Stage) -> dict[str, Any] | None:
+    """How the stage's rows will be routed: reasoning, the router, a cascade (``udf.routing.describe``)."""
+    from udf.multi_label import MAX_VALUES
+    from udf.routing import describe
+
+    call, opts = stage_call(w.session, stage)
+    if stage.join_sides and opts.get("multi_label"):
         return {"kind": "multi-label join", "max_values": MAX_VALUES, "fields": list(stage.field_names)}
     return describe(call, w.session.defaults)
 
@@ -455,12 +459,19 @@ def _stage_info(w: LLMConnection, s: Stage) -> dict[str, Any]:
 def _count_and_estimate(w: LLMConnection, s: Stage, info: dict[str, Any]) -> None:
     """Count the stage's inputs and estimate its requests, tokens, prefix hits and seconds (``llm_sql.estimate``;
     no LLM call)."""
-    from llm_sql.estimate import estimate_stage
+    from llm_sql.estimate import call_target, estimate_call
 
+    session = w.session
     try:
-        estimate_stage(w.con, w.session, s, info)
+        info["rows_in"] = int(w.con.sql(s.count_sql).fetchall()[0][0])
+        # the rows the batch path gets: the distinct tuples (dedup) or every row (dedup off, each its own request)
+        rows = w.con.sql(s.sql if session.settings.dedup else s.rows_sql).fetchall()
     except duckdb.Error as exc:
         info["count_error"] = str(exc).splitlines()[0]
+        return
+    call, opts = stage_call(session, s)
+    estimate_call(call, opts, rows, call_target(session.route, opts), session.settings, session.result_cache, info,
+                  multi_label=bool(s.join_sides and opts.get("multi_label")))
 
 
 def explain(con: Any, query: str, count: bool = True, analyze: bool = False) -> Explanation:
@@ -488,7 +499,7 @@ def explain(con: Any, query: str, count: bool = True, analyze: bool = False) -> 
 
 
 def _analyze(w: LLMConnection, query: str) -> Explanation:
-    from llm_sql.estimate import probe, stage_backend, time_model
+    from llm_sql.estimate import call_target, probe_if_unmeasured
     from udf.agg import rewrite_duckdb
 
     seen: dict[str, Any] = {"plan": None, "probe": 0.0}
@@ -497,12 +508,7 @@ def _analyze(w: LLMConnection, query: str) -> Explanation:
     def before(plan: QueryPlan, stage: Stage) -> None:
         seen["plan"] = plan
         info = _stage_info(w, stage)
-        backend = stage_backend(w.session, stage)
-        model = time_model(backend)
-        if model is None or model.batches < len(model.coef):  # fewer batches than terms: the fit is a guess
-            start = time.perf_counter()
-            probe(backend)
-            seen["probe"] += time.perf_counter() - start
+        seen["probe"] += probe_if_unmeasured(call_target(w.session.route, stage_call(w.session, stage)[1]).backend)
         _count_and_estimate(w, stage, info)
         stages.append(info)
 

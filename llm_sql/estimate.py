@@ -1,6 +1,6 @@
 """What an LLM stage will cost, before it runs: the estimates ``llm_sql.explain`` prints.
 
-For one LLM call over its rows (``estimate_call``; a DuckDB stage: ``estimate_stage``; Spark:
+For one LLM call over its rows (``estimate_call``; the modes count a stage's rows: ``llm_sql.duckdb_mode``,
 ``llm_sql.spark_explain``), without calling the model:
 
 * **prompts**: exactly those the batch path (``udf.batch.evaluate``) will send: the distinct inputs (every row
@@ -213,37 +213,11 @@ def probe_if_unmeasured(backend: Any) -> float:
 
 
 # -- one stage --------------------------------------------------------------------------------------------------------
-def _call_and_options(session: Any, stage: Any) -> tuple[Any, dict[str, Any]]:
-    from udf.functions import make_call
-    from udf.options import merge_options
-
-    call = make_call(stage.function, instruction=stage.instruction, field_names=stage.field_names,
-                     labels=stage.labels, options=stage.options)
-    return call, merge_options(session.defaults, call.options)
-
-
 def call_target(route: Any, opts: dict[str, Any]) -> Any:
     """The ``udf.arrow_calls.Target`` a call's (first) requests go to: ``route(model)`` of the model its merged
     options name (a cascade starts on its first)."""
     models = opts.get("model")
     return route(models[0] if isinstance(models, tuple) else models)
-
-
-def stage_backend(session: Any, stage: Any) -> Any:
-    """The backend a DuckDB stage's (first) requests go to."""
-    return call_target(session.route, _call_and_options(session, stage)[1]).backend
-
-
-def estimate_stage(con: Any, session: Any, stage: Any, info: dict[str, Any]) -> None:
-    """Fill ``info`` (``explain``'s record of a DuckDB ``stage``) with the stage's counts and estimates; no LLM call.
-
-    ``con``: the DuckDB connection the stage's SQL runs on; ``session``: ``llm_sql.session.Session``."""
-    call, opts = _call_and_options(session, stage)
-    info["rows_in"] = int(con.sql(stage.count_sql).fetchall()[0][0])
-    # the rows the batch path gets: the distinct tuples (dedup) or every row (dedup off, each its own request)
-    rows = con.sql(stage.sql if session.settings.dedup else stage.rows_sql).fetchall()
-    estimate_call(call, opts, rows, call_target(session.route, opts), session.settings, session.result_cache, info,
-                  multi_label=bool(stage.join_sides and opts.get("multi_label")))
 
 
 def estimate_call(call: Any, opts: dict[str, Any], rows: Sequence[tuple], target: Any, settings: Any,
