@@ -296,13 +296,22 @@ PROMPT_LOSS_WEIGHT = 0.1  # a little language modelling of the prompt helps the 
 # weights would drown the one-token classify label among forty-token descriptions.
 ANSWER_TOKENS = 16
 ANSWER_NORM_POWER = 0.5
+
+
+def _answer_weight(n: int) -> float:
+    """The loss weight of each token of an n-token answer (EOS included)."""
+    return (ANSWER_TOKENS / n) ** ANSWER_NORM_POWER
 TABLE_SHARE = 0.5  # with a train_table, the share of training rows drawn from it (the rest are synthetic)
 
 
 def encode_example(tokenizer, task: str, row: dict[str, str],
                    fields: tuple[str, ...] = PROMPT_FIELDS) -> tuple[list[int], int]:
+    """(token ids, prompt length) of ``task`` on ``row``: see ``_encode``."""
+    return _encode(tokenizer, *task_prompt(task, row, fields))
+
+
+def _encode(tokenizer, prompt: str, answer: str) -> tuple[list[int], int]:
     """(token ids, prompt length): the prompt as the engine encodes it, the answer, then the engine's EOS."""
-    prompt, answer = task_prompt(task, row, fields)
     p = tokenizer.encode(prompt)
     return p + tokenizer.encode(answer, add_special_tokens=False) + [tokenizer.eos_token_ids[0]], len(p)
 
@@ -341,9 +350,7 @@ def _examples(tokenizer, train_table, seed: int) -> Iterator[tuple[list[int], in
 def encode_overall(tokenizer, row: dict[str, str]) -> tuple[list[int], int]:
     """(token ids, prompt length) of the ``overall`` example for ``row``: ``overall_prompt`` encoded as the engine
     encodes it, the answer's tokens as the engine's choice constraint encodes them, then EOS."""
-    prompt, answer = overall_prompt(row)
-    p = tokenizer.encode(prompt)
-    return p + tokenizer.encode(answer, add_special_tokens=False) + [tokenizer.eos_token_ids[0]], len(p)
+    return _encode(tokenizer, *overall_prompt(row))
 
 
 def _overall_examples(tokenizer, train_table, seed: int) -> Iterator[tuple[list[int], int]]:
@@ -396,7 +403,7 @@ class Packed:
                 targets[r, start:end - 1] = ids[r, start + 1:end]
                 # Token i predicts token i+1: the answer is predicted from the last prompt token on.
                 weights[r, start:start + plen - 1] = PROMPT_LOSS_WEIGHT
-                weights[r, start + plen - 1:end - 1] = (ANSWER_TOKENS / (n - plen)) ** ANSWER_NORM_POWER
+                weights[r, start + plen - 1:end - 1] = _answer_weight(n - plen)
                 self.seq[r, start:end] = k
                 start = end
         self.ids, self.positions = ids.flatten(), positions.flatten()
@@ -433,12 +440,17 @@ class PackedAttention:
         qf = q.float().view(r, t, heads, dim).transpose(1, 2)
         kf = k.float().repeat_interleave(group, dim=1).view(r, t, heads, dim).transpose(1, 2)
         vf = v.float().repeat_interleave(group, dim=1).view(r, t, heads, dim).transpose(1, 2)
-        scores = qf @ kf.transpose(-1, -2) * scale
-        if softcap is not None:
-            scores = torch.tanh(scores / softcap) * softcap
-        scores = scores.masked_fill(~self.mask(self.config.window(layer_idx)), float("-inf"))
-        out = torch.softmax(scores, dim=-1) @ vf
+        out = _attend(qf, kf, vf, self.mask(self.config.window(layer_idx)), scale, softcap)
         return out.transpose(1, 2).reshape(n, heads, dim).to(q.dtype)
+
+
+def _attend(q, k, v, keep, scale, softcap):
+    """``DenseAttention``'s maths on float32 q/k/v [..., tokens, dim] (GQA already expanded): softcapped scores,
+    ``keep`` (a bool mask broadcast over them) or -inf, softmax, the weighted values."""
+    scores = q @ k.transpose(-1, -2) * scale
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    return torch.softmax(scores.masked_fill(~keep, float("-inf")), dim=-1) @ v
 
 
 class SharedPrefix:
@@ -475,7 +487,7 @@ class SharedPrefix:
             targets[at:at + m - shared - 1] = ids[at + 1:at + m - shared]
             # token j predicts token j+1: prompt tokens up to plen-2, then the answer (EOS included)
             weights[at:at + plen - 1 - shared] = PROMPT_LOSS_WEIGHT
-            weights[at + plen - 1 - shared:at + m - shared - 1] = (ANSWER_TOKENS / (m - plen)) ** ANSWER_NORM_POWER
+            weights[at + plen - 1 - shared:at + m - shared - 1] = _answer_weight(m - plen)
         self.ids, self.positions, self.targets, self.weights = ids, positions, targets, weights
 
 
@@ -494,16 +506,9 @@ class SharedPrefixAttention:
 
     def masks(self, window: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         if window not in self._masks:
-            keep = [d >= 0 if window is None else (d >= 0) & (d < window) for d in (self._dist_prefix, self._dist_rest)]
-            self._masks[window] = (keep[0], keep[1])
+            self._masks[window] = tuple(d >= 0 if window is None else (d >= 0) & (d < window)
+                                        for d in (self._dist_prefix, self._dist_rest))
         return self._masks[window]
-
-    @staticmethod
-    def _attend(q, k, v, keep, scale, softcap):
-        scores = q @ k.transpose(-1, -2) * scale
-        if softcap is not None:
-            scores = torch.tanh(scores / softcap) * softcap
-        return torch.softmax(scores.masked_fill(~keep, float("-inf")), dim=-1) @ v
 
     def __call__(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
                  softcap: float | None) -> torch.Tensor:
@@ -516,14 +521,14 @@ class SharedPrefixAttention:
         keep_prefix, keep_rest = self.masks(self.config.window(layer_idx))
         outs = []
         if p:
-            outs.append(self._attend(qf[:, :p], kf[:, :p], vf[:, :p], keep_prefix, scale, softcap))
+            outs.append(_attend(qf[:, :p], kf[:, :p], vf[:, :p], keep_prefix, scale, softcap))
         # each example's rest: keys = the prefix (shared, broadcast) + its own rest
         qr = qf[:, p:].reshape(heads, b, r, dim).transpose(0, 1)  # [b, heads, r, dim]
         kr = torch.cat([kf[:, :p].unsqueeze(0).expand(b, -1, -1, -1),
                         kf[:, p:].reshape(heads, b, r, dim).transpose(0, 1)], dim=2)
         vr = torch.cat([vf[:, :p].unsqueeze(0).expand(b, -1, -1, -1),
                         vf[:, p:].reshape(heads, b, r, dim).transpose(0, 1)], dim=2)
-        rest = self._attend(qr, kr, vr, keep_rest, scale, softcap)  # [b, heads, r, dim]
+        rest = _attend(qr, kr, vr, keep_rest, scale, softcap)  # [b, heads, r, dim]
         outs.append(rest.transpose(0, 1).reshape(heads, b * r, dim))
         return torch.cat(outs, dim=1).transpose(0, 1).to(q.dtype)
 
@@ -673,26 +678,27 @@ def accuracy(model, tokenizer, rows: list[dict[str, str]], task: str) -> tuple[f
 @torch.no_grad()
 def choice_answer(model, tokenizer, prompt: str, choices: list[str]) -> str:
     """The choice greedy decoding picks under the engine's choice constraint (``ChoiceTrie``): at each step the
-    most likely token among those that continue some choice, until one choice is complete."""
+    most likely token the trie allows (no model call where it allows one token only), until a choice is complete."""
+    from .constraints import ChoiceTrie
     from .models import DenseAttention
 
-    ids = tokenizer.encode(prompt)
-    encoded = {c: tokenizer.encode(c, add_special_tokens=False) for c in choices}
-    out: list[int] = []
+    trie = ChoiceTrie(choices, tokenizer)
+    by_tokens = {tuple(tokenizer.encode(c, add_special_tokens=False)): c for c in choices}
+    ids, out, node = tokenizer.encode(prompt), [], trie.start()
     while True:
-        live = {c: t for c, t in encoded.items() if t[:len(out)] == out}
-        if len(live) == 1:  # the constraint forces the rest
-            return next(iter(live))
-        done = [c for c, t in live.items() if len(t) == len(out)]
-        x = torch.tensor(ids + out)
-        logits = model.compute_logits(model(x, torch.arange(len(x)), DenseAttention(model.config))[-1:])[0]
-        allowed = sorted({t[len(out)] for t in live.values() if len(t) > len(out)})
-        if done:  # a complete choice that others extend stops at EOS
-            allowed += list(tokenizer.eos_token_ids)
-        token = allowed[int(logits[allowed].argmax())]
-        if token in tokenizer.eos_token_ids:
-            return done[0]
-        out.append(token)
+        allowed = trie.allowed(node)
+        if len(allowed) > 1:
+            x = torch.tensor(ids + out)
+            logits = model.compute_logits(model(x, torch.arange(len(x)), DenseAttention(model.config))[-1:])[0]
+            trie.mask_row(logits, node)
+            token = int(logits.argmax())
+        else:
+            token = allowed[0]
+        node, complete = trie.step(node, token)
+        if token not in trie.eos_ids:
+            out.append(token)
+        if complete:
+            return by_tokens[tuple(out)]
 
 
 def overall_accuracy(model, tokenizer, rows: list[dict[str, str]]) -> dict[str, float]:
