@@ -250,3 +250,20 @@ def test_overall_training_runs_and_reports_held_out_accuracy(tmp_path, tiny_cach
     assert summary["heldout"]["rows"] == 2000
     assert tt.default_steps(path, "overall") == tt.OVERALL_STEPS
     assert tt.train_summary(path, "copy", train_steps=3) is None  # the kind is part of the cache key
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_choice_answer_is_the_engines_constrained_greedy_answer(tiny_model_dir, arch):
+    """The held-out accuracy asks ``choice_answer``; it must pick what the engine decodes under ``choices`` (on
+    these prompts the two random models pick all four between them, " yes" ended by EOS included)."""
+    from engine_backend import LLMEngine, SamplingParams
+
+    path = tiny_model_dir(arch)
+    model, tok = load_model(path, dtype="float32"), Tokenizer.from_dir(path)
+    choices = [" yes", " no", " yes please", " not sure"]  # " yes" ends a choice that " yes please" goes on from
+    prompts = ["The beer was", "Is the review positive? Answer:", "Sentiment:", "Label: positive. Label:",
+               "Score the review from 1 to 5. Score:", "Question: Is the beer too sweet? Answer:",
+               "The hotel room was clean and", "Crisp and clean. Crisp and"]
+    engine = LLMEngine(str(path))
+    expected = [o.text for o in engine.generate(prompts, SamplingParams(choices=choices, max_tokens=8))]
+    assert [tt.choice_answer(model, tok, p, choices) for p in prompts] == expected
