@@ -15,17 +15,12 @@ from typing import Iterable
 from sqlglot import exp
 
 from optimizer.rules.calls import contains_llm_call
-from optimizer.rules.predicates import split_conjuncts
+from optimizer.rules.predicates import conjoin, split_conjuncts
 
 
 def _inner(join: exp.Join) -> bool:
     return (not join.side and (join.kind or "").upper() in ("", "INNER", "CROSS") and not join.args.get("using")
             and (join.method or "").upper() in ("", "NATURAL"))
-
-
-def _and(terms: list[exp.Expression]) -> exp.Expression:
-    # the nodes themselves, not copies (conjoin's exp.and_ copies): the planner knows the moved calls by identity
-    return terms[0] if len(terms) == 1 else exp.and_(*terms, copy=False)
 
 
 def hoist_join_predicates(select: exp.Select, names: Iterable[str]) -> list[exp.Expression]:
@@ -41,11 +36,11 @@ def hoist_join_predicates(select: exp.Select, names: Iterable[str]) -> list[exp.
         terms = split_conjuncts(on)
         llm = [t for t in terms if contains_llm_call(t, names)]
         rest = [t for t in terms if t not in llm]
-        join.set("on", _and(rest) if rest else exp.true())
+        join.set("on", conjoin(rest) if rest else exp.true())
         moved += llm
     if moved:
         where = select.args.get("where")
-        select.set("where", exp.Where(this=_and(split_conjuncts(where) + moved)))
+        select.set("where", exp.Where(this=conjoin(split_conjuncts(where) + moved)))
     return moved
 
 

@@ -34,12 +34,11 @@ def split_conjuncts(where: exp.Expression | None) -> list[exp.Expression]:
 
 
 def conjoin(terms: list[exp.Expression]) -> exp.Expression | None:
+    """``t1 AND t2 AND ...`` over the terms themselves, not copies (the planner knows moved calls by identity);
+    None for no term."""
     if not terms:
         return None
-    out = terms[0]
-    for t in terms[1:]:
-        out = exp.and_(out, t)
-    return out
+    return terms[0] if len(terms) == 1 else exp.and_(*terms, copy=False)
 
 
 def is_volatile(node: exp.Expression) -> bool:
