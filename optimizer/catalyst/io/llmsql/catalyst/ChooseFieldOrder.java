@@ -126,15 +126,7 @@ public class ChooseFieldOrder extends Rule<LogicalPlan> {
   }
 
   private static Expression rewrite(Expression e, Map<ExprId, double[]> stats) {
-    List<Expression> kids = LLMPlans.list(e.children());
-    List<Expression> newKids = new ArrayList<>(kids.size());
-    boolean changed = false;
-    for (Expression k : kids) {
-      Expression nk = rewrite(k, stats);
-      changed |= nk != k;
-      newKids.add(nk);
-    }
-    Expression cur = changed ? e.withNewChildren(LLMPlans.seq(newKids)) : e;
+    Expression cur = LLMPlans.mapChildren(e, x -> rewrite(x, stats));
     return LLMPlans.isLLM(cur) ? orderFields((PythonUDF) cur, stats) : cur;
   }
 

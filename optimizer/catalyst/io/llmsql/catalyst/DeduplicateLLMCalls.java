@@ -186,14 +186,6 @@ public class DeduplicateLLMCalls extends LLMRule {
     if (e instanceof PythonUDF && results.containsKey(e)) {
       return results.get(e);
     }
-    List<Expression> kids = LLMPlans.list(e.children());
-    List<Expression> newKids = new ArrayList<>(kids.size());
-    boolean changed = false;
-    for (Expression k : kids) {
-      Expression nk = replace(k, results);
-      changed |= nk != k;
-      newKids.add(nk);
-    }
-    return changed ? e.withNewChildren(LLMPlans.seq(newKids)) : e;
+    return LLMPlans.mapChildren(e, x -> replace(x, results));
   }
 }

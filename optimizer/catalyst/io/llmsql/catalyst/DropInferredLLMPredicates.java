@@ -102,17 +102,6 @@ public class DropInferredLLMPredicates extends LLMRule {
       Literal lit = pinned.get(((Attribute) e).exprId());
       return lit == null ? e : lit;
     }
-    List<Expression> kids = LLMPlans.list(e.children());
-    if (kids.isEmpty()) {
-      return e;
-    }
-    List<Expression> out = new ArrayList<>(kids.size());
-    boolean changed = false;
-    for (Expression k : kids) {
-      Expression nk = substitute(k, pinned);
-      changed |= nk != k;
-      out.add(nk);
-    }
-    return changed ? e.withNewChildren(LLMPlans.seq(out)) : e;
+    return LLMPlans.mapChildren(e, x -> substitute(x, pinned));
   }
 }

@@ -60,6 +60,19 @@ final class LLMPlans {
     }
   }
 
+  /** {@code e} with {@code f} applied to each child; {@code e} itself when no child changed. */
+  static Expression mapChildren(Expression e, java.util.function.UnaryOperator<Expression> f) {
+    List<Expression> kids = list(e.children());
+    List<Expression> newKids = new ArrayList<>(kids.size());
+    boolean changed = false;
+    for (Expression k : kids) {
+      Expression nk = f.apply(k);
+      changed |= nk != k;
+      newKids.add(nk);
+    }
+    return changed ? e.withNewChildren(seq(newKids)) : e;
+  }
+
   /** {@code e AS name}, with a fresh expression id. */
   static Alias alias(Expression e, String name) {
     return new Alias(e, name, org.apache.spark.sql.catalyst.expressions.NamedExpression$.MODULE$.newExprId(),

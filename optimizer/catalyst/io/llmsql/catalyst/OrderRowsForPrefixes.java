@@ -88,15 +88,7 @@ public class OrderRowsForPrefixes extends LLMRule {
 
   /** Marks every LLM UDF in {@code e} non-deterministic (see class comment). */
   static Expression pin(Expression e) {
-    List<Expression> kids = LLMPlans.list(e.children());
-    List<Expression> newKids = new ArrayList<>(kids.size());
-    boolean changed = false;
-    for (Expression k : kids) {
-      Expression nk = pin(k);
-      changed |= nk != k;
-      newKids.add(nk);
-    }
-    Expression cur = changed ? e.withNewChildren(LLMPlans.seq(newKids)) : e;
+    Expression cur = LLMPlans.mapChildren(e, OrderRowsForPrefixes::pin);
     if (LLMPlans.isLLM(cur) && ((PythonUDF) cur).udfDeterministic()) {
       PythonUDF u = (PythonUDF) cur;
       return u.copy(u.name(), u.func(), u.dataType(), u.children(), u.evalType(), false,

@@ -68,14 +68,6 @@ public class PullLLMOutOfAggregates extends LLMRule {
       return e;
     }
     boolean inside = inAggFunction || e instanceof AggregateExpression;
-    List<Expression> kids = LLMPlans.list(e.children());
-    List<Expression> newKids = new ArrayList<>(kids.size());
-    boolean changed = false;
-    for (Expression k : kids) {
-      Expression nk = pull(k, inside, child, pulled);
-      changed |= nk != k;
-      newKids.add(nk);
-    }
-    return changed ? e.withNewChildren(LLMPlans.seq(newKids)) : e;
+    return LLMPlans.mapChildren(e, x -> pull(x, inside, child, pulled));
   }
 }

@@ -109,14 +109,6 @@ public class ResolveLLMAggregates extends LLMRule {
           session.sessionState().catalog().resolveBuiltinOrTempFunction(LIST_FUNCTION, LLMPlans.seq(newArgs));
       return call.isDefined() ? call.get() : e;
     }
-    List<Expression> kids = LLMPlans.list(e.children());
-    List<Expression> newKids = new ArrayList<>(kids.size());
-    boolean changed = false;
-    for (Expression k : kids) {
-      Expression nk = listCalls(k);
-      changed |= nk != k;
-      newKids.add(nk);
-    }
-    return changed ? e.withNewChildren(LLMPlans.seq(newKids)) : e;
+    return LLMPlans.mapChildren(e, this::listCalls);
   }
 }

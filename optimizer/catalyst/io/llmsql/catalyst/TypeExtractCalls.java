@@ -1,6 +1,5 @@
 package io.llmsql.catalyst;
 
-import java.util.ArrayList;
 import java.util.List;
 
 import org.apache.spark.sql.AnalysisException;
@@ -83,15 +82,7 @@ public class TypeExtractCalls extends LLMRule {
 
   /** {@code e} with every llm_extract call (nested ones first) wrapped in from_json of its schema. */
   private static Expression typed(Expression e) {
-    List<Expression> kids = LLMPlans.list(e.children());
-    List<Expression> newKids = new ArrayList<>(kids.size());
-    boolean changed = false;
-    for (Expression k : kids) {
-      Expression nk = typed(k);
-      changed |= nk != k;
-      newKids.add(nk);
-    }
-    Expression cur = changed ? e.withNewChildren(LLMPlans.seq(newKids)) : e;
+    Expression cur = LLMPlans.mapChildren(e, TypeExtractCalls::typed);
     if (!isUntyped(cur)) {
       return cur;
     }
@@ -142,15 +133,7 @@ public class TypeExtractCalls extends LLMRule {
     if (e instanceof Alias) {
       return withoutAliases(((Alias) e).child());
     }
-    List<Expression> kids = LLMPlans.list(e.children());
-    List<Expression> newKids = new ArrayList<>(kids.size());
-    boolean changed = false;
-    for (Expression k : kids) {
-      Expression nk = withoutAliases(k);
-      changed |= nk != k;
-      newKids.add(nk);
-    }
-    return changed ? e.withNewChildren(LLMPlans.seq(newKids)) : e;
+    return LLMPlans.mapChildren(e, TypeExtractCalls::withoutAliases);
   }
 
   /** An AnalysisException (what a query that does not analyse raises), thrown unchecked as Scala code does. */
