@@ -40,13 +40,6 @@ CHARS_PER_TOKEN = 4  # the guess for a backend without a tokenizer
 
 
 # -- tokens and the prefix cache ----------------------------------------------------------------------------------
-def block_size_of(backend: Any) -> int | None:
-    """The engine's prefix-cache block size (``prefix_block_size()``: the embedded engine's, or our engine server's),
-    None when the prefix cache is off or the backend cannot say (an external server)."""
-    ask = getattr(backend, "prefix_block_size", None)
-    return ask() if callable(ask) else None
-
-
 def simulate_prefix_cache(token_lists: Sequence[Sequence[int]], block_size: int,
                           already: Sequence[int] | None = None) -> list[int]:
     """Prompt tokens served from a block-level prefix cache, per prompt, sent in this order.
@@ -97,12 +90,6 @@ def expected_generated(params: Any, history: Any, tokenizer: Any = None) -> tupl
         return mean, f"measured: mean over {n} earlier requests of this kind"
     bound = params.max_tokens + ((params.max_reasoning_tokens or 0) if params.reasoning else 0)
     return float(bound), "max_tokens (no earlier request of this kind measured)"
-
-
-def _history(backend: Any) -> Any:
-    """The backend's ``BatchHistory`` (our engine server's is fetched over HTTP: ask once per estimate), or None."""
-    get = getattr(backend, "history", None)
-    return get() if callable(get) else None
 
 
 # -- time -------------------------------------------------------------------------------------------------------------
@@ -171,7 +158,7 @@ class TimeModel:
 
 def time_model(backend: Any, history: Any = None) -> TimeModel | None:
     """``TimeModel`` fitted on the backend's history (``history`` when the caller already has it)."""
-    history = history if history is not None else _history(backend)
+    history = history if history is not None else backend.history()
     return TimeModel.fit(list(history.batches)) if history is not None else None
 
 
@@ -282,7 +269,7 @@ def estimate_call(call: Any, opts: dict[str, Any], rows: Sequence[tuple], target
     info["est_requests"] = len(sent)
 
     tokenizer = tokenizer_of(target)[0]
-    block = block_size_of(backend)
+    block = backend.prefix_block_size()
     sent_ids: list[list[int]] = []
     per_cached: list[int] | None = None
     if tokenizer is not None:
@@ -292,8 +279,7 @@ def estimate_call(call: Any, opts: dict[str, Any], rows: Sequence[tuple], target
         info["est_prompt_tokens"] = sum(map(len, sent_ids))
         info["est_tokens_source"] = "tokenised"
         if block:
-            probe_cache = getattr(backend, "cached_prefix_blocks", None)
-            already = probe_cache(sent_ids) if callable(probe_cache) else None
+            already = backend.cached_prefix_blocks(sent_ids)
             per_cached = simulate_prefix_cache(sent_ids, block, already)
             cached = sum(per_cached)
             info["est_cached_prompt_tokens"] = cached
@@ -315,16 +301,15 @@ def estimate_call(call: Any, opts: dict[str, Any], rows: Sequence[tuple], target
         info["est_cached_prompt_tokens"] = int(info["est_hit_rate"] * info["est_prompt_tokens"])
         info["est_hit_source"] = "characters shared with an earlier prompt (no tokenizer)"
 
-    history = _history(backend)
+    history = backend.history()  # our engine server's is an HTTP GET: once per estimate
     per_request, source = expected_generated(params, history, tokenizer)
     info["est_generated_tokens"] = round(per_request * len(sent))
     info["est_generated_source"] = source
     model = time_model(backend, history)
     steps = None
     if model is not None and model.uses_steps:
-        steps_for = getattr(backend, "steps_for", None)
-        if callable(steps_for) and per_cached is not None:
-            steps = steps_for(sent_ids, per_cached, [max(1, round(per_request))] * len(sent))
+        if per_cached is not None:
+            steps = backend.steps_for(sent_ids, per_cached, [max(1, round(per_request))] * len(sent))
         if steps is not None:
             info["est_steps"] = steps
         else:  # the history has steps but this backend cannot count them for the stage: the terms without

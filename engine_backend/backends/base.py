@@ -72,6 +72,20 @@ class Backend(ABC):
         estimates; None when it keeps none."""
         return getattr(getattr(self, "_totals", None), "history", None)
 
+    # What llm_sql.explain asks of a backend that can see its engine (the embedded one, our engine server);
+    # None where it cannot say.
+    def prefix_block_size(self) -> int | None:
+        """The prefix cache's block size; None when it is off or unknown."""
+        return None
+
+    def cached_prefix_blocks(self, token_lists: list[list[int]]) -> list[int] | None:
+        """Per prompt (token ids), the leading full blocks the prefix cache holds now."""
+        return None
+
+    def steps_for(self, token_lists: list[list[int]], cached: list[int], generated: list[int]) -> int | None:
+        """Engine steps these requests take (``embedded.simulate_steps`` under the engine's limits)."""
+        return None
+
     def close(self) -> None:
         pass
 
