@@ -9,6 +9,21 @@ from dataclasses import dataclass
 from .sampling_params import SamplingParams
 
 
+def block_keys(token_ids: list[int], block_size: int, num_blocks: int, known: list[bytes] | None = None
+               ) -> list[bytes]:
+    """Chained keys of the first ``num_blocks`` full blocks of ``token_ids``: a block's key names its whole prefix.
+    ``known``: the keys already made for the leading blocks, extended in place.
+
+    ``sha256(parent key + the block's token ids)``: one engine serves every client holding the token, so a
+    key must not be forgeable; Python's ``hash`` of int tuples is not seeded and collisions can be built,
+    which would hand one request another's KV."""
+    keys = [] if known is None else known
+    for b in range(len(keys), num_blocks):
+        block = array("q", token_ids[b * block_size:(b + 1) * block_size]).tobytes()
+        keys.append(hashlib.sha256((keys[b - 1] if b else b"") + block).digest())
+    return keys[:num_blocks] if num_blocks < len(keys) else keys
+
+
 class SequenceStatus(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
@@ -109,13 +124,5 @@ class Sequence:
         del self._block_keys[num_blocks:]
 
     def block_keys(self, block_size: int, num_blocks: int) -> list[bytes]:
-        """Chained keys of the first ``num_blocks`` full blocks: a block's key names its whole prefix.
-
-        ``sha256(parent key + the block's token ids)``: one engine serves every client holding the token, so a
-        key must not be forgeable; Python's ``hash`` of int tuples is not seeded and collisions can be built,
-        which would hand one request another's KV."""
-        keys = self._block_keys
-        for b in range(len(keys), num_blocks):
-            block = array("q", self.token_ids[b * block_size:(b + 1) * block_size]).tobytes()
-            keys.append(hashlib.sha256((keys[b - 1] if b else b"") + block).digest())
-        return keys[:num_blocks] if num_blocks < len(keys) else keys
+        """``block_keys`` of this sequence's tokens, the keys already made kept for its next call."""
+        return block_keys(self.token_ids, block_size, num_blocks, self._block_keys)

@@ -122,24 +122,11 @@ def engine_cached_prefix_blocks(engine: Any, token_lists: list[list[int]]) -> li
     now (every layer type, device or host tier; at least one token left to compute), as ``match_prefix``
     would find them. Nothing is allocated, attached or touched; no request is made. Not thread-safe: call it
     where the engine runs (under its lock, on its thread)."""
-    from types import SimpleNamespace
-
-    from engine_backend.sequence import Sequence
-
     kv = engine.kv
-    if not kv.enable_prefix_caching:
-        return [0] * len(token_lists)
     tiers = [a for m in kv.managers.values() for a in (m.device, m.host) if a is not None]
-    if not any(a.cached for a in tiers):
+    if not kv.enable_prefix_caching or not any(a.cached for a in tiers):  # nothing to find: skip the hashing
         return [0] * len(token_lists)
-    out = []
-    for ids in token_lists:
-        keys = Sequence.block_keys(SimpleNamespace(token_ids=list(ids), _block_keys=[]), kv.block_size,
-                                   max(0, len(ids) - 1) // kv.block_size)
-        present = {name: [m.device.lookup(k) is not None or (m.host is not None and m.host.lookup(k) is not None)
-                          for k in keys] for name, m in kv.managers.items()}
-        out.append(kv._aligned_hit(present, len(keys)) if keys else 0)
-    return out
+    return [kv.cached_blocks(list(ids)) for ids in token_lists]
 
 
 class EmbeddedBackend(Backend):

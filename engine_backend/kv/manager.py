@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 
+from ..sequence import block_keys
 from .pool import LargePagePool
 from .single_type import NULL_PAGE, SingleTypeManager, manager_for
 from .spec import KVSpec, large_page_elems
@@ -132,6 +133,16 @@ class KVCacheManager:
         n = self._aligned_hit({t: [p is not None for p in pages] for t, pages in on_device.items()}, len(keys))
         self._attach(seq, keys, n, on_device, None)
         return n * self.block_size
+
+    def cached_blocks(self, token_ids: list[int]) -> int:
+        """Leading full blocks of a prompt that ``match_prefix`` would find cached now (device or host tier, usable
+        by every layer type, at least one token left to compute), without attaching or touching anything."""
+        if not self.enable_prefix_caching:
+            return 0
+        keys = block_keys(token_ids, self.block_size, max(0, len(token_ids) - 1) // self.block_size)
+        present = {n: [m.device.lookup(k) is not None or (m.host is not None and m.host.lookup(k) is not None)
+                       for k in keys] for n, m in self.managers.items()}
+        return self._aligned_hit(present, len(keys)) if keys else 0
 
     def _aligned_hit(self, present: dict[str, list[bool]], limit: int) -> int:
         """The longest prefix every type can use: each type's longest hit within the others', to a fixpoint."""
