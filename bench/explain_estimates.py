@@ -75,6 +75,16 @@ def arguments(description: str) -> argparse.ArgumentParser:
     return ap
 
 
+def chosen(args: argparse.Namespace) -> tuple[int, int, dict[str, dict], str]:
+    """(beer rows, movie rows, the queries by name, the model directory) that ``arguments``' options choose."""
+    beer_rows = args.rows or (24 if args.quick else 240)
+    movie_rows = args.movie_rows or (24 if args.quick else 120)
+    qs = queries(beer_rows, movie_rows)
+    if args.queries:
+        qs = {k: qs[k] for k in args.queries.split(",")}
+    return beer_rows, movie_rows, qs, model_dir(args.model, "tiny", "qwen2")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = arguments(__doc__.split("\n")[0])
     ap.add_argument("--passes", type=int, default=1, help="run the queries this many times (default 1)")
@@ -85,12 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    beer_rows = args.rows or (24 if args.quick else 240)
-    movie_rows = args.movie_rows or (24 if args.quick else 120)
-    qs = queries(beer_rows, movie_rows)
-    if args.queries:
-        qs = {k: qs[k] for k in args.queries.split(",")}
-    model = model_dir(args.model, "tiny", "qwen2")
+    beer_rows, movie_rows, qs, model = chosen(args)
     con = duckdb.connect()
     counts = load_tables(con, qs, beer_rows, movie_rows)
     db = llm_sql.register(con, model=model, cache=False, progress=False, max_tokens=args.max_tokens)

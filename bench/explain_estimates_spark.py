@@ -28,8 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import log, print_table, write_json  # noqa: E402
-from explain_estimates import AIM, arguments  # noqa: E402
-from llm_sql_queries import BEER_FIELDS, DATA, MOVIE_FIELDS, model_dir, queries  # noqa: E402
+from explain_estimates import AIM, arguments, chosen  # noqa: E402
+from llm_sql_queries import BEER_FIELDS, DATA, MOVIE_FIELDS  # noqa: E402
 
 
 def spark_sql(sql: str) -> str:
@@ -80,12 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     import llm_sql
     from llm_sql import spark_mode
 
-    beer_rows = args.rows or (24 if args.quick else 240)
-    movie_rows = args.movie_rows or (24 if args.quick else 120)
-    qs = queries(beer_rows, movie_rows)
-    if args.queries:
-        qs = {k: qs[k] for k in args.queries.split(",")}
-    model = model_dir(args.model, "tiny", "qwen2")
+    beer_rows, movie_rows, qs, model = chosen(args)
     spark = llm_sql.spark_session(model=model, master="local[2]", skystore=False, cache=False, progress=False,
                                   max_tokens=args.max_tokens,
                                   conf={"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",

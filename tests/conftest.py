@@ -78,3 +78,16 @@ def extension_spark():
             spark.stop()
 
     return session
+
+
+@pytest.fixture(scope="module")
+def node_server(spark):
+    """A client (``OpenAIBackend``) of the test module's Spark session's node engine server: to ask the engine the
+    workers used (a plain evaluation, what it ran)."""
+    from engine_backend.backends import make_backend
+    from llm_sql import spark_mode
+
+    info = spark_mode.server_info(spark)
+    backend = make_backend("openai", base_url=info["url"], api_key=info["token"])
+    yield backend
+    backend.close()

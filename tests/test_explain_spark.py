@@ -46,25 +46,14 @@ def spark(model_dir, extension_spark):
         yield session
 
 
-@pytest.fixture(scope="module")
-def server(spark):
-    """A client of the session's node engine server, to see what it ran."""
-    from engine_backend.backends import make_backend
-
-    info = spark_mode.server_info(spark)
-    backend = make_backend("openai", base_url=info["url"], api_key=info["token"])
-    yield backend
-    backend.close()
+def served_requests(node_server) -> int:
+    return sum(b["requests"] for b in node_server.server_cost()["batches"])
 
 
-def served_requests(server) -> int:
-    return sum(b["requests"] for b in server.server_cost()["batches"])
-
-
-def test_explain_counts_and_estimates_without_calling_the_llm(spark, server):
-    before = served_requests(server)
+def test_explain_counts_and_estimates_without_calling_the_llm(spark, node_server):
+    before = served_requests(node_server)
     ex = llm_sql.explain(spark, FILTER)
-    assert served_requests(server) == before  # counting ran Spark jobs below the call, never the model
+    assert served_requests(node_server) == before  # counting ran Spark jobs below the call, never the model
     (s,) = ex.stages
     assert s["function"] == "llm_filter" and s["deduplicated"]
     assert s["rows_in"] == 24  # id > 1: the cheap predicate runs first

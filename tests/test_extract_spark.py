@@ -52,17 +52,6 @@ def spark(model_dir, extension_spark):
         yield session
 
 
-@pytest.fixture(scope="module")
-def server_backend(spark):
-    """A client of the session's node engine server: the plain evaluation and DuckDB mode ask the same engine."""
-    from engine_backend.backends import make_backend
-
-    info = spark_mode.server_info(spark)
-    backend = make_backend("openai", base_url=info["url"], api_key=info["token"])
-    yield backend
-    backend.close()
-
-
 def plain(backend, schema, field_names=("review",), **options):
     """The plain per-row evaluation (no dedup, no reordering, no cache) of llm_extract over ROWS, as dicts."""
     call = make_call("llm_extract", instruction=INSTRUCTION, field_names=field_names,
@@ -81,7 +70,7 @@ def sql_extract(schema: str, options: str = "") -> str:
             "AS x FROM reviews")
 
 
-def test_sql_struct_equals_plain_rules_off_and_duckdb(spark, server_backend):
+def test_sql_struct_equals_plain_rules_off_and_duckdb(spark, node_server):
     spark_mode.reset_stats(spark)
     df = spark.sql(sql_extract(SPARK_SCHEMA))
     assert df.schema["x"].dataType == _parse_datatype_string(output_schema(SPARK_SCHEMA).spark_type)
@@ -90,7 +79,7 @@ def test_sql_struct_equals_plain_rules_off_and_duckdb(spark, server_backend):
     got = values(df.collect())
     assert spark_mode.last_stats(spark).llm_calls == DISTINCT
 
-    assert got == plain(server_backend, SPARK_SCHEMA)
+    assert got == plain(node_server, SPARK_SCHEMA)
     spark.conf.set(jvm.OPTIMIZE_CONF, "false")
     try:
         off = spark.sql(sql_extract(SPARK_SCHEMA))
@@ -102,7 +91,7 @@ def test_sql_struct_equals_plain_rules_off_and_duckdb(spark, server_backend):
     con = duckdb.connect()
     con.execute("CREATE TABLE reviews (id INTEGER, review VARCHAR)")
     con.executemany("INSERT INTO reviews VALUES (?, ?)", ROWS)
-    db = llm_sql.register(con, backend=server_backend, cache=False, progress=False)
+    db = llm_sql.register(con, backend=node_server, cache=False, progress=False)
     duck = db.sql(f"SELECT llm_extract('{INSTRUCTION}', review, {{'schema': '{DUCKDB_SCHEMA}'}}) FROM reviews "
                   "ORDER BY id").fetchall()
     assert [r[0] for r in duck] == got
@@ -114,7 +103,7 @@ def test_sql_struct_equals_plain_rules_off_and_duckdb(spark, server_backend):
         assert isinstance(x["facts"]["year"], int) and isinstance(x["facts"]["organic"], bool)
 
 
-def test_dataframe_api_equals_sql_and_its_fields_are_columns(spark, server_backend):
+def test_dataframe_api_equals_sql_and_its_fields_are_columns(spark, node_server):
     df = spark.table("reviews").select("id", llm_extract(INSTRUCTION, "review", schema=SPARK_SCHEMA).alias("x"))
     assert df.schema["x"].dataType == _parse_datatype_string(output_schema(SPARK_SCHEMA).spark_type)
     got = values(df.collect())
@@ -123,20 +112,20 @@ def test_dataframe_api_equals_sql_and_its_fields_are_columns(spark, server_backe
     assert sorted((r.id, r.abv) for r in abv) == [(i, v["abv"]) for i, v in enumerate(got) if v is not None]
 
 
-def test_json_schema_gives_its_struct(spark, server_backend):
+def test_json_schema_gives_its_struct(spark, node_server):
     schema = '{"type": "object", "properties": {"style": {"enum": ["IPA", "Stout"]}, "ok": {"type": "boolean"}}}'
     df = spark.sql(sql_extract(schema))
     assert df.schema["x"].dataType.simpleString() == "struct<style:string,ok:boolean>"
     got = values(df.collect())
-    assert got == plain(server_backend, schema)
+    assert got == plain(node_server, schema)
     assert all(v["style"] in ("IPA", "Stout") for v in got if v is not None)
 
 
-def test_cut_off_answers_are_null_with_the_reason(spark, server_backend):
+def test_cut_off_answers_are_null_with_the_reason(spark, node_server):
     spark_mode.reset_stats(spark)
     got = values(spark.sql(sql_extract(SPARK_SCHEMA, ", 'max_tokens', 3")).collect())
     assert got == [None] * len(ROWS)
-    assert got == plain(server_backend, SPARK_SCHEMA, max_tokens=3)
+    assert got == plain(node_server, SPARK_SCHEMA, max_tokens=3)
     stats = spark_mode.last_stats(spark)
     assert stats.errors == DISTINCT and "not complete JSON" in stats.error_reasons[0]
 
